@@ -1,0 +1,44 @@
+"""``python -m runbook``: run the runbook, serve the LlamaCloud-compatible server, verify an export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runbook", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute the numbered notebooks with a params file")
+    r.add_argument("params", help="a params file, e.g. runbook_params/demo.yaml")
+    r.add_argument("--only", action="append", metavar="NN", help="run only this phase (repeatable)")
+    r.add_argument("--from", dest="from_", metavar="NN", help="run from this phase on")
+    r.add_argument("--prepare-only", action="store_true", help="write parameterised notebooks, execute nothing")
+    v = sub.add_parser("verify-export", help="verify an export folder (checksums, counts, vectors)")
+    v.add_argument("export_dir")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "run":
+        from . import config, credentials, runner
+
+        try:
+            res = runner.run(args.params, only=args.only, from_=args.from_, prepare_only=args.prepare_only)
+        except (config.ParameterError, credentials.SecretParameterError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except runner.RunFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"run complete: {res.run_dir}/index.html")
+        return 0
+    if args.cmd == "verify-export":
+        from . import verify
+
+        report = verify.verify_export(args.export_dir)
+        print(report.to_string())
+        return 0 if report.ok else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Parameters: one loader for the params files and the notebooks' ``parameters`` cells.
+
+A params file is a flat YAML mapping of parameter names to values, merged over the shared defaults in
+``runbook_params/defaults.yaml`` -- so plain papermill works too:
+``papermill nb.ipynb out.ipynb -f runbook_params/defaults.yaml -f runbook_params/demo.yaml``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+
+import yaml
+
+from .paths import PARAMS_DIR, resolve
+
+DEFAULTS_FILE = PARAMS_DIR / "defaults.yaml"
+# set by the runner for every notebook; never written in a params file
+RUNNER_PARAMETERS = ("run_dir",)
+
+
+class ParameterError(ValueError):
+    pass
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ParameterError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ParameterError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: must be a mapping of parameter names to values")
+    return data
+
+
+def load_params(path: str | Path) -> dict:
+    """Shared defaults, then the params file over them."""
+    path = resolve(path)
+    params = dict(_read_yaml(DEFAULTS_FILE)) if DEFAULTS_FILE.exists() and path != DEFAULTS_FILE else {}
+    own = _read_yaml(path)
+    for name in RUNNER_PARAMETERS:
+        if name in own:
+            raise ParameterError(f"{path}: {name} is set by the runner; remove it from the params file")
+    params.update(own)
+    return params
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def notebook_parameters(nb_path: str | Path) -> dict[str, dict]:
+    """The names, types, defaults and help of a notebook's ``parameters`` cell (papermill's inspection)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(nb_path))
+
+
+def split_by_notebook(params: dict, declared: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """For each notebook, the params it declares. A name no notebook declares is an error (a typo)."""
+    known = set().union(*(set(d) for d in declared.values())) if declared else set()
+    unknown = sorted(set(params) - known)
+    if unknown:
+        lines = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            lines.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ParameterError(
+            "unknown parameter(s), declared by no notebook of this run: " + ", ".join(lines)
+            + ". Fix the name in the params file; each notebook's parameters cell lists what it takes."
+        )
+    return {nb: {k: v for k, v in params.items() if k in decl} for nb, decl in declared.items()}

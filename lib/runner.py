@@ -1,0 +1,317 @@
+"""Run the numbered notebooks headless with papermill; every run is a new, immutable audit folder.
+
+``outputs/<UTC timestamp>-<params name>/`` holds the executed ``NN_<phase>.ipynb``, their code-hidden
+HTML, ``index.html``, ``manifest.json`` (params and sha256, resolved parameters, git commit, package
+versions, per-phase status and timings) and the phases' hand-off records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import importlib.metadata as md
+import json
+import os
+import secrets as _pysecrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import atomic, config, credentials
+from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, outputs_root, resolve
+
+KERNEL_NAME = "runbook"
+PACKAGES = (
+    "chromadb", "llama-cloud", "llama-index-core", "llama-index-vector-stores-chroma",
+    "llama-index-indices-managed-llama-cloud", "papermill", "pandas", "plotly", "pyarrow", "numpy",
+    "sentence-transformers", "torch", "jupyterlab",
+)
+
+
+class RunFailed(RuntimeError):
+    def __init__(self, message: str, run_dir: Path | None = None):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+@dataclass
+class Phase:
+    number: str
+    name: str
+    path: Path
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    phases: list[dict] = field(default_factory=list)
+    ok: bool = True
+
+
+def discover(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Phase]:
+    phases = []
+    for p in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb")):
+        phases.append(Phase(p.name[:2], p.stem[3:], p))
+    return phases
+
+
+def select(phases: list[Phase], only: list[str] | None = None, from_: str | None = None) -> list[Phase]:
+    numbers = {p.number for p in phases}
+    for n in (only or []) + ([from_] if from_ else []):
+        if n.zfill(2) not in numbers:
+            raise config.ParameterError(f"no phase {n}: the phases are {', '.join(sorted(numbers))}")
+    if only:
+        wanted = {n.zfill(2) for n in only}
+        return [p for p in phases if p.number in wanted]
+    if from_:
+        return [p for p in phases if p.number >= from_.zfill(2)]
+    return phases
+
+
+def ensure_kernel() -> str:
+    """Register this environment's Python as the ``runbook`` kernel (inside the environment's prefix)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL_NAME
+    except Exception:  # noqa: BLE001 - not registered yet
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, display_name="Python (runbook)", prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def new_run_dir(params_name: str, root: Path | None = None) -> Path:
+    root = root or outputs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for i in range(1000):
+        name = f"{stamp}-{params_name}" + (f"-{i + 1}" if i else "")
+        d = root / name
+        try:
+            d.mkdir()  # never an existing folder: a run is immutable
+            return d
+        except FileExistsError:
+            continue
+    raise RunFailed(f"could not create a new run folder under {root}")
+
+
+def git_commit() -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def package_versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def render_html(nb_path: Path) -> Path:
+    """Code-hidden HTML of an executed notebook (for readers: markdown, tables, plots, errors)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(nb_path, as_version=4)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    out = nb_path.with_suffix(".html")
+    atomic.write_text(out, body)
+    return out
+
+
+def scrub_file(path: Path, values: set[str]) -> int:
+    """Replace secret values in a file; returns how many were found (each is a bug to report)."""
+    text = path.read_text(encoding="utf-8")
+    count = sum(text.count(v) for v in values if v)
+    if count:
+        atomic.write_text(path, credentials.scrub(text, values))
+    return count
+
+
+def write_index(run_dir: Path, manifest: dict) -> Path:
+    rows = []
+    for ph in manifest["phases"]:
+        colour = {"ok": "#d4edda", "failed": "#f8d7da"}.get(ph["status"], "#eee")
+        link = f'<a href="{html.escape(ph["notebook"])}.html">{html.escape(ph["notebook"])}</a>'
+        err = html.escape(ph.get("error") or "")
+        rows.append(
+            f'<tr><td>{link}</td><td style="background:{colour}">{ph["status"]}</td>'
+            f'<td>{ph.get("duration_s", "")}</td><td><pre>{err}</pre></td></tr>'
+        )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Run {html.escape(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.4em .8em;vertical-align:top}}pre{{margin:0;white-space:pre-wrap}}</style></head>
+<body><h1>Runbook run {html.escape(run_dir.name)}</h1>
+<p>Params: <code>{html.escape(manifest["params_file"])}</code> (sha256 {manifest["params_sha256"][:12]}…),
+commit <code>{html.escape(str(manifest["git"].get("commit")))}</code>, status <b>{manifest["status"]}</b>,
+started {manifest["started_at"]}, finished {manifest.get("finished_at", "")}.</p>
+<table><tr><th>phase</th><th>status</th><th>seconds</th><th>error</th></tr>{"".join(rows)}</table>
+<p><a href="manifest.json">manifest.json</a></p></body></html>"""
+    out = run_dir / "index.html"
+    atomic.write_text(out, page)
+    return out
+
+
+def _emulator_for(params: dict, env: dict):
+    """Rehearsal mode: start the LlamaCloud-compatible server for this run when the params ask for it."""
+    corpus = params.get("emulator_corpus")
+    if not corpus:
+        return None
+    from . import cloud_emulator
+
+    key_env = params.get("source_api_key_env") or "LLAMA_CLOUD_API_KEY"
+    if not os.environ.get(key_env):
+        os.environ[key_env] = "emu-" + _pysecrets.token_urlsafe(24)
+    handle = cloud_emulator.start_subprocess(
+        corpus=corpus,
+        api_key_env=key_env,
+        embed_cache=params.get("embedding_cache") or "",
+        serve_embeddings=bool(params.get("emulator_serve_embeddings", False)),
+    )
+    return handle
+
+
+def run(
+    params_path: str | Path,
+    only: list[str] | None = None,
+    from_: str | None = None,
+    prepare_only: bool = False,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    log=print,
+) -> RunResult:
+    params_path = resolve(params_path)
+    params = config.load_params(params_path)
+    credentials.check_parameters(params)
+    all_phases = discover(notebooks_dir)
+    if not all_phases:
+        raise RunFailed(f"no numbered notebooks in {notebooks_dir}")
+    declared = {p.stem: config.notebook_parameters(p.path) for p in all_phases}
+    for stem, decl in declared.items():
+        missing = [n for n in config.RUNNER_PARAMETERS if n not in decl]
+        if missing:
+            raise RunFailed(f"{stem}.ipynb: its parameters cell must declare {', '.join(missing)}")
+    per_nb = config.split_by_notebook(params, declared)
+    phases = select(all_phases, only, from_)
+
+    run_dir = new_run_dir(params_path.stem)
+    log(f"run folder: {run_dir}")
+    manifest = {
+        "run_id": run_dir.name,
+        "params_file": str(params_path.relative_to(PROJECT_ROOT) if params_path.is_relative_to(PROJECT_ROOT) else params_path),
+        "params_sha256": config.sha256_file(params_path),
+        "parameters": params,
+        "git": git_commit(),
+        "packages": package_versions(),
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "prepare_only": prepare_only,
+        "status": "running",
+        "phases": [{"notebook": p.stem, "status": "pending"} for p in phases],
+    }
+    atomic.write_json(run_dir / "manifest.json", manifest)
+    result = RunResult(run_dir)
+
+    if prepare_only:
+        import papermill
+
+        for i, ph in enumerate(phases):
+            out = run_dir / f"{ph.stem}.ipynb"
+            papermill.execute_notebook(
+                str(ph.path), str(out), parameters={**per_nb[ph.stem], "run_dir": str(run_dir)},
+                prepare_only=True, kernel_name=KERNEL_NAME,
+            )
+            manifest["phases"][i].update(status="prepared")
+        manifest.update(status="prepared", finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        atomic.write_json(run_dir / "manifest.json", manifest)
+        log(f"prepared {len(phases)} notebook(s) in {run_dir}; open them in JupyterLab with the 'runbook' kernel")
+        return result
+
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    kernel = ensure_kernel()
+    env_names = {v for k, v in params.items() if k.endswith("_env") and isinstance(v, str) and v}
+    emulator = _emulator_for(params, os.environ)
+    failure = None
+    try:
+        extra = {}
+        if emulator is not None:
+            extra["source_base_url"] = emulator.url
+            manifest["emulator"] = {"url": emulator.url, "corpus": params.get("emulator_corpus")}
+        for i, ph in enumerate(phases):
+            entry = manifest["phases"][i]
+            nb_params = {**per_nb[ph.stem], "run_dir": str(run_dir)}
+            nb_params.update({k: v for k, v in extra.items() if k in declared[ph.stem]})
+            out = run_dir / f"{ph.stem}.ipynb"
+            t0 = time.time()
+            entry.update(status="running", started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+            atomic.write_json(run_dir / "manifest.json", manifest)
+            log(f"[{ph.number}] {ph.stem} ...")
+            try:
+                papermill.execute_notebook(
+                    str(ph.path), str(out), parameters=nb_params, kernel_name=kernel,
+                    cwd=str(notebooks_dir), progress_bar=False, log_output=False,
+                )
+                entry["status"] = "ok"
+            except PapermillExecutionError as e:
+                entry["status"] = "failed"
+                evalue = credentials.scrub(str(e.evalue), credentials.secret_env_values(env_names))
+                entry["error"] = f"cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {evalue}"
+                failure = f"phase {ph.stem} failed in {out.name}, {entry['error']}"
+            except Exception as e:  # kernel died, notebook unreadable, ...
+                entry["status"] = "failed"
+                entry["error"] = credentials.scrub(f"{type(e).__name__}: {e}", credentials.secret_env_values(env_names))
+                failure = f"phase {ph.stem} could not run: {entry['error']}"
+            entry["duration_s"] = round(time.time() - t0, 1)
+            entry["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            if out.exists():
+                leaked = scrub_file(out, credentials.secret_env_values(env_names))
+                if leaked:
+                    entry["secrets_scrubbed"] = leaked
+                render_html(out)
+            handoff_file = run_dir / "handoff" / f"{ph.stem}.json"
+            if handoff_file.exists():
+                entry["handoff"] = f"handoff/{handoff_file.name}"
+            result.phases.append(entry)
+            atomic.write_json(run_dir / "manifest.json", manifest)
+            log(f"[{ph.number}] {entry['status']} in {entry['duration_s']} s")
+            if failure:
+                break
+    finally:
+        if emulator is not None:
+            emulator.stop()
+        manifest["status"] = "failed" if failure else "ok"
+        manifest["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        manifest["duration_s"] = round(
+            (dt.datetime.fromisoformat(manifest["finished_at"]) - dt.datetime.fromisoformat(manifest["started_at"])).total_seconds(), 1
+        )
+        atomic.write_json(run_dir / "manifest.json", manifest)
+        write_index(run_dir, manifest)
+    if failure:
+        result.ok = False
+        raise RunFailed(failure + f"\nsee {run_dir / 'index.html'}", run_dir)
+    return result
+
+
+def phase_summary(run_dir: Path) -> str:
+    m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    return "\n".join(f"{p['notebook']:<22} {p['status']:<8} {p.get('duration_s', '')}" for p in m["phases"])
+
+

@@ -1,0 +1,103 @@
+"""The source index, read-only: the official ``llama-cloud`` client, configured from the params.
+
+Only GET requests and ``retrieve`` (a read) are ever sent. The key comes from the environment variable
+the params name; in rehearsal mode the local LlamaCloud-compatible server is started if needed.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+
+from . import credentials
+
+
+class SourceError(RuntimeError):
+    pass
+
+
+def path_id(value: str) -> str:
+    """An id for a URL path segment. llama-cloud 1.x puts ids into paths as they are, so an id with
+    ``/ ? # %`` would change the path: such ids are percent-encoded here (others are left to httpx)."""
+    return urllib.parse.quote(value, safe="") if any(ch in value for ch in "/?#%") else value
+
+
+@dataclass
+class Source:
+    client: object  # llama_cloud.LlamaCloud
+    base_url: str
+    api_key_env: str
+
+    def describe(self) -> str:
+        return f"{self.base_url or 'https://api.cloud.llamaindex.ai'} (key from ${self.api_key_env})"
+
+
+def ensure_emulator(base_url: str, emulator_corpus: str, api_key_env: str, embed_cache: str = "") -> str:
+    """Rehearsal mode outside the runner (plain papermill, JupyterLab): start the local server if
+    nothing answers at ``base_url``. Returns the URL to use."""
+    from . import cloud_emulator
+
+    if base_url:
+        try:
+            cloud_emulator.wait_healthy(base_url, timeout=1.5)
+            return base_url
+        except (TimeoutError, RuntimeError):
+            pass
+    port = int(urllib.parse.urlsplit(base_url).port or 0) if base_url else 0
+    if not os.environ.get(api_key_env):
+        raise SourceError(f"rehearsal mode: set {api_key_env} to any value; the local server accepts that key")
+    handle = cloud_emulator.start_subprocess(emulator_corpus, api_key_env, port, embed_cache)
+    import atexit
+
+    atexit.register(handle.stop)
+    return handle.url
+
+
+def open_source(base_url: str, api_key_env: str, max_retries: int = 8, timeout_s: float = 60.0,
+                emulator_corpus: str = "", embed_cache: str = "") -> Source:
+    from llama_cloud import LlamaCloud
+
+    if emulator_corpus:
+        base_url = ensure_emulator(base_url, emulator_corpus, api_key_env, embed_cache)
+    key = credentials.get_secret(api_key_env, purpose="LlamaCloud API key")
+    client = LlamaCloud(api_key=key.reveal(), base_url=base_url or None, max_retries=max_retries, timeout=timeout_s)
+    return Source(client, base_url, api_key_env)
+
+
+def find_pipeline(src: Source, index_id: str = "", index_name: str = "", project_name: str = "Default",
+                  organization_id: str = ""):
+    """(project, pipeline) by pipeline id, or by name within a project, as LlamaCloudIndex resolves them."""
+    import llama_cloud
+
+    c = src.client
+    try:
+        with credentials.scrubbed_errors():
+            if index_id:
+                pipeline = c.pipelines.get(pipeline_id=index_id)
+                project = c.projects.get(project_id=pipeline.project_id)
+                if index_name and pipeline.name != index_name:
+                    raise SourceError(f"pipeline {index_id} is named {pipeline.name!r}, not {index_name!r}: check index_name")
+                return project, pipeline
+            if not index_name:
+                raise SourceError("set index_id or index_name in the params")
+            projects = c.projects.list(organization_id=organization_id or None)
+            project = next((p for p in projects if p.name == project_name), None)
+            if project is None:
+                raise SourceError(f"project {project_name!r} not found; projects: {[p.name for p in projects]}")
+            pipelines = c.pipelines.list(project_id=project.id, pipeline_name=index_name)
+            pipeline = next((p for p in pipelines if p.name == index_name), None)
+            if pipeline is None:
+                raise SourceError(f"index {index_name!r} not found in project {project_name!r}")
+            return project, pipeline
+    except llama_cloud.AuthenticationError:
+        raise SourceError(f"the source rejected the key in ${src.api_key_env} (401): check the key") from None
+    except llama_cloud.NotFoundError:
+        raise SourceError(f"index id {index_id!r} not found at {src.describe()}") from None
+    except llama_cloud.APIConnectionError as e:
+        raise SourceError(f"cannot reach {src.describe()}: {type(e).__name__}") from None
+
+
+def document_count(src: Source, pipeline_id: str) -> int:
+    page = src.client.pipelines.documents.list(pipeline_id=pipeline_id, limit=1)
+    return int(page.total_count or 0)

@@ -44,7 +44,12 @@ def _pipeline(pid, name, project_id, embedding_config, transform_config, top_k=6
     }
 
 
-def node_json(chunk_id, text, metadata, doc_id, doc_meta, prev_id, next_id, start, end, embedding=None):
+_SYSTEM_KEYS = ["file_id", "pipeline_id", "document_id", "file_size", "last_modified_at", "external_file_id",
+                "pipeline_file_id"]
+
+
+def node_json(chunk_id, text, metadata, doc_id, doc_meta, prev_id, next_id, start, end, embedding=None,
+              excluded_embed=None):
     """A chunk as LlamaCloud's ``/chunks`` returns it: ``id_``, ``extra_info``, relationships by number."""
     rel = {"1": {"node_id": doc_id, "node_type": "4", "metadata": doc_meta,
                  "hash": hashlib.sha256(doc_id.encode()).hexdigest(), "class_name": "RelatedNodeInfo"}}
@@ -54,10 +59,8 @@ def node_json(chunk_id, text, metadata, doc_id, doc_meta, prev_id, next_id, star
         rel["3"] = {"node_id": next_id, "node_type": "1", "metadata": {}, "hash": None, "class_name": "RelatedNodeInfo"}
     return {
         "id_": chunk_id, "embedding": embedding, "extra_info": metadata,
-        "excluded_embed_metadata_keys": ["file_id", "pipeline_id", "document_id", "file_size", "last_modified_at",
-                                         "external_file_id", "pipeline_file_id"],
-        "excluded_llm_metadata_keys": ["file_id", "pipeline_id", "document_id", "file_size", "last_modified_at",
-                                       "external_file_id", "pipeline_file_id"],
+        "excluded_embed_metadata_keys": list(_SYSTEM_KEYS if excluded_embed is None else excluded_embed),
+        "excluded_llm_metadata_keys": list(_SYSTEM_KEYS),
         "relationships": rel, "metadata_template": "{key}: {value}", "metadata_seperator": "\n",
         "text": text, "mimetype": "text/plain", "start_char_idx": start, "end_char_idx": end,
         "text_template": "{metadata_str}\n\n{content}", "class_name": "TextNode",
@@ -244,12 +247,16 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
                 meta["codes"] = [1, "A"]  # a mixed list: Chroma cannot
             chunks.append(node_json(chunk_ids[k], ctext, meta, doc_id, doc_meta,
                                     chunk_ids[k - 1] if k else None,
-                                    chunk_ids[k + 1] if k + 1 < len(nodes) else None, start, end))
+                                    chunk_ids[k + 1] if k + 1 < len(nodes) else None, start, end,
+                                    excluded_embed=[key for key in meta if key != "title_en"]))
         pending.append((doc, chunks))
     vectors = None
     if with_vectors:
         cache = embeddings.EmbeddingCache(embed_cache) if embed_cache else None
-        all_texts = [c["text"] for _, chunks in pending for c in chunks]
+        from .export_format import embed_text, node_to_row
+
+        # vectors of what a LlamaIndex pipeline embeds: non-excluded metadata, then the chunk text
+        all_texts = [embed_text(node_to_row(doc["id"], k, c)) for doc, chunks in pending for k, c in enumerate(chunks)]
         vectors, _ = embeddings.embed_texts(all_texts, MINILM, cache)
         if cache:
             cache.close()

@@ -1,0 +1,199 @@
+"""The export: ``manifest.json`` plus Parquet shards, checksummed, written so nothing is half-visible.
+
+Layout of an export folder::
+
+    manifest.json            present only when the export is complete and consistent
+    manifest.partial.json    progress of an export in flight (committed shards only)
+    chunks-00000.parquet     one row per chunk (see CHUNK_SCHEMA)
+    documents-00000.parquet  the documents whose chunks are in chunks-00000 (whole documents per shard)
+
+A shard pair appears in a manifest only after both files are completely written, fsynced and renamed
+into place; files that no manifest names are leftovers of a killed run and are removed on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import atomic
+
+FORMAT = "welno-runbook-export/1"
+CHUNK_SCHEMA = pa.schema([
+    ("chunk_id", pa.string()),
+    ("document_id", pa.string()),
+    ("seq", pa.int32()),  # order of the chunk within its document
+    ("text", pa.string()),
+    ("text_sha256", pa.string()),
+    ("metadata_json", pa.string()),  # extra_info exactly as the API returned it
+    ("relationships_json", pa.string()),
+    ("node_extra_json", pa.string()),  # excluded keys, templates, mimetype, class_name
+    ("start_char_idx", pa.int64()),
+    ("end_char_idx", pa.int64()),
+    ("embedding", pa.list_(pa.float32())),  # null where the source served none (yet)
+    ("embedding_source", pa.string()),  # "cloud" | "computed" | null
+])
+DOC_SCHEMA = pa.schema([
+    ("document_id", pa.string()),
+    ("text", pa.string()),
+    ("metadata_json", pa.string()),
+    ("content_sha256", pa.string()),  # of text + metadata: a changed document is re-fetched whole
+    ("chunk_count", pa.int32()),
+])
+NODE_EXTRA_KEYS = ("excluded_embed_metadata_keys", "excluded_llm_metadata_keys", "metadata_template",
+                   "metadata_seperator", "text_template", "mimetype", "class_name")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def sha256_text(s: str) -> str:
+    return hashlib.sha256(s.encode("utf-8")).hexdigest()
+
+
+def document_hash(text: str, metadata: dict) -> str:
+    return sha256_text(text + "\x00" + dumps(metadata or {}))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def node_to_row(document_id: str, seq: int, node: dict) -> dict:
+    """One chunk (TextNode JSON from ``/chunks``) as an export row."""
+    text = node.get("text") or ""
+    emb = node.get("embedding")
+    return {
+        "chunk_id": node.get("id_") or node.get("id"),
+        "document_id": document_id,
+        "seq": seq,
+        "text": text,
+        "text_sha256": sha256_text(text),
+        "metadata_json": dumps(node.get("extra_info") or node.get("metadata") or {}),
+        "relationships_json": dumps(node.get("relationships") or {}),
+        "node_extra_json": dumps({k: node.get(k) for k in NODE_EXTRA_KEYS if k in node}),
+        "start_char_idx": node.get("start_char_idx"),
+        "end_char_idx": node.get("end_char_idx"),
+        "embedding": emb,
+        "embedding_source": "cloud" if emb else None,
+    }
+
+
+def row_to_node_json(row: dict) -> dict:
+    """Back to LlamaCloud's TextNode JSON (as served by ``/chunks``)."""
+    node = {"id_": row["chunk_id"], "embedding": None, "extra_info": json.loads(row["metadata_json"]),
+            "relationships": json.loads(row["relationships_json"]), "text": row["text"],
+            "start_char_idx": row["start_char_idx"], "end_char_idx": row["end_char_idx"]}
+    node.update(json.loads(row["node_extra_json"] or "{}"))
+    return node
+
+
+def row_to_llama_node(row: dict):
+    """A LlamaIndex ``TextNode`` equal to the exported chunk (metadata, relationships, offsets)."""
+    from llama_index.core.schema import TextNode
+
+    extra = json.loads(row["node_extra_json"] or "{}")
+    kwargs = {k: extra[k] for k in ("excluded_embed_metadata_keys", "excluded_llm_metadata_keys",
+                                     "metadata_template", "text_template", "mimetype") if extra.get(k) is not None}
+    if extra.get("metadata_seperator") is not None:
+        kwargs["metadata_separator"] = extra["metadata_seperator"]
+    return TextNode(
+        id_=row["chunk_id"], text=row["text"], metadata=json.loads(row["metadata_json"]),
+        relationships=json.loads(row["relationships_json"]), start_char_idx=row["start_char_idx"],
+        end_char_idx=row["end_char_idx"], **kwargs,
+    )
+
+
+def embed_text(row: dict) -> str:
+    """The text a LlamaIndex pipeline embeds for a chunk: metadata not excluded from embedding, then text."""
+    from llama_index.core.schema import MetadataMode
+
+    return row_to_llama_node(row).get_content(metadata_mode=MetadataMode.EMBED)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> str:
+    """Write a Parquet file under a temporary name, fsync, rename; return its sha256."""
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return sha256_file(path)
+
+
+def chunk_table(rows: list[dict]) -> pa.Table:
+    cols = {name: [r[name] for r in rows] for name in CHUNK_SCHEMA.names}
+    return pa.Table.from_pydict(cols, schema=CHUNK_SCHEMA)
+
+
+def doc_table(rows: list[dict]) -> pa.Table:
+    cols = {name: [r[name] for r in rows] for name in DOC_SCHEMA.names}
+    return pa.Table.from_pydict(cols, schema=DOC_SCHEMA)
+
+
+@dataclass
+class Export:
+    """A complete export, opened for reading."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.manifest["shards"]
+
+    def iter_chunk_batches(self, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+        for sh in self.shards:
+            pf = pq.ParquetFile(self.path / sh["chunks_file"])
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+    def iter_chunks(self, columns: list[str] | None = None) -> Iterator[dict]:
+        for batch in self.iter_chunk_batches(columns):
+            yield from batch.to_pylist()
+
+    def iter_documents(self) -> Iterator[dict]:
+        for sh in self.shards:
+            yield from pq.read_table(self.path / sh["documents_file"]).to_pylist()
+
+    @property
+    def manifest_sha256(self) -> str:
+        return sha256_file(self.path / "manifest.json")
+
+
+def open_export(path: str | os.PathLike) -> Export:
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not mf.exists():
+        if (path / "manifest.partial.json").exists():
+            raise ExportError(f"{path} is an unfinished export (manifest.partial.json only): run phase 01 again "
+                              "to resume it")
+        raise ExportError(f"{path} has no manifest.json: not an export folder")
+    m = atomic.read_json(mf)
+    if m.get("format") != FORMAT:
+        raise ExportError(f"{mf}: format {m.get('format')!r}, expected {FORMAT!r}")
+    return Export(path, m)
+
+
+def latest_export(exports_dir: str | os.PathLike, pipeline_id: str | None = None) -> Path | None:
+    """The newest complete export under ``backup/exports`` (optionally of one pipeline)."""
+    best = None
+    for d in sorted(Path(exports_dir).glob("*/manifest.json")):
+        m = atomic.read_json(d)
+        if pipeline_id and m.get("index_id") != pipeline_id:
+            continue
+        if best is None or m.get("exported_at", "") >= best[0]:
+            best = (m.get("exported_at", ""), d.parent)
+    return best[1] if best else None

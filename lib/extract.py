@@ -1,0 +1,341 @@
+"""Phase 01: take everything out of the source index into a checksummed, resumable export.
+
+Read-only against the source (GET only). Documents are listed page by page; each page's chunks are
+fetched with bounded concurrency; whole documents are grouped into shards that are committed
+atomically. A killed export resumes from its committed shards; a document whose content changed
+between runs is re-fetched whole; documents added or deleted while the export ran are reconciled by
+listing the source again until two listings agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from . import atomic, credentials, export_format
+from .export_format import ExportError
+from .source import Source, find_pipeline, path_id
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict
+    fetched_documents: int = 0
+    resumed_documents: int = 0
+    refetched_documents: int = 0
+    removed_documents: int = 0
+    listing_passes: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "export": str(self.path), "index": f"{m['index_name']} ({m['index_id']})",
+            "documents": m["total_documents"], "chunks": m["total_chunks"],
+            "source total_count": m["source_total_count"], "fetched now": self.fetched_documents,
+            "resumed from earlier run": self.resumed_documents, "re-fetched (changed)": self.refetched_documents,
+            "removed (deleted at source)": self.removed_documents, "listing passes": self.listing_passes,
+            "vectors from cloud": m["embeddings"]["from_cloud"], "vectors missing": m["embeddings"]["missing"],
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", s, flags=re.UNICODE).strip("-")[:40] or "index"
+
+
+class _Writer:
+    """Buffers whole documents into shards; commits each shard atomically into the partial manifest."""
+
+    def __init__(self, path: Path, header: dict, shard_rows: int):
+        self.path = path
+        self.shard_rows = shard_rows
+        self.partial_path = path / "manifest.partial.json"
+        if self.partial_path.exists():
+            self.state = atomic.read_json(self.partial_path)
+        else:
+            self.state = {**header, "shards": []}
+            atomic.write_json(self.partial_path, self.state)
+        self._cleanup_orphans()
+        self.buf_chunks: list[dict] = []
+        self.buf_docs: list[dict] = []
+        self.lock = threading.Lock()
+
+    def _cleanup_orphans(self):
+        named = {sh[k] for sh in self.state["shards"] for k in ("chunks_file", "documents_file")}
+        for p in self.path.iterdir():
+            if p.name.endswith(".tmp") or (p.suffix == ".parquet" and p.name not in named):
+                p.unlink()
+
+    def committed_documents(self) -> dict[str, tuple[str, int]]:
+        """document id -> (content hash, shard index) for every committed document."""
+        done = {}
+        for sh in self.state["shards"]:
+            t = pq.read_table(self.path / sh["documents_file"], columns=["document_id", "content_sha256"])
+            for d, h in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
+                done[d] = (h, sh["index"])
+        return done
+
+    def add(self, doc_row: dict, chunk_rows: list[dict]):
+        self.buf_docs.append(doc_row)
+        self.buf_chunks.extend(chunk_rows)
+        if len(self.buf_chunks) >= self.shard_rows:
+            self.flush()
+
+    def _next_index(self) -> int:
+        return max((sh["index"] for sh in self.state["shards"]), default=-1) + 1
+
+    def flush(self):
+        if not self.buf_docs:
+            return
+        i = self._next_index()
+        entry = self._write_pair(i, self.buf_docs, self.buf_chunks)
+        self.state["shards"].append(entry)
+        atomic.write_json(self.partial_path, self.state)
+        self.buf_docs, self.buf_chunks = [], []
+
+    def _write_pair(self, i: int, docs: list[dict], chunks: list[dict], generation: int = 0) -> dict:
+        suffix = f"-{generation}" if generation else ""
+        cf, df = f"chunks-{i:05d}{suffix}.parquet", f"documents-{i:05d}{suffix}.parquet"
+        c_sha = export_format.write_table_atomic(export_format.chunk_table(chunks), self.path / cf)
+        d_sha = export_format.write_table_atomic(export_format.doc_table(docs), self.path / df)
+        return {"index": i, "chunks_file": cf, "documents_file": df, "rows": len(chunks), "documents": len(docs),
+                "chunks_sha256": c_sha, "documents_sha256": d_sha, "generation": generation}
+
+    def remove_documents(self, doc_ids: set[str]) -> int:
+        """Rewrite the shards that hold these documents without them (new file names, then swap)."""
+        removed = 0
+        for pos, sh in enumerate(list(self.state["shards"])):
+            docs = pq.read_table(self.path / sh["documents_file"]).to_pylist()
+            hit = [d for d in docs if d["document_id"] in doc_ids]
+            if not hit:
+                continue
+            keep_docs = [d for d in docs if d["document_id"] not in doc_ids]
+            chunks = [r for r in pq.read_table(self.path / sh["chunks_file"]).to_pylist() if r["document_id"] not in doc_ids]
+            old = (sh["chunks_file"], sh["documents_file"])
+            new = self._write_pair(sh["index"], keep_docs, chunks, sh.get("generation", 0) + 1)
+            self.state["shards"][pos] = new
+            atomic.write_json(self.partial_path, self.state)
+            for f in old:
+                (self.path / f).unlink(missing_ok=True)
+            removed += len(hit)
+        self.state["shards"] = [s for s in self.state["shards"] if s["documents"] > 0]
+        atomic.write_json(self.partial_path, self.state)
+        return removed
+
+    def finalize(self, extra: dict) -> dict:
+        self.flush()
+        shards = self.state["shards"]
+        manifest = {**self.state, **extra, "shards": shards,
+                    "total_documents": sum(s["documents"] for s in shards),
+                    "total_chunks": sum(s["rows"] for s in shards)}
+        manifest["embeddings"] = embedding_stats(self.path, shards)
+        manifest["embedding_dimension"] = manifest["embeddings"]["dimension"]
+        manifest["status"] = "complete"
+        atomic.write_json(self.path / "manifest.json", manifest)
+        self.partial_path.unlink(missing_ok=True)
+        atomic.fsync_dir(self.path)
+        return manifest
+
+
+def embedding_stats(path: Path, shards: list[dict]) -> dict:
+    import pyarrow.compute as pc
+
+    cloud = computed = missing = 0
+    dims: set[int] = set()
+    models: set[str] = set()
+    for sh in shards:
+        t = pq.read_table(path / sh["chunks_file"], columns=["embedding", "embedding_source"])
+        src = t.column("embedding_source")
+        cloud += pc.sum(pc.equal(src, "cloud")).as_py() or 0
+        computed += pc.sum(pc.equal(src, "computed")).as_py() or 0
+        missing += t.column("embedding").null_count
+        lens = pc.unique(pc.list_value_length(t.column("embedding").drop_null())).to_pylist()
+        dims.update(x for x in lens if x is not None)
+    for sh in shards:
+        if sh.get("embedding_model"):
+            models.add(sh["embedding_model"])
+    return {"from_cloud": cloud, "computed": computed, "missing": missing,
+            "dimension": dims.pop() if len(dims) == 1 else (sorted(dims) if dims else None),
+            "computed_with": sorted(models)}
+
+
+def _fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
+    import llama_cloud
+
+    try:
+        nodes = src.client.pipelines.documents.get_chunks(document_id=path_id(doc_id), pipeline_id=pipeline_id)
+    except llama_cloud.NotFoundError:
+        return None  # deleted since it was listed; reconciled by the next listing
+    except llama_cloud.APIError as e:
+        raise ExportError(
+            f"fetching the chunks of document {doc_id!r} failed after the client's retries: "
+            f"{credentials.scrub(str(e))[:300]}. Nothing committed is lost: run phase 01 again to resume."
+        ) from None
+    return [n.model_dump(mode="json", by_alias=True) for n in nodes]
+
+
+def _list_pages(src: Source, pipeline_id: str, page_size: int):
+    """Yield (documents, total_count) page by page, the way the official pager asks (skip, limit)."""
+    skip = 0
+    while True:
+        page = src.client.pipelines.documents.list(pipeline_id=pipeline_id, skip=skip, limit=page_size)
+        docs = [d.model_dump(mode="json") for d in page.documents]
+        total = page.total_count
+        yield docs, total
+        skip = (page.offset or skip) + len(docs)
+        if not docs or total is None or skip >= total:
+            return
+
+
+def find_resumable(exports_dir: Path, pipeline_id: str) -> Path | None:
+    for d in sorted(exports_dir.glob("*/manifest.partial.json"), reverse=True):
+        if atomic.read_json(d).get("index_id") == pipeline_id:
+            return d.parent
+    return None
+
+
+def export_index(
+    src: Source,
+    exports_dir: str | os.PathLike,
+    index_id: str = "",
+    index_name: str = "",
+    project_name: str = "Default",
+    organization_id: str = "",
+    export_id: str = "",
+    concurrency: int = 8,
+    page_size: int = 100,
+    shard_rows: int = 20_000,
+    max_listing_passes: int = 4,
+    progress: bool = True,
+) -> ExportResult:
+    """Export (or resume exporting) the index to ``exports_dir/<export_id>``."""
+    t0 = time.time()
+    exports_dir = Path(exports_dir)
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    project, pipeline = find_pipeline(src, index_id, index_name, project_name, organization_id)
+    pid = pipeline.id
+    if export_id:
+        path = exports_dir / export_id
+        if (path / "manifest.json").exists():
+            raise ExportError(f"export {path} is already complete; choose a new export_id or leave it empty")
+    else:
+        path = find_resumable(exports_dir, pid) or exports_dir / (
+            dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + _slug(pipeline.name))
+    path.mkdir(parents=True, exist_ok=True)
+    import llama_cloud
+
+    header = {
+        "format": export_format.FORMAT, "export_id": path.name, "index_name": pipeline.name, "index_id": pid,
+        "project": project.model_dump(mode="json"), "pipeline": pipeline.model_dump(mode="json", by_alias=True),
+        "source_base_url": src.base_url or "default", "client_version": llama_cloud.__version__,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    w = _Writer(path, header, shard_rows)
+    result = ExportResult(path, {})
+    done = w.committed_documents()
+    result.resumed_documents = len(done)
+    if done:
+        result.events.append(f"resuming: {len(done)} document(s) already committed in {len(w.state['shards'])} shard(s)")
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="documents exported", unit="doc")
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    stale: set[str] = set()  # committed ids whose content changed or that vanished: removed at the end
+    exported: dict[str, str] = {d: h for d, (h, _) in done.items()}  # doc id -> content hash (committed or buffered)
+    try:
+        fetched_before = 0
+        for pass_no in range(1, max_listing_passes + 1):
+            result.listing_passes = pass_no
+            listed: dict[str, str] = {}
+            total = None
+            for docs, total in _list_pages(src, pid, page_size):
+                if bar is not None and bar.total != total:
+                    bar.total = total
+                    bar.refresh()
+                todo = []
+                for d in docs:
+                    if d["id"] in listed:
+                        continue  # the listing shifted under us; the id is already handled
+                    h = export_format.document_hash(d["text"], d.get("metadata") or {})
+                    listed[d["id"]] = h
+                    if exported.get(d["id"]) == h and d["id"] not in stale:
+                        if bar is not None and pass_no == 1:
+                            bar.update(1)
+                        continue
+                    if d["id"] in exported:
+                        stale.add(d["id"])  # changed since committed: re-fetch whole, drop the old copy
+                        result.refetched_documents += 1
+                    todo.append((d, h))
+                for (d, h), nodes in zip(todo, pool.map(lambda x: _fetch_chunks(src, pid, x[0]["id"]), todo), strict=True):
+                    if nodes is None:
+                        listed.pop(d["id"], None)
+                        continue
+                    rows = [export_format.node_to_row(d["id"], k, n) for k, n in enumerate(nodes)]
+                    doc_row = {"document_id": d["id"], "text": d["text"],
+                               "metadata_json": export_format.dumps(d.get("metadata") or {}),
+                               "content_sha256": h, "chunk_count": len(rows)}
+                    if d["id"] in stale:
+                        # a fresh copy replaces the stale one; keep it aside until the old one is removed
+                        w.flush()
+                        w.remove_documents({d["id"]})
+                        stale.discard(d["id"])
+                    w.add(doc_row, rows)
+                    exported[d["id"]] = h
+                    result.fetched_documents += 1
+                    if bar is not None:
+                        bar.update(1)
+            vanished = set(exported) - set(listed)
+            if vanished:
+                w.flush()
+                result.removed_documents += w.remove_documents(vanished)
+                for d in vanished:
+                    exported.pop(d, None)
+                result.events.append(f"pass {pass_no}: {len(vanished)} document(s) deleted at the source, removed")
+            changed = result.fetched_documents != fetched_before or bool(vanished)
+            # complete when one whole listing found nothing to fetch or remove, and matches the source count
+            if not changed and set(exported) == set(listed) and len(listed) == (total or 0):
+                break
+            fetched_before = result.fetched_documents
+            result.events.append(f"pass {pass_no}: {len(listed)} listed, {len(exported)} exported; listing again to confirm")
+        else:
+            raise ExportError(f"the source kept changing during {max_listing_passes} listings; run phase 01 again")
+    finally:
+        pool.shutdown(wait=True)
+        if bar is not None:
+            bar.close()
+    manifest = w.finalize({
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source_total_count": total,
+    })
+    if manifest["total_documents"] != total:
+        raise ExportError(f"export has {manifest['total_documents']} documents but the source reports {total}")
+    result.manifest = manifest
+    result.seconds = time.time() - t0
+    return result
+
+
+def sequential_export_count(src: Source, pipeline_id: str, page_size: int = 100) -> int:
+    """The baseline for the benchmark: one request at a time, nothing written. Returns chunks seen."""
+    n = 0
+    for docs, _ in _list_pages(src, pipeline_id, page_size):
+        for d in docs:
+            nodes = _fetch_chunks(src, pipeline_id, d["id"])
+            n += len(nodes or [])
+    return n
+
+

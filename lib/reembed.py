@@ -1,0 +1,138 @@
+"""Vectors for the chunks the cloud served without one (LlamaCloud is not known to return them).
+
+First ``plan`` shows what it would cost (tokens by tiktoken, $ by the model's price); ``apply`` spends
+only with ``allow_spend`` for a paid model. Vectors are cached by (model, text hash), so a re-run pays
+nothing twice. Each shard is rewritten under a new name, the manifest swapped atomically, then the old
+file removed: the manifest always matches the files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import atomic, embeddings, export_format
+from .export_format import ExportError
+
+
+class SpendNotAllowed(RuntimeError):
+    pass
+
+
+@dataclass
+class Plan:
+    model_id: str
+    chunks_to_embed: int
+    tokens: int
+    price_per_mtok: float
+    cached: int
+
+    @property
+    def est_cost_usd(self) -> float:
+        return (self.tokens / 1e6) * self.price_per_mtok
+
+    def as_dict(self) -> dict:
+        return {"model": self.model_id, "chunks to embed": self.chunks_to_embed, "already cached": self.cached,
+                "tokens (cl100k)": self.tokens, "price $/1M tokens": self.price_per_mtok,
+                "estimated cost $": round(self.est_cost_usd, 4)}
+
+
+def _needs(batch_rows: list[dict], force: bool) -> list[int]:
+    return [i for i, r in enumerate(batch_rows) if force or r["embedding"] is None]
+
+
+def plan(export_dir: str | os.PathLike, spec: embeddings.ModelSpec, cache_path: str | os.PathLike,
+         force: bool = False, price_per_mtok: float | None = None) -> Plan:
+    from llama_index.core.utils import get_tokenizer
+
+    tok = get_tokenizer()
+    exp = export_format.open_export(export_dir)
+    cache = embeddings.EmbeddingCache(cache_path)
+    n = tokens = cached = 0
+    for batch in exp.iter_chunk_batches():
+        rows = batch.to_pylist()
+        idx = _needs(rows, force)
+        texts = [export_format.embed_text(rows[i]) for i in idx]
+        hits = cache.get_many(spec.model_id, [embeddings.text_hash(t) for t in texts])
+        for t in texts:
+            if embeddings.text_hash(t) in hits:
+                cached += 1
+            else:
+                tokens += len(tok(t))
+        n += len(idx)
+    cache.close()
+    price = price_per_mtok if price_per_mtok is not None else (
+        embeddings.PRICE_PER_MTOK.get(spec.model_id.split("@")[0], 0.0) if spec.paid else 0.0)
+    return Plan(spec.model_id, n, tokens, price, cached)
+
+
+def apply(export_dir: str | os.PathLike, spec: embeddings.ModelSpec, cache_path: str | os.PathLike,
+          allow_spend: bool = False, max_cost_usd: float = 0.0, force: bool = False, batch_size: int = 64,
+          progress: bool = True, price_per_mtok: float | None = None) -> dict:
+    """Fill missing vectors (all vectors with ``force``) and record which were computed, with what model."""
+    export_dir = Path(export_dir)
+    p = plan(export_dir, spec, cache_path, force, price_per_mtok)
+    if p.chunks_to_embed == 0:
+        return {"embedded": 0, "computed_now": 0, **p.as_dict()}
+    if spec.paid and p.tokens and not allow_spend:
+        raise SpendNotAllowed(
+            f"re-embedding {p.chunks_to_embed} chunks with {spec.model_id} costs about ${p.est_cost_usd:.2f} "
+            f"({p.tokens:,} tokens); set allow_embedding_spend: true (and max_embedding_cost_usd) to allow it"
+        )
+    if spec.paid and max_cost_usd and p.est_cost_usd > max_cost_usd:
+        raise SpendNotAllowed(f"estimated ${p.est_cost_usd:.2f} exceeds max_embedding_cost_usd={max_cost_usd}")
+    exp = export_format.open_export(export_dir)
+    manifest = exp.manifest
+    cache = embeddings.EmbeddingCache(cache_path)
+    computed_total = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=p.chunks_to_embed, desc=f"re-embedding ({spec.model_id})", unit="chunk")
+    try:
+        for pos, sh in enumerate(manifest["shards"]):
+            table = pq.read_table(export_dir / sh["chunks_file"])
+            rows = table.to_pylist()
+            idx = _needs(rows, force)
+            if not idx:
+                continue
+            texts = [export_format.embed_text(rows[i]) for i in idx]
+            vecs, computed = embeddings.embed_texts(texts, spec, cache, batch_size)
+            computed_total += computed
+            if not np.isfinite(vecs).all():
+                raise ExportError(f"{spec.model_id} returned NaN/inf vectors for shard {sh['chunks_file']}")
+            emb = table.column("embedding").to_pylist()
+            src = table.column("embedding_source").to_pylist()
+            for j, i in enumerate(idx):
+                emb[i] = vecs[j].tolist()
+                src[i] = "computed"
+            table = table.set_column(table.schema.get_field_index("embedding"), "embedding",
+                                     pa.array(emb, type=pa.list_(pa.float32())))
+            table = table.set_column(table.schema.get_field_index("embedding_source"), "embedding_source",
+                                     pa.array(src, type=pa.string()))
+            gen = sh.get("generation", 0) + 1
+            new_name = f"chunks-{sh['index']:05d}-{gen}.parquet"
+            sha = export_format.write_table_atomic(table, export_dir / new_name)
+            old = sh["chunks_file"]
+            manifest["shards"][pos] = {**sh, "chunks_file": new_name, "chunks_sha256": sha, "generation": gen,
+                                       "embedding_model": spec.model_id}
+            atomic.write_json(export_dir / "manifest.json", manifest)  # the swap: new file named, old unnamed
+            (export_dir / old).unlink(missing_ok=True)
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        cache.close()
+        if bar is not None:
+            bar.close()
+    from .extract import embedding_stats
+
+    manifest["embeddings"] = embedding_stats(export_dir, manifest["shards"])
+    manifest["embedding_dimension"] = manifest["embeddings"]["dimension"]
+    atomic.write_json(export_dir / "manifest.json", manifest)
+    return {"embedded": p.chunks_to_embed, "computed_now": computed_total, **p.as_dict()}

@@ -1,0 +1,115 @@
+"""The local target: open Chroma from the params and create or verify the collection.
+
+Embedded ``PersistentClient(<base>/chroma_db)`` by default (one writer process per path), or
+``HttpClient`` to a ``chroma run`` server for teams that outgrow one process. Collections are created
+with an explicit configuration (cosine where the source is cosine; Chroma's default is l2) and carry
+their provenance, so a collection is never silently reused for another source or export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import chromadb
+from chromadb.config import Settings
+
+from .paths import Layout
+
+PROVENANCE_KEYS = ("source_index_id", "source_index_name", "export_id", "export_manifest_sha256",
+                   "embedding_model", "dimension")
+IMMUTABLE_HNSW = ("space", "ef_construction", "max_neighbors")
+
+
+class CollectionMismatch(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class HnswSettings:
+    space: str = "cosine"
+    ef_construction: int = 100
+    max_neighbors: int = 16
+    ef_search: int = 100
+    batch_size: int = 100
+    sync_threshold: int = 1000
+    num_threads: int | None = None
+
+    def configuration(self) -> dict:
+        hnsw = {"space": self.space, "ef_construction": self.ef_construction, "max_neighbors": self.max_neighbors,
+                "ef_search": self.ef_search, "batch_size": self.batch_size, "sync_threshold": self.sync_threshold}
+        if self.num_threads:
+            hnsw["num_threads"] = self.num_threads
+        return {"hnsw": hnsw}
+
+
+def open_client(mode: str = "embedded", base_path: str = "", host: str = "127.0.0.1", port: int = 8000):
+    settings = Settings(anonymized_telemetry=False, allow_reset=False)
+    if mode == "embedded":
+        layout = Layout.from_params(base_path)
+        layout.chroma_db.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(layout.chroma_db), settings=settings)
+    if mode == "http":
+        try:
+            client = chromadb.HttpClient(host=host, port=int(port), settings=settings)
+            client.heartbeat()
+            return client
+        except Exception as e:  # noqa: BLE001
+            raise ConnectionError(
+                f"no Chroma server at {host}:{port} ({type(e).__name__}): start one with "
+                f"`chroma run --path <base>/chroma_db --host {host} --port {port}`"
+            ) from None
+    raise ValueError(f"chroma_mode {mode!r}: use 'embedded' or 'http'")
+
+
+def collection_name(name: str, export_id: str = "", versioned: bool = False) -> str:
+    """``name`` or, versioned, ``name__<export id>`` (so a new load never touches the collection in service)."""
+    full = f"{name}__{export_id}" if versioned and export_id else name
+    full = re.sub(r"[^a-zA-Z0-9._-]", "-", full).strip("-._")
+    if not 3 <= len(full) <= 512:
+        raise ValueError(f"collection name {full!r} must have 3 to 512 characters from [a-zA-Z0-9._-]")
+    return full
+
+
+def _current_hnsw(col) -> dict:
+    conf = col.configuration or {}
+    hnsw = conf.get("hnsw") or {}
+    return dict(hnsw) if not hasattr(hnsw, "items") else {k: v for k, v in hnsw.items()}
+
+
+def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, create: bool = True):
+    """Return (collection, "created" | "verified"). An existing collection must match configuration and
+    provenance, or this stops with the differences named."""
+    existing = {c.name if hasattr(c, "name") else c for c in client.list_collections()}
+    if name in existing:
+        col = client.get_collection(name, embedding_function=None)
+        cur = _current_hnsw(col)
+        want = hnsw.configuration()["hnsw"]
+        diffs = [f"{k}: existing {cur.get(k)!r}, wanted {want[k]!r}" for k in IMMUTABLE_HNSW
+                 if cur.get(k) is not None and cur.get(k) != want[k]]
+        meta = col.metadata or {}
+        for k in ("source_index_id", "export_manifest_sha256", "embedding_model", "dimension"):
+            if k in provenance and meta.get(k) != provenance[k]:
+                diffs.append(f"{k}: existing {meta.get(k)!r}, this load {provenance[k]!r}")
+        if diffs:
+            raise CollectionMismatch(
+                f"collection {name!r} exists with a different configuration or source:\n  - " + "\n  - ".join(diffs)
+                + "\nIt is not reused. Use versioned_collection: true (a new name per export), another "
+                "collection_name, or delete the old collection deliberately after checking what serves from it."
+            )
+        # mutable settings follow the params
+        mutable = {k: want[k] for k in ("ef_search",) if cur.get(k) != want[k]}
+        if mutable:
+            col.modify(configuration={"hnsw": mutable})
+        return col, "verified"
+    if not create:
+        raise CollectionMismatch(f"collection {name!r} does not exist (dry run: nothing created)")
+    meta = {**{k: v for k, v in provenance.items() if v is not None}, "created_by": "welno-runbook"}
+    col = client.create_collection(name, configuration=hnsw.configuration(), metadata=meta, embedding_function=None)
+    return col, "created"
+
+
+def describe(col) -> dict:
+    hnsw = _current_hnsw(col)
+    return {"collection": col.name, "count": col.count(), **{f"hnsw.{k}": v for k, v in hnsw.items()},
+            **{f"meta.{k}": v for k, v in (col.metadata or {}).items()}}

@@ -51,7 +51,9 @@ def write_text(target: str | os.PathLike, text: str, mode: int | None = None) ->
 
 
 def write_json(target: str | os.PathLike, obj, mode: int | None = None) -> None:
-    write_text(target, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False, default=str) + "\n", mode)
+    write_text(
+        target, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False, default=str) + "\n", mode
+    )
 
 
 def read_json(path: str | os.PathLike):

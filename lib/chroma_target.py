@@ -16,8 +16,14 @@ from chromadb.config import Settings
 
 from .paths import Layout
 
-PROVENANCE_KEYS = ("source_index_id", "source_index_name", "export_id", "export_manifest_sha256",
-                   "embedding_model", "dimension")
+PROVENANCE_KEYS = (
+    "source_index_id",
+    "source_index_name",
+    "export_id",
+    "export_manifest_sha256",
+    "embedding_model",
+    "dimension",
+)
 IMMUTABLE_HNSW = ("space", "ef_construction", "max_neighbors")
 
 
@@ -36,8 +42,14 @@ class HnswSettings:
     num_threads: int | None = None
 
     def configuration(self) -> dict:
-        hnsw = {"space": self.space, "ef_construction": self.ef_construction, "max_neighbors": self.max_neighbors,
-                "ef_search": self.ef_search, "batch_size": self.batch_size, "sync_threshold": self.sync_threshold}
+        hnsw = {
+            "space": self.space,
+            "ef_construction": self.ef_construction,
+            "max_neighbors": self.max_neighbors,
+            "ef_search": self.ef_search,
+            "batch_size": self.batch_size,
+            "sync_threshold": self.sync_threshold,
+        }
         if self.num_threads:
             hnsw["num_threads"] = self.num_threads
         return {"hnsw": hnsw}
@@ -85,15 +97,19 @@ def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, cr
         col = client.get_collection(name, embedding_function=None)
         cur = _current_hnsw(col)
         want = hnsw.configuration()["hnsw"]
-        diffs = [f"{k}: existing {cur.get(k)!r}, wanted {want[k]!r}" for k in IMMUTABLE_HNSW
-                 if cur.get(k) is not None and cur.get(k) != want[k]]
+        diffs = [
+            f"{k}: existing {cur.get(k)!r}, wanted {want[k]!r}"
+            for k in IMMUTABLE_HNSW
+            if cur.get(k) is not None and cur.get(k) != want[k]
+        ]
         meta = col.metadata or {}
         for k in ("source_index_id", "export_manifest_sha256", "embedding_model", "dimension"):
             if k in provenance and meta.get(k) != provenance[k]:
                 diffs.append(f"{k}: existing {meta.get(k)!r}, this load {provenance[k]!r}")
         if diffs:
             raise CollectionMismatch(
-                f"collection {name!r} exists with a different configuration or source:\n  - " + "\n  - ".join(diffs)
+                f"collection {name!r} exists with a different configuration or source:\n  - "
+                + "\n  - ".join(diffs)
                 + "\nIt is not reused. Use versioned_collection: true (a new name per export), another "
                 "collection_name, or delete the old collection deliberately after checking what serves from it."
             )
@@ -105,11 +121,17 @@ def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, cr
     if not create:
         raise CollectionMismatch(f"collection {name!r} does not exist (dry run: nothing created)")
     meta = {**{k: v for k, v in provenance.items() if v is not None}, "created_by": "welno-runbook"}
-    col = client.create_collection(name, configuration=hnsw.configuration(), metadata=meta, embedding_function=None)
+    col = client.create_collection(
+        name, configuration=hnsw.configuration(), metadata=meta, embedding_function=None
+    )
     return col, "created"
 
 
 def describe(col) -> dict:
     hnsw = _current_hnsw(col)
-    return {"collection": col.name, "count": col.count(), **{f"hnsw.{k}": v for k, v in hnsw.items()},
-            **{f"meta.{k}": v for k, v in (col.metadata or {}).items()}}
+    return {
+        "collection": col.name,
+        "count": col.count(),
+        **{f"hnsw.{k}": v for k, v in hnsw.items()},
+        **{f"meta.{k}": v for k, v in (col.metadata or {}).items()},
+    }

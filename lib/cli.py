@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("params", help="a params file, e.g. runbook_params/demo.yaml")
     r.add_argument("--only", action="append", metavar="NN", help="run only this phase (repeatable)")
     r.add_argument("--from", dest="from_", metavar="NN", help="run from this phase on")
-    r.add_argument("--prepare-only", action="store_true", help="write parameterised notebooks, execute nothing")
+    r.add_argument(
+        "--prepare-only", action="store_true", help="write parameterised notebooks, execute nothing"
+    )
     v = sub.add_parser("verify-export", help="verify an export folder (checksums, counts, vectors)")
     v.add_argument("export_dir")
     args = ap.parse_args(argv)

@@ -86,14 +86,20 @@ def _int_param(q, name, default, lo=0, hi=10_000):
     except ValueError:
         return None, _validation_error(["query", name], "Input should be a valid integer", "int_parsing")
     if v < lo or v > hi:
-        return None, _validation_error(["query", name], f"Input should be between {lo} and {hi}", "value_error")
+        return None, _validation_error(
+            ["query", name], f"Input should be between {lo} and {hi}", "value_error"
+        )
     return v, None
 
 
 _OPS = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">": lambda a, b: a is not None and a > b,
-    "<": lambda a, b: a is not None and a < b, ">=": lambda a, b: a is not None and a >= b,
-    "<=": lambda a, b: a is not None and a <= b, "in": lambda a, b: a in (b or []),
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">": lambda a, b: a is not None and a > b,
+    "<": lambda a, b: a is not None and a < b,
+    ">=": lambda a, b: a is not None and a >= b,
+    "<=": lambda a, b: a is not None and a <= b,
+    "in": lambda a, b: a in (b or []),
     "nin": lambda a, b: a not in (b or []),
     "any": lambda a, b: isinstance(a, list) and any(x in a for x in (b or [])),
     "all": lambda a, b: isinstance(a, list) and all(x in a for x in (b or [])),
@@ -190,7 +196,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._body() if method in ("POST", "PUT", "PATCH") else None
         except (ValueError, UnicodeDecodeError):
-            return self._send(422, {"detail": [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]})
+            return self._send(
+                422, {"detail": [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]}
+            )
         if raw_path == "/_emulator/health":
             return self._send(200, {"status": "ok"})
         if not self._authorized():
@@ -204,7 +212,9 @@ class Handler(BaseHTTPRequestHandler):
         if self._inject_fault(raw_path):
             return
         if method != "GET" and not raw_path.endswith("/retrieve"):
-            return self._send(405, {"detail": "Method Not Allowed: the local server serves the read API only"})
+            return self._send(
+                405, {"detail": "Method Not Allowed: the local server serves the read API only"}
+            )
         try:
             status, payload = self._route(method, raw_path, query, body)
         except Exception as e:  # noqa: BLE001 - an internal error is a 500, as the real API would answer
@@ -224,8 +234,13 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(f.latency_ms / 1000)
         with st.lock:
             r = st.rng.random()
-        edges = [("drop", f.drop_rate), ("429", f.rate_429), ("500", f.rate_500), ("503", f.rate_503),
-                 ("slow", f.slow_rate)]
+        edges = [
+            ("drop", f.drop_rate),
+            ("429", f.rate_429),
+            ("500", f.rate_500),
+            ("503", f.rate_503),
+            ("slow", f.slow_rate),
+        ]
         acc = 0.0
         for name, rate in edges:
             acc += rate
@@ -233,8 +248,14 @@ class Handler(BaseHTTPRequestHandler):
                 if name == "drop":
                     self._drop()
                 elif name == "429":
-                    self._send(429, {"detail": "Too Many Requests"},
-                               {"retry-after-ms": str(f.retry_after_ms), "retry-after": str(max(1, f.retry_after_ms // 1000))})
+                    self._send(
+                        429,
+                        {"detail": "Too Many Requests"},
+                        {
+                            "retry-after-ms": str(f.retry_after_ms),
+                            "retry-after": str(max(1, f.retry_after_ms // 1000)),
+                        },
+                    )
                 elif name == "500":
                     self._send(500, {"detail": "Internal Server Error"})
                 elif name == "503":
@@ -256,7 +277,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_emulator/delete_document" and method == "POST":
             return self._send(200, {"deleted": st.corpus.delete_document(body["document_id"])})
         if path == "/_emulator/stats":
-            return self._send(200, {"documents": st.corpus.total_documents(), "chunks": st.corpus.total_chunks()})
+            return self._send(
+                200, {"documents": st.corpus.total_documents(), "chunks": st.corpus.total_chunks()}
+            )
         return self._send(404, {"detail": "Not Found"})
 
     # ---- the API
@@ -278,9 +301,13 @@ class Handler(BaseHTTPRequestHandler):
             return (200, project) if seg[1] == project["id"] else (404, {"detail": "Project not found"})
         if seg == ["pipelines"]:
             ok = True
-            for key, val in (("project_id", project["id"]), ("project_name", project["name"]),
-                             ("pipeline_name", pipeline["name"]), ("pipeline_type", pipeline["pipeline_type"]),
-                             ("organization_id", project["organization_id"])):
+            for key, val in (
+                ("project_id", project["id"]),
+                ("project_name", project["name"]),
+                ("pipeline_name", pipeline["name"]),
+                ("pipeline_type", pipeline["pipeline_type"]),
+                ("organization_id", project["organization_id"]),
+            ):
                 if q.get(key) and q[key][0] != val:
                     ok = False
             return 200, [pipeline] if ok else []
@@ -319,9 +346,17 @@ class Handler(BaseHTTPRequestHandler):
             if err:
                 return err
             docs, total = c.documents_page(offset, limit)
-            files = [{"id": (d["metadata"] or {}).get("file_id") or d["id"], "name": (d["metadata"] or {}).get("file_name"),
-                      "pipeline_id": pipeline["id"], "project_id": project["id"], "status": "SUCCESS",
-                      "file_size": (d["metadata"] or {}).get("file_size")} for d in docs]
+            files = [
+                {
+                    "id": (d["metadata"] or {}).get("file_id") or d["id"],
+                    "name": (d["metadata"] or {}).get("file_name"),
+                    "pipeline_id": pipeline["id"],
+                    "project_id": project["id"],
+                    "status": "SUCCESS",
+                    "file_size": (d["metadata"] or {}).get("file_size"),
+                }
+                for d in docs
+            ]
             return 200, {"files": files, "limit": limit, "offset": offset, "total_count": total}
         if rest == ["retrieve"] and method == "POST":
             return self._retrieve(body or {})
@@ -363,7 +398,9 @@ class Handler(BaseHTTPRequestHandler):
         meta = {"search": "exact dense cosine (local LlamaCloud-compatible server)"}
         alpha = body.get("alpha", preset.get("alpha"))
         if alpha is not None and float(alpha) < 1.0:
-            meta["sparse"] = f"alpha={alpha} asked for hybrid search; the local server ranks by dense cosine only"
+            meta["sparse"] = (
+                f"alpha={alpha} asked for hybrid search; the local server ranks by dense cosine only"
+            )
         if body.get("enable_reranking", preset.get("enable_reranking")):
             meta["reranking"] = "asked for; not imitated by the local server (dense order returned)"
         nodes = []
@@ -371,21 +408,32 @@ class Handler(BaseHTTPRequestHandler):
             n = dict(node)
             n["embedding"] = None
             nodes.append({"node": n, "score": score, "class_name": "TextNodeWithScore"})
-        return 200, {"pipeline_id": st.corpus.pipeline["id"], "retrieval_nodes": nodes, "image_nodes": [],
-                     "page_figure_nodes": [], "retrieval_latency": {"dense_retrieval": dense_ms},
-                     "metadata": meta, "inferred_search_filters": None, "class_name": "RetrieveResults"}
+        return 200, {
+            "pipeline_id": st.corpus.pipeline["id"],
+            "retrieval_nodes": nodes,
+            "image_nodes": [],
+            "page_figure_nodes": [],
+            "retrieval_latency": {"dense_retrieval": dense_ms},
+            "metadata": meta,
+            "inferred_search_filters": None,
+            "class_name": "RetrieveResults",
+        }
 
 
 class EmulatorServer:
     """The server in a background thread of this process; a context manager for tests."""
 
-    def __init__(self, corpus, api_key: str, host: str = "127.0.0.1", port: int = 0, serve_embeddings: bool = False):
+    def __init__(
+        self, corpus, api_key: str, host: str = "127.0.0.1", port: int = 0, serve_embeddings: bool = False
+    ):
         self.state = _State(corpus, api_key, serve_embeddings)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.httpd.request_queue_size = 128
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="llamacloud-emulator", daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, name="llamacloud-emulator", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -450,15 +498,31 @@ def wait_healthy(url: str, timeout: float = 180.0, proc: subprocess.Popen | None
                     return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"the local LlamaCloud-compatible server at {url} did not become healthy in {timeout:.0f} s")
+    raise TimeoutError(
+        f"the local LlamaCloud-compatible server at {url} did not become healthy in {timeout:.0f} s"
+    )
 
 
-def start_subprocess(corpus: str, api_key_env: str = "LLAMA_CLOUD_API_KEY", port: int = 0, embed_cache: str = "",
-                     serve_embeddings: bool = False) -> SubprocessHandle:
+def start_subprocess(
+    corpus: str,
+    api_key_env: str = "LLAMA_CLOUD_API_KEY",
+    port: int = 0,
+    embed_cache: str = "",
+    serve_embeddings: bool = False,
+) -> SubprocessHandle:
     """Start ``python -m runbook.cloud_emulator`` on a free loopback port; the key comes from the env."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "runbook.cloud_emulator", "--corpus", corpus, "--port", str(port),
-           "--api-key-env", api_key_env]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runbook.cloud_emulator",
+        "--corpus",
+        corpus,
+        "--port",
+        str(port),
+        "--api-key-env",
+        api_key_env,
+    ]
     if embed_cache:
         cmd += ["--embed-cache", embed_cache]
     if serve_embeddings:
@@ -475,16 +539,29 @@ def start_subprocess(corpus: str, api_key_env: str = "LLAMA_CLOUD_API_KEY", port
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runbook.cloud_emulator", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default="demo", help="demo | synthetic:N[:D[:chunks_per_doc]] | an export folder")
+    ap = argparse.ArgumentParser(
+        prog="python -m runbook.cloud_emulator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--corpus", default="demo", help="demo | synthetic:N[:D[:chunks_per_doc]] | an export folder"
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8787)
-    ap.add_argument("--api-key-env", default="LLAMA_CLOUD_API_KEY",
-                    help="environment variable holding the key clients must send (Bearer)")
-    ap.add_argument("--embed-cache", default="", help="SQLite embedding cache (demo vectors are computed once)")
-    ap.add_argument("--serve-embeddings", action="store_true",
-                    help="fill `embedding` in /chunks (real LlamaCloud is not known to)")
+    ap.add_argument(
+        "--api-key-env",
+        default="LLAMA_CLOUD_API_KEY",
+        help="environment variable holding the key clients must send (Bearer)",
+    )
+    ap.add_argument(
+        "--embed-cache", default="", help="SQLite embedding cache (demo vectors are computed once)"
+    )
+    ap.add_argument(
+        "--serve-embeddings",
+        action="store_true",
+        help="fill `embedding` in /chunks (real LlamaCloud is not known to)",
+    )
     args = ap.parse_args(argv)
     from .paths import PROJECT_ROOT
 
@@ -496,8 +573,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     corpus = corpus_mod.load(args.corpus, cache)
     srv = EmulatorServer(corpus, key, args.host, args.port, args.serve_embeddings)
-    print(f"serving {corpus.total_documents()} documents / {corpus.total_chunks()} chunks of "
-          f"{corpus.pipeline['name']!r} at {srv.url} (loaded in {time.time() - t0:.1f} s)", flush=True)
+    print(
+        f"serving {corpus.total_documents()} documents / {corpus.total_chunks()} chunks of "
+        f"{corpus.pipeline['name']!r} at {srv.url} (loaded in {time.time() - t0:.1f} s)",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         srv.httpd.serve_forever()

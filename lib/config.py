@@ -73,7 +73,8 @@ def split_by_notebook(params: dict, declared: dict[str, dict[str, dict]]) -> dic
             close = difflib.get_close_matches(name, sorted(known), n=1)
             lines.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
         raise ParameterError(
-            "unknown parameter(s), declared by no notebook of this run: " + ", ".join(lines)
+            "unknown parameter(s), declared by no notebook of this run: "
+            + ", ".join(lines)
             + ". Fix the name in the params file; each notebook's parameters cell lists what it takes."
         )
     return {nb: {k: v for k, v in params.items() if k in decl} for nb, decl in declared.items()}

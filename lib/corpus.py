@@ -20,10 +20,15 @@ import yaml
 from . import embeddings
 from .paths import PACKAGE_DATA
 
-DEMO_PROJECT = {"id": "7f1a3c52-5d0e-4c1b-9a57-0d5f2b7c1e01", "name": "Default",
-                "organization_id": "0b6c2a8e-3f41-4d2a-8e6f-1c9d7e5a4b02", "is_default": True,
-                "created_at": "2025-03-02T09:00:00Z", "updated_at": "2025-03-02T09:00:00Z",
-                "ad_hoc_eval_dataset_id": None}
+DEMO_PROJECT = {
+    "id": "7f1a3c52-5d0e-4c1b-9a57-0d5f2b7c1e01",
+    "name": "Default",
+    "organization_id": "0b6c2a8e-3f41-4d2a-8e6f-1c9d7e5a4b02",
+    "is_default": True,
+    "created_at": "2025-03-02T09:00:00Z",
+    "updated_at": "2025-03-02T09:00:00Z",
+    "ad_hoc_eval_dataset_id": None,
+}
 DEMO_PIPELINE_ID = "1bcef115-bb95-4d14-9c29-d38bb097a39c"  # the seed's index id, so params read alike
 DEMO_CHUNK_SIZE, DEMO_CHUNK_OVERLAP = 48, 8
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
@@ -32,38 +37,97 @@ MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L
 def _pipeline(pid, name, project_id, embedding_config, transform_config, top_k=6):
     now = "2025-03-02T09:00:00Z"
     return {
-        "id": pid, "name": name, "project_id": project_id, "pipeline_type": "MANAGED", "status": "CREATED",
-        "embedding_config": embedding_config, "transform_config": transform_config,
+        "id": pid,
+        "name": name,
+        "project_id": project_id,
+        "pipeline_type": "MANAGED",
+        "status": "CREATED",
+        "embedding_config": embedding_config,
+        "transform_config": transform_config,
         "preset_retrieval_parameters": {
-            "dense_similarity_top_k": top_k, "dense_similarity_cutoff": 0.0, "sparse_similarity_top_k": top_k,
-            "enable_reranking": False, "rerank_top_n": 6, "alpha": 1.0, "retrieval_mode": "chunks",
-            "files_top_k": 1, "search_filters": None,
+            "dense_similarity_top_k": top_k,
+            "dense_similarity_cutoff": 0.0,
+            "sparse_similarity_top_k": top_k,
+            "enable_reranking": False,
+            "rerank_top_n": 6,
+            "alpha": 1.0,
+            "retrieval_mode": "chunks",
+            "files_top_k": 1,
+            "search_filters": None,
         },
-        "sparse_model_config": None, "config_hash": None, "metadata_config": None,
-        "created_at": now, "updated_at": now,
+        "sparse_model_config": None,
+        "config_hash": None,
+        "metadata_config": None,
+        "created_at": now,
+        "updated_at": now,
     }
 
 
-_SYSTEM_KEYS = ["file_id", "pipeline_id", "document_id", "file_size", "last_modified_at", "external_file_id",
-                "pipeline_file_id"]
+_SYSTEM_KEYS = [
+    "file_id",
+    "pipeline_id",
+    "document_id",
+    "file_size",
+    "last_modified_at",
+    "external_file_id",
+    "pipeline_file_id",
+]
 
 
-def node_json(chunk_id, text, metadata, doc_id, doc_meta, prev_id, next_id, start, end, embedding=None,
-              excluded_embed=None):
+def node_json(
+    chunk_id,
+    text,
+    metadata,
+    doc_id,
+    doc_meta,
+    prev_id,
+    next_id,
+    start,
+    end,
+    embedding=None,
+    excluded_embed=None,
+):
     """A chunk as LlamaCloud's ``/chunks`` returns it: ``id_``, ``extra_info``, relationships by number."""
-    rel = {"1": {"node_id": doc_id, "node_type": "4", "metadata": doc_meta,
-                 "hash": hashlib.sha256(doc_id.encode()).hexdigest(), "class_name": "RelatedNodeInfo"}}
+    rel = {
+        "1": {
+            "node_id": doc_id,
+            "node_type": "4",
+            "metadata": doc_meta,
+            "hash": hashlib.sha256(doc_id.encode()).hexdigest(),
+            "class_name": "RelatedNodeInfo",
+        }
+    }
     if prev_id:
-        rel["2"] = {"node_id": prev_id, "node_type": "1", "metadata": {}, "hash": None, "class_name": "RelatedNodeInfo"}
+        rel["2"] = {
+            "node_id": prev_id,
+            "node_type": "1",
+            "metadata": {},
+            "hash": None,
+            "class_name": "RelatedNodeInfo",
+        }
     if next_id:
-        rel["3"] = {"node_id": next_id, "node_type": "1", "metadata": {}, "hash": None, "class_name": "RelatedNodeInfo"}
+        rel["3"] = {
+            "node_id": next_id,
+            "node_type": "1",
+            "metadata": {},
+            "hash": None,
+            "class_name": "RelatedNodeInfo",
+        }
     return {
-        "id_": chunk_id, "embedding": embedding, "extra_info": metadata,
+        "id_": chunk_id,
+        "embedding": embedding,
+        "extra_info": metadata,
         "excluded_embed_metadata_keys": list(_SYSTEM_KEYS if excluded_embed is None else excluded_embed),
         "excluded_llm_metadata_keys": list(_SYSTEM_KEYS),
-        "relationships": rel, "metadata_template": "{key}: {value}", "metadata_seperator": "\n",
-        "text": text, "mimetype": "text/plain", "start_char_idx": start, "end_char_idx": end,
-        "text_template": "{metadata_str}\n\n{content}", "class_name": "TextNode",
+        "relationships": rel,
+        "metadata_template": "{key}: {value}",
+        "metadata_seperator": "\n",
+        "text": text,
+        "mimetype": "text/plain",
+        "start_char_idx": start,
+        "end_char_idx": end,
+        "text_template": "{metadata_str}\n\n{content}",
+        "class_name": "TextNode",
     }
 
 
@@ -183,11 +247,20 @@ def demo_document_id(i: int, topic: dict) -> str:
 
 def demo_document_text(t: dict) -> tuple[str, list[int]]:
     sections = [
-        (f"{t['en']} ({t['ko']})", f"{t['en']} is part of the health checkup topic '{t['cat']}'. {t['advice']}"),
+        (
+            f"{t['en']} ({t['ko']})",
+            f"{t['en']} is part of the health checkup topic '{t['cat']}'. {t['advice']}",
+        ),
         ("Screening test", t["test"]),
         ("Reference values", t["range"]),
-        ("Who is at risk", f"People at higher risk of {t['en'].split(' (')[0].lower()} include those with "
-                           + ", ".join(t["risks"][:-1]) + (" and " if len(t["risks"]) > 1 else "") + t["risks"][-1] + "."),
+        (
+            "Who is at risk",
+            f"People at higher risk of {t['en'].split(' (')[0].lower()} include those with "
+            + ", ".join(t["risks"][:-1])
+            + (" and " if len(t["risks"]) > 1 else "")
+            + t["risks"][-1]
+            + ".",
+        ),
         ("Prevention and lifestyle", t["advice"]),
         ("Follow-up", t["followup"]),
     ]
@@ -207,9 +280,17 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
 
     project = copy.deepcopy(DEMO_PROJECT)
     pipeline = _pipeline(
-        DEMO_PIPELINE_ID, "Dr.Welno", project["id"],
-        {"type": "HUGGINGFACE_API_EMBEDDING",
-         "component": {"model_name": MINILM.model_name, "embed_batch_size": 32, "class_name": "HuggingFaceInferenceAPIEmbedding"}},
+        DEMO_PIPELINE_ID,
+        "Dr.Welno",
+        project["id"],
+        {
+            "type": "HUGGINGFACE_API_EMBEDDING",
+            "component": {
+                "model_name": MINILM.model_name,
+                "embed_batch_size": 32,
+                "class_name": "HuggingFaceInferenceAPIEmbedding",
+            },
+        },
         {"mode": "auto", "chunk_size": DEMO_CHUNK_SIZE, "chunk_overlap": DEMO_CHUNK_OVERLAP},
     )
     corpus = StaticCorpus(project, pipeline, MINILM)
@@ -222,12 +303,25 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
         file_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"welno-demo-file/{t['slug']}"))
         file_name = f"{t['ko']}_가이드.pdf"
         doc_meta = {
-            "file_id": file_id, "file_name": file_name, "pipeline_id": DEMO_PIPELINE_ID, "file_size": len(text.encode()) * 7,
-            "last_modified_at": (base_time + dt.timedelta(days=i)).isoformat(), "category": t["cat"],
-            "title": t["ko"], "title_en": t["en"], "external_file_id": f"welno-kb/{t['cat']}/{file_name}",
+            "file_id": file_id,
+            "file_name": file_name,
+            "pipeline_id": DEMO_PIPELINE_ID,
+            "file_size": len(text.encode()) * 7,
+            "last_modified_at": (base_time + dt.timedelta(days=i)).isoformat(),
+            "category": t["cat"],
+            "title": t["ko"],
+            "title_en": t["en"],
+            "external_file_id": f"welno-kb/{t['cat']}/{file_name}",
         }
-        doc = {"id": doc_id, "text": text, "metadata": doc_meta, "excluded_embed_metadata_keys": [],
-               "excluded_llm_metadata_keys": [], "page_positions": pages, "status_metadata": None}
+        doc = {
+            "id": doc_id,
+            "text": text,
+            "metadata": doc_meta,
+            "excluded_embed_metadata_keys": [],
+            "excluded_llm_metadata_keys": [],
+            "page_positions": pages,
+            "status_metadata": None,
+        }
         nodes = splitter.split_text(text)
         chunk_ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{doc_id}#chunk{k}")) for k in range(len(nodes))]
         chunks, search_from = [], 0
@@ -238,17 +332,33 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
             if start is not None:
                 search_from = start + 1
             page = max(1, sum(1 for p in pages if p <= start)) if start is not None else 1
-            meta = {**doc_meta, "document_id": doc_id, "page_label": str(page), "start_page_index": page - 1,
-                    "end_page_index": page - 1, "pipeline_file_id": file_id,
-                    "tags": list(t["risks"][:3]),  # homogeneous list: Chroma 1.5 stores it
-                    "source": {"publisher": "Welno 건강연구소", "year": 2024 + (i % 2)},  # nested: Chroma cannot
-                    "reviewed_by": None if i % 3 == 0 else "김의사"}
+            meta = {
+                **doc_meta,
+                "document_id": doc_id,
+                "page_label": str(page),
+                "start_page_index": page - 1,
+                "end_page_index": page - 1,
+                "pipeline_file_id": file_id,
+                "tags": list(t["risks"][:3]),  # homogeneous list: Chroma 1.5 stores it
+                "source": {"publisher": "Welno 건강연구소", "year": 2024 + (i % 2)},  # nested: Chroma cannot
+                "reviewed_by": None if i % 3 == 0 else "김의사",
+            }
             if i % 7 == 0:
                 meta["codes"] = [1, "A"]  # a mixed list: Chroma cannot
-            chunks.append(node_json(chunk_ids[k], ctext, meta, doc_id, doc_meta,
-                                    chunk_ids[k - 1] if k else None,
-                                    chunk_ids[k + 1] if k + 1 < len(nodes) else None, start, end,
-                                    excluded_embed=[key for key in meta if key != "title_en"]))
+            chunks.append(
+                node_json(
+                    chunk_ids[k],
+                    ctext,
+                    meta,
+                    doc_id,
+                    doc_meta,
+                    chunk_ids[k - 1] if k else None,
+                    chunk_ids[k + 1] if k + 1 < len(nodes) else None,
+                    start,
+                    end,
+                    excluded_embed=[key for key in meta if key != "title_en"],
+                )
+            )
         pending.append((doc, chunks))
     vectors = None
     if with_vectors:
@@ -256,7 +366,9 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
         from .export_format import embed_text, node_to_row
 
         # vectors of what a LlamaIndex pipeline embeds: non-excluded metadata, then the chunk text
-        all_texts = [embed_text(node_to_row(doc["id"], k, c)) for doc, chunks in pending for k, c in enumerate(chunks)]
+        all_texts = [
+            embed_text(node_to_row(doc["id"], k, c)) for doc, chunks in pending for k, c in enumerate(chunks)
+        ]
         vectors, _ = embeddings.embed_texts(all_texts, MINILM, cache)
         if cache:
             cache.close()
@@ -272,13 +384,21 @@ def demo_questions() -> list[dict]:
     """The labelled test query set for the demo corpus (one question per topic)."""
     out = []
     for i, t in enumerate(demo_topics()):
-        out.append({"id": f"q{i + 1:02d}", "question": t["q"], "expected_document_ids": [demo_document_id(i, t)],
-                    "topic": t["slug"]})
+        out.append(
+            {
+                "id": f"q{i + 1:02d}",
+                "question": t["q"],
+                "expected_document_ids": [demo_document_id(i, t)],
+                "topic": t["slug"],
+            }
+        )
     return out
 
 
 # ---------------------------------------------------------------- export folder
-def corpus_from_export(export_dir: str | Path, query_spec: embeddings.ModelSpec | None = None) -> StaticCorpus:
+def corpus_from_export(
+    export_dir: str | Path, query_spec: embeddings.ModelSpec | None = None
+) -> StaticCorpus:
     """Serve an export written by phase 01 (rehearse against a copy of production)."""
     from . import export_format
 
@@ -301,9 +421,15 @@ def corpus_from_export(export_dir: str | Path, query_spec: embeddings.ModelSpec 
         chunks = [export_format.row_to_node_json(r) for r in rows]
         vecs = [r["embedding"] for r in rows]
         v = np.asarray(vecs, dtype=np.float32) if rows and all(x is not None for x in vecs) else None
-        doc = {"id": doc_id, "text": d["text"], "metadata": json.loads(d["metadata_json"]),
-               "excluded_embed_metadata_keys": [], "excluded_llm_metadata_keys": [], "page_positions": None,
-               "status_metadata": None}
+        doc = {
+            "id": doc_id,
+            "text": d["text"],
+            "metadata": json.loads(d["metadata_json"]),
+            "excluded_embed_metadata_keys": [],
+            "excluded_llm_metadata_keys": [],
+            "page_positions": None,
+            "status_metadata": None,
+        }
         corpus.put_document(doc, chunks, v)
     return corpus
 
@@ -312,7 +438,9 @@ def corpus_from_export(export_dir: str | Path, query_spec: embeddings.ModelSpec 
 class SyntheticCorpus:
     """N chunks x D dims with clustered vectors, generated on demand (memory does not grow with N)."""
 
-    def __init__(self, n_chunks: int, dim: int = 1536, chunks_per_doc: int = 50, clusters: int = 64, seed: int = 7):
+    def __init__(
+        self, n_chunks: int, dim: int = 1536, chunks_per_doc: int = 50, clusters: int = 64, seed: int = 7
+    ):
         self.n_chunks, self.dim, self.per_doc, self.seed = int(n_chunks), int(dim), int(chunks_per_doc), seed
         self.n_docs = (self.n_chunks + self.per_doc - 1) // self.per_doc
         rng = np.random.default_rng(seed)
@@ -320,7 +448,8 @@ class SyntheticCorpus:
         self.centers = c / np.linalg.norm(c, axis=1, keepdims=True)
         self.project = copy.deepcopy(DEMO_PROJECT)
         self.pipeline = _pipeline(
-            str(uuid.uuid5(uuid.NAMESPACE_URL, f"synthetic/{n_chunks}/{dim}")), f"synthetic-{n_chunks}x{dim}",
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"synthetic/{n_chunks}/{dim}")),
+            f"synthetic-{n_chunks}x{dim}",
             self.project["id"],
             {"type": "HASH_EMBEDDING", "component": {"model_name": "hash", "dimensions": self.dim}},
             {"mode": "auto", "chunk_size": 1024, "chunk_overlap": 200},
@@ -351,9 +480,15 @@ class SyntheticCorpus:
         return sum(self._n_in_doc(d) for d in range(self.n_docs) if d not in self._deleted)
 
     def _doc(self, d: int) -> dict:
-        return {"id": self.doc_id(d), "text": f"Synthetic document {d}.", "metadata": {"file_name": f"syn-{d}.txt", "n": d},
-                "excluded_embed_metadata_keys": [], "excluded_llm_metadata_keys": [], "page_positions": None,
-                "status_metadata": None}
+        return {
+            "id": self.doc_id(d),
+            "text": f"Synthetic document {d}.",
+            "metadata": {"file_name": f"syn-{d}.txt", "n": d},
+            "excluded_embed_metadata_keys": [],
+            "excluded_llm_metadata_keys": [],
+            "page_positions": None,
+            "status_metadata": None,
+        }
 
     def documents_page(self, skip: int, limit: int):
         live = [d for d in range(self.n_docs) if d not in self._deleted] if self._deleted else None
@@ -377,7 +512,10 @@ class SyntheticCorpus:
         n = self._n_in_doc(d)
         rng = np.random.default_rng((self.seed, d))
         cl = rng.integers(0, len(self.centers), size=n)
-        v = self.centers[cl] + 0.35 * rng.standard_normal((n, self.dim)).astype(np.float32) / np.sqrt(self.dim) * 8
+        v = (
+            self.centers[cl]
+            + 0.35 * rng.standard_normal((n, self.dim)).astype(np.float32) / np.sqrt(self.dim) * 8
+        )
         return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
     def get_chunks(self, doc_id: str, with_embeddings: bool):
@@ -390,10 +528,26 @@ class SyntheticCorpus:
         out = []
         for k in range(n):
             text = f"Synthetic chunk {k} of document {d}: " + ("lorem ipsum " * 40)
-            meta = {"document_id": doc_id, "file_name": f"syn-{d}.txt", "page_label": str(k // 10 + 1), "k": k}
-            out.append(node_json(ids[k], text, meta, doc_id, {"file_name": f"syn-{d}.txt"},
-                                 ids[k - 1] if k else None, ids[k + 1] if k + 1 < n else None, 0, len(text),
-                                 vecs[k].tolist() if vecs is not None else None))
+            meta = {
+                "document_id": doc_id,
+                "file_name": f"syn-{d}.txt",
+                "page_label": str(k // 10 + 1),
+                "k": k,
+            }
+            out.append(
+                node_json(
+                    ids[k],
+                    text,
+                    meta,
+                    doc_id,
+                    {"file_name": f"syn-{d}.txt"},
+                    ids[k - 1] if k else None,
+                    ids[k + 1] if k + 1 < n else None,
+                    0,
+                    len(text),
+                    vecs[k].tolist() if vecs is not None else None,
+                )
+            )
         return out
 
     def search(self, query, top_k, cutoff, predicate):
@@ -430,4 +584,6 @@ def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_e
     p = Path(corpus)
     if (p / "manifest.json").exists():
         return corpus_from_export(p)
-    raise ValueError(f"corpus {corpus!r}: use 'demo', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json")
+    raise ValueError(
+        f"corpus {corpus!r}: use 'demo', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json"
+    )

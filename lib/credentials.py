@@ -64,8 +64,11 @@ def check_parameters(params: dict) -> None:
     problems = []
     for name, value in params.items():
         if name.endswith("_env"):
-            if value and not (isinstance(value, str) and _ENV_NAME.match(value)):
-                problems.append(f"{name}: must name an environment variable (like LLAMA_CLOUD_API_KEY), not hold a value")
+            names = value if isinstance(value, list) else [value]
+            if any(v and not (isinstance(v, str) and _ENV_NAME.match(v)) for v in names):
+                problems.append(
+                    f"{name}: must name an environment variable (like LLAMA_CLOUD_API_KEY), not hold a value"
+                )
             continue
         if _SECRET_NAME.search(name) and value not in (None, "", False):
             problems.append(
@@ -78,8 +81,10 @@ def check_parameters(params: dict) -> None:
                 "environment variable and pass that variable's name in a *_env parameter"
             )
     if problems:
-        raise SecretParameterError("refusing secret-looking parameters (papermill would record them in the "
-                                   "executed notebook):\n  - " + "\n  - ".join(problems))
+        raise SecretParameterError(
+            "refusing secret-looking parameters (papermill would record them in the "
+            "executed notebook):\n  - " + "\n  - ".join(problems)
+        )
 
 
 class Secret:

@@ -1,8 +1,8 @@
 """What a notebook cell shows: tables, check lists, Plotly figures that survive HTML export offline.
 
-Plotly's default mimetype renderer is dropped by nbconvert, so every figure is published as a bundle:
-the Plotly mimetype (for JupyterLab) and ``text/html`` with plotly.js inlined once per kernel (for the
-code-hidden HTML report, which then opens without a network).
+Figures are published as the Plotly mimetype (JupyterLab renders it with the bundled jupyterlab-plotly
+extension). nbconvert drops that mimetype, so ``report.render_html`` turns each one into a ``text/html``
+figure with plotly.js inlined once per page: the code-hidden HTML then opens without a network.
 """
 
 from __future__ import annotations
@@ -12,33 +12,53 @@ import plotly.io as pio
 
 pio.renderers.default = "notebook"  # for a bare fig.show(): inlines plotly.js, works offline
 
-_plotlyjs_sent = False
-
 
 class CheckFailed(AssertionError):
     """A verification or gate failed; the message names what and where."""
 
 
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
 def show_figure(fig) -> None:
-    global _plotlyjs_sent
     from IPython.display import display
 
-    html = fig.to_html(full_html=False, include_plotlyjs=not _plotlyjs_sent, config={"displaylogo": False})
-    _plotlyjs_sent = True
-    display({"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/html": html}, raw=True)
+    title = fig.layout.title.text or "figure"
+    display({PLOTLY_MIME: fig.to_plotly_json(), "text/plain": f"<Plotly figure: {title}>"}, raw=True)
 
 
-def table(data, title: str | None = None) -> pd.DataFrame:
-    """A DataFrame from a dict (key/value rows) or a list of dicts; returned so the cell shows it."""
+def plotly_outputs_to_html(nb) -> int:
+    """Give every Plotly output of a notebook a ``text/html`` rendering (plotly.js inlined once)."""
+    import plotly.graph_objects as go
+
+    first = True
+    n = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data") or {}
+            if PLOTLY_MIME in data and "text/html" not in data:
+                fig = go.Figure(data[PLOTLY_MIME])
+                data["text/html"] = fig.to_html(
+                    full_html=False, include_plotlyjs=first, config={"displaylogo": False}
+                )
+                first = False
+                n += 1
+    return n
+
+
+def table(data, title: str | None = None):
+    """A table from a dict (key/value rows), a list of dicts or a DataFrame, returned for the cell to show
+    (a pandas Styler without the row index; its ``.data`` is the DataFrame)."""
     if isinstance(data, pd.DataFrame):
         df = data
     elif isinstance(data, dict):
         df = pd.DataFrame({"item": list(data.keys()), "value": [_fmt(v) for v in data.values()]})
     else:
         df = pd.DataFrame(list(data))
+    styler = df.style.hide(axis="index")
     if title:
-        df.attrs["title"] = title
-    return df
+        styler = styler.set_caption(title)
+    return styler
 
 
 def _fmt(v):
@@ -51,20 +71,34 @@ def _fmt(v):
     return v
 
 
-def checks(rows: list[dict], fail: bool = True):
+def checks(rows: list[dict], fail: bool = True, show: bool = True):
     """Show a check list (``check``, ``ok``, ``detail``) coloured green/red; raise if any failed (``fail``)."""
     df = pd.DataFrame(rows, columns=["check", "ok", "detail"])
-    styled = df.style.map(
-        lambda v: "background-color:#d4edda" if v is True else ("background-color:#f8d7da" if v is False else ""),
+    styled = df.style.hide(axis="index").map(
+        lambda v: (
+            "background-color:#d4edda" if v is True else ("background-color:#f8d7da" if v is False else "")
+        ),
         subset=["ok"],
     )
-    try:
-        from IPython.display import display
+    if show:
+        try:
+            from IPython.display import display
 
-        display(styled)
-    except Exception:  # noqa: BLE001 - outside IPython the DataFrame is enough
-        print(df.to_string())
+            display(styled)
+        except Exception:  # noqa: BLE001 - outside IPython the text is enough
+            print(df.to_string())
     failed = df[~df["ok"].astype(bool)]
     if fail and len(failed):
         lines = "\n".join(f"- {r.check}: {r.detail}" for r in failed.itertuples())
         raise CheckFailed(f"{len(failed)} check(s) failed:\n{lines}")
+
+
+def progress(*args, **kwargs):
+    """A progress bar: a widget in JupyterLab, plain text under papermill (RUNBOOK_HEADLESS, set by the runner)."""
+    import os
+
+    if os.environ.get("RUNBOOK_HEADLESS"):
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(*args, **kwargs)

@@ -23,8 +23,11 @@ from . import credentials
 
 MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", ""}
 # $ per 1M tokens, for the cost estimate before any paid embedding (params can override)
-PRICE_PER_MTOK = {"openai:text-embedding-3-small": 0.02, "openai:text-embedding-3-large": 0.13,
-                  "openai:text-embedding-ada-002": 0.10}
+PRICE_PER_MTOK = {
+    "openai:text-embedding-3-small": 0.02,
+    "openai:text-embedding-3-large": 0.13,
+    "openai:text-embedding-ada-002": 0.10,
+}
 
 
 class EmbeddingConfigError(ValueError):
@@ -40,7 +43,9 @@ class ModelSpec:
 
     @property
     def model_id(self) -> str:
-        return f"{self.provider}:{self.model_name}" + (f"@{self.dimension}" if self.provider == "openai" and self.dimension else "")
+        return f"{self.provider}:{self.model_name}" + (
+            f"@{self.dimension}" if self.provider == "openai" and self.dimension else ""
+        )
 
     @property
     def paid(self) -> bool:
@@ -55,13 +60,21 @@ def spec_from_pipeline(embedding_config: dict, api_key_env: str = "") -> ModelSp
     if etype == "MANAGED_OPENAI_EMBEDDING":
         return ModelSpec("openai", "text-embedding-3-small", 1536, api_key_env or "OPENAI_API_KEY")
     if etype in ("OPENAI_EMBEDDING", "AZURE_EMBEDDING"):
-        return ModelSpec("openai", name or "text-embedding-3-small", comp.get("dimensions") or 1536,
-                         api_key_env or "OPENAI_API_KEY")
+        return ModelSpec(
+            "openai",
+            name or "text-embedding-3-small",
+            comp.get("dimensions") or 1536,
+            api_key_env or "OPENAI_API_KEY",
+        )
     if etype == "HUGGINGFACE_API_EMBEDDING":
         return ModelSpec("huggingface", name or "sentence-transformers/all-MiniLM-L6-v2", 384)
     if etype == "GEMINI_EMBEDDING":
-        return ModelSpec("gemini", name or "text-embedding-004", comp.get("output_dimensionality"),
-                         api_key_env or "GOOGLE_API_KEY")
+        return ModelSpec(
+            "gemini",
+            name or "text-embedding-004",
+            comp.get("output_dimensionality"),
+            api_key_env or "GOOGLE_API_KEY",
+        )
     if etype == "HASH_EMBEDDING":  # the local server's synthetic corpora
         return ModelSpec("hash", name or "hash", comp.get("dimensions"))
     raise EmbeddingConfigError(
@@ -70,15 +83,24 @@ def spec_from_pipeline(embedding_config: dict, api_key_env: str = "") -> ModelSp
     )
 
 
-def spec_from_params(provider: str, model_name: str, dimension: int | None, api_key_env: str,
-                     pipeline_embedding_config: dict | None = None) -> ModelSpec:
+def spec_from_params(
+    provider: str,
+    model_name: str,
+    dimension: int | None,
+    api_key_env: str,
+    pipeline_embedding_config: dict | None = None,
+) -> ModelSpec:
     """``provider: auto`` (or empty) takes the pipeline's own model; otherwise the params' model."""
     if not provider or provider == "auto":
         if not pipeline_embedding_config:
-            raise EmbeddingConfigError("embed_provider is 'auto' but no pipeline embedding config is known yet")
+            raise EmbeddingConfigError(
+                "embed_provider is 'auto' but no pipeline embedding config is known yet"
+            )
         return spec_from_pipeline(pipeline_embedding_config, api_key_env)
     if provider not in ("huggingface", "openai", "gemini", "hash"):
-        raise EmbeddingConfigError(f"embed_provider {provider!r}: use auto, huggingface, openai, gemini or hash")
+        raise EmbeddingConfigError(
+            f"embed_provider {provider!r}: use auto, huggingface, openai, gemini or hash"
+        )
     return ModelSpec(provider, model_name, dimension or None, api_key_env)
 
 
@@ -143,7 +165,9 @@ def _build(spec: ModelSpec, batch_size: int):
 
         key = credentials.get_secret(spec.api_key_env or "OPENAI_API_KEY", purpose="OpenAI embeddings")
         kwargs = {"dimensions": spec.dimension} if spec.dimension and "3-" in spec.model_name else {}
-        return OpenAIEmbedding(model=spec.model_name, api_key=key.reveal(), embed_batch_size=batch_size, **kwargs)
+        return OpenAIEmbedding(
+            model=spec.model_name, api_key=key.reveal(), embed_batch_size=batch_size, **kwargs
+        )
     if spec.provider == "gemini":
         try:
             from llama_index.embeddings.google_genai import GoogleGenAIEmbedding
@@ -152,7 +176,9 @@ def _build(spec: ModelSpec, batch_size: int):
                 "Gemini embeddings need llama-index-embeddings-google-genai: pip install llama-index-embeddings-google-genai"
             ) from None
         key = credentials.get_secret(spec.api_key_env or "GOOGLE_API_KEY", purpose="Gemini embeddings")
-        return GoogleGenAIEmbedding(model_name=spec.model_name, api_key=key.reveal(), embed_batch_size=batch_size)
+        return GoogleGenAIEmbedding(
+            model_name=spec.model_name, api_key=key.reveal(), embed_batch_size=batch_size
+        )
     raise EmbeddingConfigError(f"unknown embedding provider {spec.provider!r}")
 
 
@@ -197,8 +223,13 @@ class EmbeddingCache:
             self._db.close()
 
 
-def embed_texts(texts: Sequence[str], spec: ModelSpec, cache: EmbeddingCache | None = None,
-                batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, int]:
+def embed_texts(
+    texts: Sequence[str],
+    spec: ModelSpec,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[np.ndarray, int]:
     """Vectors for ``texts`` (float32, one row each) and how many had to be computed (not cached)."""
     hashes = [text_hash(t) for t in texts]
     found = cache.get_many(spec.model_id, list(dict.fromkeys(hashes))) if cache else {}
@@ -208,7 +239,7 @@ def embed_texts(texts: Sequence[str], spec: ModelSpec, cache: EmbeddingCache | N
         model = build(spec, batch_size)
         it = range(0, len(todo), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from .display import progress as tqdm
 
             it = tqdm(it, desc=f"embedding with {spec.model_id}", unit="batch")
         for i in it:

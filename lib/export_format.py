@@ -26,29 +26,40 @@ import pyarrow.parquet as pq
 from . import atomic
 
 FORMAT = "welno-runbook-export/1"
-CHUNK_SCHEMA = pa.schema([
-    ("chunk_id", pa.string()),
-    ("document_id", pa.string()),
-    ("seq", pa.int32()),  # order of the chunk within its document
-    ("text", pa.string()),
-    ("text_sha256", pa.string()),
-    ("metadata_json", pa.string()),  # extra_info exactly as the API returned it
-    ("relationships_json", pa.string()),
-    ("node_extra_json", pa.string()),  # excluded keys, templates, mimetype, class_name
-    ("start_char_idx", pa.int64()),
-    ("end_char_idx", pa.int64()),
-    ("embedding", pa.list_(pa.float32())),  # null where the source served none (yet)
-    ("embedding_source", pa.string()),  # "cloud" | "computed" | null
-])
-DOC_SCHEMA = pa.schema([
-    ("document_id", pa.string()),
-    ("text", pa.string()),
-    ("metadata_json", pa.string()),
-    ("content_sha256", pa.string()),  # of text + metadata: a changed document is re-fetched whole
-    ("chunk_count", pa.int32()),
-])
-NODE_EXTRA_KEYS = ("excluded_embed_metadata_keys", "excluded_llm_metadata_keys", "metadata_template",
-                   "metadata_seperator", "text_template", "mimetype", "class_name")
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("chunk_id", pa.string()),
+        ("document_id", pa.string()),
+        ("seq", pa.int32()),  # order of the chunk within its document
+        ("text", pa.string()),
+        ("text_sha256", pa.string()),
+        ("metadata_json", pa.string()),  # extra_info exactly as the API returned it
+        ("relationships_json", pa.string()),
+        ("node_extra_json", pa.string()),  # excluded keys, templates, mimetype, class_name
+        ("start_char_idx", pa.int64()),
+        ("end_char_idx", pa.int64()),
+        ("embedding", pa.list_(pa.float32())),  # null where the source served none (yet)
+        ("embedding_source", pa.string()),  # "cloud" | "computed" | null
+    ]
+)
+DOC_SCHEMA = pa.schema(
+    [
+        ("document_id", pa.string()),
+        ("text", pa.string()),
+        ("metadata_json", pa.string()),
+        ("content_sha256", pa.string()),  # of text + metadata: a changed document is re-fetched whole
+        ("chunk_count", pa.int32()),
+    ]
+)
+NODE_EXTRA_KEYS = (
+    "excluded_embed_metadata_keys",
+    "excluded_llm_metadata_keys",
+    "metadata_template",
+    "metadata_seperator",
+    "text_template",
+    "mimetype",
+    "class_name",
+)
 
 
 class ExportError(RuntimeError):
@@ -97,9 +108,15 @@ def node_to_row(document_id: str, seq: int, node: dict) -> dict:
 
 def row_to_node_json(row: dict) -> dict:
     """Back to LlamaCloud's TextNode JSON (as served by ``/chunks``)."""
-    node = {"id_": row["chunk_id"], "embedding": None, "extra_info": json.loads(row["metadata_json"]),
-            "relationships": json.loads(row["relationships_json"]), "text": row["text"],
-            "start_char_idx": row["start_char_idx"], "end_char_idx": row["end_char_idx"]}
+    node = {
+        "id_": row["chunk_id"],
+        "embedding": None,
+        "extra_info": json.loads(row["metadata_json"]),
+        "relationships": json.loads(row["relationships_json"]),
+        "text": row["text"],
+        "start_char_idx": row["start_char_idx"],
+        "end_char_idx": row["end_char_idx"],
+    }
     node.update(json.loads(row["node_extra_json"] or "{}"))
     return node
 
@@ -109,14 +126,27 @@ def row_to_llama_node(row: dict):
     from llama_index.core.schema import TextNode
 
     extra = json.loads(row["node_extra_json"] or "{}")
-    kwargs = {k: extra[k] for k in ("excluded_embed_metadata_keys", "excluded_llm_metadata_keys",
-                                     "metadata_template", "text_template", "mimetype") if extra.get(k) is not None}
+    kwargs = {
+        k: extra[k]
+        for k in (
+            "excluded_embed_metadata_keys",
+            "excluded_llm_metadata_keys",
+            "metadata_template",
+            "text_template",
+            "mimetype",
+        )
+        if extra.get(k) is not None
+    }
     if extra.get("metadata_seperator") is not None:
         kwargs["metadata_separator"] = extra["metadata_seperator"]
     return TextNode(
-        id_=row["chunk_id"], text=row["text"], metadata=json.loads(row["metadata_json"]),
-        relationships=json.loads(row["relationships_json"]), start_char_idx=row["start_char_idx"],
-        end_char_idx=row["end_char_idx"], **kwargs,
+        id_=row["chunk_id"],
+        text=row["text"],
+        metadata=json.loads(row["metadata_json"]),
+        relationships=json.loads(row["relationships_json"]),
+        start_char_idx=row["start_char_idx"],
+        end_char_idx=row["end_char_idx"],
+        **kwargs,
     )
 
 
@@ -155,7 +185,9 @@ class Export:
     def shards(self) -> list[dict]:
         return self.manifest["shards"]
 
-    def iter_chunk_batches(self, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+    def iter_chunk_batches(
+        self, columns: list[str] | None = None, batch_size: int = 4096
+    ) -> Iterator[pa.RecordBatch]:
         for sh in self.shards:
             pf = pq.ParquetFile(self.path / sh["chunks_file"])
             yield from pf.iter_batches(batch_size=batch_size, columns=columns)
@@ -178,8 +210,10 @@ def open_export(path: str | os.PathLike) -> Export:
     mf = path / "manifest.json"
     if not mf.exists():
         if (path / "manifest.partial.json").exists():
-            raise ExportError(f"{path} is an unfinished export (manifest.partial.json only): run phase 01 again "
-                              "to resume it")
+            raise ExportError(
+                f"{path} is an unfinished export (manifest.partial.json only): run phase 01 again "
+                "to resume it"
+            )
         raise ExportError(f"{path} has no manifest.json: not an export folder")
     m = atomic.read_json(mf)
     if m.get("format") != FORMAT:

@@ -41,12 +41,18 @@ class ExportResult:
     def summary(self) -> dict:
         m = self.manifest
         return {
-            "export": str(self.path), "index": f"{m['index_name']} ({m['index_id']})",
-            "documents": m["total_documents"], "chunks": m["total_chunks"],
-            "source total_count": m["source_total_count"], "fetched now": self.fetched_documents,
-            "resumed from earlier run": self.resumed_documents, "re-fetched (changed)": self.refetched_documents,
-            "removed (deleted at source)": self.removed_documents, "listing passes": self.listing_passes,
-            "vectors from cloud": m["embeddings"]["from_cloud"], "vectors missing": m["embeddings"]["missing"],
+            "export": str(self.path),
+            "index": f"{m['index_name']} ({m['index_id']})",
+            "documents": m["total_documents"],
+            "chunks": m["total_chunks"],
+            "source total_count": m["source_total_count"],
+            "fetched now": self.fetched_documents,
+            "resumed from earlier run": self.resumed_documents,
+            "re-fetched (changed)": self.refetched_documents,
+            "removed (deleted at source)": self.removed_documents,
+            "listing passes": self.listing_passes,
+            "vectors from cloud": m["embeddings"]["from_cloud"],
+            "vectors missing": m["embeddings"]["missing"],
             "seconds": round(self.seconds, 1),
         }
 
@@ -110,8 +116,16 @@ class _Writer:
         cf, df = f"chunks-{i:05d}{suffix}.parquet", f"documents-{i:05d}{suffix}.parquet"
         c_sha = export_format.write_table_atomic(export_format.chunk_table(chunks), self.path / cf)
         d_sha = export_format.write_table_atomic(export_format.doc_table(docs), self.path / df)
-        return {"index": i, "chunks_file": cf, "documents_file": df, "rows": len(chunks), "documents": len(docs),
-                "chunks_sha256": c_sha, "documents_sha256": d_sha, "generation": generation}
+        return {
+            "index": i,
+            "chunks_file": cf,
+            "documents_file": df,
+            "rows": len(chunks),
+            "documents": len(docs),
+            "chunks_sha256": c_sha,
+            "documents_sha256": d_sha,
+            "generation": generation,
+        }
 
     def remove_documents(self, doc_ids: set[str]) -> int:
         """Rewrite the shards that hold these documents without them (new file names, then swap)."""
@@ -122,7 +136,11 @@ class _Writer:
             if not hit:
                 continue
             keep_docs = [d for d in docs if d["document_id"] not in doc_ids]
-            chunks = [r for r in pq.read_table(self.path / sh["chunks_file"]).to_pylist() if r["document_id"] not in doc_ids]
+            chunks = [
+                r
+                for r in pq.read_table(self.path / sh["chunks_file"]).to_pylist()
+                if r["document_id"] not in doc_ids
+            ]
             old = (sh["chunks_file"], sh["documents_file"])
             new = self._write_pair(sh["index"], keep_docs, chunks, sh.get("generation", 0) + 1)
             self.state["shards"][pos] = new
@@ -137,9 +155,13 @@ class _Writer:
     def finalize(self, extra: dict) -> dict:
         self.flush()
         shards = self.state["shards"]
-        manifest = {**self.state, **extra, "shards": shards,
-                    "total_documents": sum(s["documents"] for s in shards),
-                    "total_chunks": sum(s["rows"] for s in shards)}
+        manifest = {
+            **self.state,
+            **extra,
+            "shards": shards,
+            "total_documents": sum(s["documents"] for s in shards),
+            "total_chunks": sum(s["rows"] for s in shards),
+        }
         manifest["embeddings"] = embedding_stats(self.path, shards)
         manifest["embedding_dimension"] = manifest["embeddings"]["dimension"]
         manifest["status"] = "complete"
@@ -166,16 +188,22 @@ def embedding_stats(path: Path, shards: list[dict]) -> dict:
     for sh in shards:
         if sh.get("embedding_model"):
             models.add(sh["embedding_model"])
-    return {"from_cloud": cloud, "computed": computed, "missing": missing,
-            "dimension": dims.pop() if len(dims) == 1 else (sorted(dims) if dims else None),
-            "computed_with": sorted(models)}
+    return {
+        "from_cloud": cloud,
+        "computed": computed,
+        "missing": missing,
+        "dimension": dims.pop() if len(dims) == 1 else (sorted(dims) if dims else None),
+        "computed_with": sorted(models),
+    }
 
 
 def _fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
     import llama_cloud
 
     try:
-        nodes = src.client.pipelines.documents.get_chunks(document_id=path_id(doc_id), pipeline_id=pipeline_id)
+        nodes = src.client.pipelines.documents.get_chunks(
+            document_id=path_id(doc_id), pipeline_id=pipeline_id
+        )
     except llama_cloud.NotFoundError:
         return None  # deleted since it was listed; reconciled by the next listing
     except llama_cloud.APIError as e:
@@ -232,14 +260,20 @@ def export_index(
             raise ExportError(f"export {path} is already complete; choose a new export_id or leave it empty")
     else:
         path = find_resumable(exports_dir, pid) or exports_dir / (
-            dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + _slug(pipeline.name))
+            dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + _slug(pipeline.name)
+        )
     path.mkdir(parents=True, exist_ok=True)
     import llama_cloud
 
     header = {
-        "format": export_format.FORMAT, "export_id": path.name, "index_name": pipeline.name, "index_id": pid,
-        "project": project.model_dump(mode="json"), "pipeline": pipeline.model_dump(mode="json", by_alias=True),
-        "source_base_url": src.base_url or "default", "client_version": llama_cloud.__version__,
+        "format": export_format.FORMAT,
+        "export_id": path.name,
+        "index_name": pipeline.name,
+        "index_id": pid,
+        "project": project.model_dump(mode="json"),
+        "pipeline": pipeline.model_dump(mode="json", by_alias=True),
+        "source_base_url": src.base_url or "default",
+        "client_version": llama_cloud.__version__,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     w = _Writer(path, header, shard_rows)
@@ -247,16 +281,20 @@ def export_index(
     done = w.committed_documents()
     result.resumed_documents = len(done)
     if done:
-        result.events.append(f"resuming: {len(done)} document(s) already committed in {len(w.state['shards'])} shard(s)")
+        result.events.append(
+            f"resuming: {len(done)} document(s) already committed in {len(w.state['shards'])} shard(s)"
+        )
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .display import progress as tqdm
 
         bar = tqdm(desc="documents exported", unit="doc")
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
     stale: set[str] = set()  # committed ids whose content changed or that vanished: removed at the end
-    exported: dict[str, str] = {d: h for d, (h, _) in done.items()}  # doc id -> content hash (committed or buffered)
+    exported: dict[str, str] = {
+        d: h for d, (h, _) in done.items()
+    }  # doc id -> content hash (committed or buffered)
     try:
         fetched_before = 0
         for pass_no in range(1, max_listing_passes + 1):
@@ -281,14 +319,20 @@ def export_index(
                         stale.add(d["id"])  # changed since committed: re-fetch whole, drop the old copy
                         result.refetched_documents += 1
                     todo.append((d, h))
-                for (d, h), nodes in zip(todo, pool.map(lambda x: _fetch_chunks(src, pid, x[0]["id"]), todo), strict=True):
+                for (d, h), nodes in zip(
+                    todo, pool.map(lambda x: _fetch_chunks(src, pid, x[0]["id"]), todo), strict=True
+                ):
                     if nodes is None:
                         listed.pop(d["id"], None)
                         continue
                     rows = [export_format.node_to_row(d["id"], k, n) for k, n in enumerate(nodes)]
-                    doc_row = {"document_id": d["id"], "text": d["text"],
-                               "metadata_json": export_format.dumps(d.get("metadata") or {}),
-                               "content_sha256": h, "chunk_count": len(rows)}
+                    doc_row = {
+                        "document_id": d["id"],
+                        "text": d["text"],
+                        "metadata_json": export_format.dumps(d.get("metadata") or {}),
+                        "content_sha256": h,
+                        "chunk_count": len(rows),
+                    }
                     if d["id"] in stale:
                         # a fresh copy replaces the stale one; keep it aside until the old one is removed
                         w.flush()
@@ -305,25 +349,35 @@ def export_index(
                 result.removed_documents += w.remove_documents(vanished)
                 for d in vanished:
                     exported.pop(d, None)
-                result.events.append(f"pass {pass_no}: {len(vanished)} document(s) deleted at the source, removed")
+                result.events.append(
+                    f"pass {pass_no}: {len(vanished)} document(s) deleted at the source, removed"
+                )
             changed = result.fetched_documents != fetched_before or bool(vanished)
             # complete when one whole listing found nothing to fetch or remove, and matches the source count
             if not changed and set(exported) == set(listed) and len(listed) == (total or 0):
                 break
             fetched_before = result.fetched_documents
-            result.events.append(f"pass {pass_no}: {len(listed)} listed, {len(exported)} exported; listing again to confirm")
+            result.events.append(
+                f"pass {pass_no}: {len(listed)} listed, {len(exported)} exported; listing again to confirm"
+            )
         else:
-            raise ExportError(f"the source kept changing during {max_listing_passes} listings; run phase 01 again")
+            raise ExportError(
+                f"the source kept changing during {max_listing_passes} listings; run phase 01 again"
+            )
     finally:
         pool.shutdown(wait=True)
         if bar is not None:
             bar.close()
-    manifest = w.finalize({
-        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "source_total_count": total,
-    })
+    manifest = w.finalize(
+        {
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "source_total_count": total,
+        }
+    )
     if manifest["total_documents"] != total:
-        raise ExportError(f"export has {manifest['total_documents']} documents but the source reports {total}")
+        raise ExportError(
+            f"export has {manifest['total_documents']} documents but the source reports {total}"
+        )
     result.manifest = manifest
     result.seconds = time.time() - t0
     return result
@@ -337,5 +391,3 @@ def sequential_export_count(src: Source, pipeline_id: str, page_size: int = 100)
             nodes = _fetch_chunks(src, pipeline_id, d["id"])
             n += len(nodes or [])
     return n
-
-

@@ -39,7 +39,9 @@ def to_chroma_metadata(row: dict) -> tuple[dict, list[str]]:
         elif kind == "null":
             dropped.append(k)
         elif kind == "reserved key":
-            out["meta_" + k.lstrip("#$").replace(":", "_")] = v if classify_value("x", v) is None else "json:" + json.dumps(v, ensure_ascii=False)
+            out["meta_" + k.lstrip("#$").replace(":", "_")] = (
+                v if classify_value("x", v) is None else "json:" + json.dumps(v, ensure_ascii=False)
+            )
         else:
             out[k] = "json:" + json.dumps(v, ensure_ascii=False, sort_keys=True)
     return out, dropped
@@ -67,10 +69,16 @@ class LoadResult:
         return self.loaded_now / self.seconds if self.seconds else 0.0
 
     def summary(self) -> dict:
-        return {"collection": self.collection, "records in export": self.total, "loaded now": self.loaded_now,
-                "skipped (checkpoint)": self.skipped_by_checkpoint, "batch size": self.batch_size,
-                "seconds": round(self.seconds, 1), "records/s": round(self.rate, 1),
-                "null metadata keys dropped": self.null_keys_dropped}
+        return {
+            "collection": self.collection,
+            "records in export": self.total,
+            "loaded now": self.loaded_now,
+            "skipped (checkpoint)": self.skipped_by_checkpoint,
+            "batch size": self.batch_size,
+            "seconds": round(self.seconds, 1),
+            "records/s": round(self.rate, 1),
+            "null metadata keys dropped": self.null_keys_dropped,
+        }
 
 
 def _batches(exp, batch_size: int, start_shard: int, start_row: int):
@@ -99,7 +107,8 @@ def _prepare(rows: list[dict]):
     for r in rows:
         if r["embedding"] is None:
             raise export_format.ExportError(
-                f"chunk {r['chunk_id']} has no vector: run phase 01's re-embedding step before loading")
+                f"chunk {r['chunk_id']} has no vector: run phase 01's re-embedding step before loading"
+            )
         md, nulls = to_chroma_metadata(r)
         for k in nulls:
             dropped[k] = dropped.get(k, 0) + 1
@@ -110,8 +119,14 @@ def _prepare(rows: list[dict]):
     return ids, docs, np.asarray(embs, dtype=np.float32), metas, dropped
 
 
-def load_export(client, col, export_dir: str | os.PathLike, checkpoint_path: str | os.PathLike,
-                batch_size: int = 5000, progress: bool = True) -> LoadResult:
+def load_export(
+    client,
+    col,
+    export_dir: str | os.PathLike,
+    checkpoint_path: str | os.PathLike,
+    batch_size: int = 5000,
+    progress: bool = True,
+) -> LoadResult:
     exp = export_format.open_export(export_dir)
     sha = exp.manifest_sha256
     batch_size = max(1, min(int(batch_size), int(client.get_max_batch_size())))
@@ -119,11 +134,15 @@ def load_export(client, col, export_dir: str | os.PathLike, checkpoint_path: str
     cp = atomic.read_json(cp_path) if cp_path.exists() else {}
     if cp.get("export_manifest_sha256") != sha or cp.get("collection") != col.name:
         cp = {"export_manifest_sha256": sha, "collection": col.name, "shard": 0, "row": 0, "loaded": 0}
-    res = LoadResult(col.name, total=exp.manifest["total_chunks"], batch_size=batch_size,
-                     skipped_by_checkpoint=cp["loaded"])
+    res = LoadResult(
+        col.name,
+        total=exp.manifest["total_chunks"],
+        batch_size=batch_size,
+        skipped_by_checkpoint=cp["loaded"],
+    )
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .display import progress as tqdm
 
         bar = tqdm(total=res.total, initial=cp["loaded"], desc=f"loading into {col.name}", unit="chunk")
     # prepare the next batch (Parquet -> records) while Chroma indexes the current one
@@ -198,9 +217,18 @@ def _exact_topk(exp, queries: np.ndarray, k: int) -> list[list[str]]:
     return [list(r) for r in best_i]
 
 
-def verify_load(client, col, export_dir: str | os.PathLike, chroma_path: str | os.PathLike | None = None,
-                sample: int = 100, recall_queries: int = 50, k: int = 10, min_recall: float = 0.99,
-                max_ef_search: int = 800, seed: int = 0) -> dict:
+def verify_load(
+    client,
+    col,
+    export_dir: str | os.PathLike,
+    chroma_path: str | os.PathLike | None = None,
+    sample: int = 100,
+    recall_queries: int = 50,
+    k: int = 10,
+    min_recall: float = 0.99,
+    max_ef_search: int = 800,
+    seed: int = 0,
+) -> dict:
     """Count, ids, sampled records field by field, self-retrieval, HNSW recall@k vs exact, LlamaIndex read-back."""
     exp = export_format.open_export(export_dir)
     checks, issues = [], []
@@ -209,7 +237,11 @@ def verify_load(client, col, export_dir: str | os.PathLike, chroma_path: str | o
         checks.append({"check": name, "ok": bool(ok), "detail": detail})
 
     n = col.count()
-    check("count equals export", n == exp.manifest["total_chunks"], f"collection {n}, export {exp.manifest['total_chunks']}")
+    check(
+        "count equals export",
+        n == exp.manifest["total_chunks"],
+        f"collection {n}, export {exp.manifest['total_chunks']}",
+    )
 
     # every id present; reservoir sample on the way
     rng = random.Random(seed)
@@ -227,13 +259,26 @@ def verify_load(client, col, export_dir: str | os.PathLike, chroma_path: str | o
                 picked.append(r)
             elif (j := rng.randrange(seen)) < sample:
                 picked[j] = r
-    check("every exported id present", not missing, f"{len(missing)} missing" + (f", e.g. {missing[:3]}" if missing else ""))
+    check(
+        "every exported id present",
+        not missing,
+        f"{len(missing)} missing" + (f", e.g. {missing[:3]}" if missing else ""),
+    )
     for m in missing[:20]:
-        issues.append({"where": f"chunk {m}", "problem": "not in the collection", "what to do": "run phase 03 again (it resumes)"})
+        issues.append(
+            {
+                "where": f"chunk {m}",
+                "problem": "not in the collection",
+                "what to do": "run phase 03 again (it resumes)",
+            }
+        )
 
     # sampled records field by field
     got = col.get(ids=[r["chunk_id"] for r in picked], include=["documents", "metadatas", "embeddings"])
-    by_id = {i: (d, m, e) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)}
+    by_id = {
+        i: (d, m, e)
+        for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
+    }
     diffs = 0
     for r in picked:
         rec = by_id.get(r["chunk_id"])
@@ -242,23 +287,52 @@ def verify_load(client, col, export_dir: str | os.PathLike, chroma_path: str | o
             continue
         doc, meta, emb = rec
         want_meta, _ = to_chroma_metadata(r)
-        for name, ok in (("text", doc == r["text"]), ("metadata", meta == want_meta),
-                         ("vector", np.allclose(np.asarray(emb, dtype=np.float32), np.asarray(r["embedding"], dtype=np.float32), atol=1e-6))):
+        for name, ok in (
+            ("text", doc == r["text"]),
+            ("metadata", meta == want_meta),
+            (
+                "vector",
+                np.allclose(
+                    np.asarray(emb, dtype=np.float32), np.asarray(r["embedding"], dtype=np.float32), atol=1e-6
+                ),
+            ),
+        ):
             if not ok:
                 diffs += 1
-                issues.append({"where": where, "problem": f"{name} differs from the export", "what to do": "reload into a new collection"})
-    check("sampled records equal export", diffs == 0, f"{len(picked)} records compared field by field, {diffs} difference(s)")
+                issues.append(
+                    {
+                        "where": where,
+                        "problem": f"{name} differs from the export",
+                        "what to do": "reload into a new collection",
+                    }
+                )
+    check(
+        "sampled records equal export",
+        diffs == 0,
+        f"{len(picked)} records compared field by field, {diffs} difference(s)",
+    )
 
     # self-retrieval: a chunk's own vector finds it first (ties with identical vectors count)
     vecs = np.asarray([r["embedding"] for r in picked], dtype=np.float32)
     res = col.query(query_embeddings=vecs, n_results=2, include=["distances"])
     self_fail = 0
     for r, ids, dists in zip(picked, res["ids"], res["distances"], strict=True):
-        if ids[0] != r["chunk_id"] and not (len(ids) > 1 and ids[1] == r["chunk_id"] and abs(dists[1] - dists[0]) < 1e-6):
+        if ids[0] != r["chunk_id"] and not (
+            len(ids) > 1 and ids[1] == r["chunk_id"] and abs(dists[1] - dists[0]) < 1e-6
+        ):
             self_fail += 1
-            issues.append({"where": f"chunk {r['chunk_id']}", "problem": f"its own vector ranks {ids[0]} first",
-                           "what to do": "check for duplicate vectors or raise ef_search"})
-    check("self-retrieval at rank 1", self_fail == 0, f"{len(picked) - self_fail}/{len(picked)} sampled chunks find themselves first")
+            issues.append(
+                {
+                    "where": f"chunk {r['chunk_id']}",
+                    "problem": f"its own vector ranks {ids[0]} first",
+                    "what to do": "check for duplicate vectors or raise ef_search",
+                }
+            )
+    check(
+        "self-retrieval at rank 1",
+        self_fail == 0,
+        f"{len(picked) - self_fail}/{len(picked)} sampled chunks find themselves first",
+    )
 
     # recall@k of HNSW vs exact search, raising ef_search until it holds
     qrng = np.random.default_rng(seed)
@@ -274,18 +348,29 @@ def verify_load(client, col, export_dir: str | os.PathLike, chroma_path: str | o
             break
         ef = min(ef * 2, max_ef_search)
         col.modify(configuration={"hnsw": {"ef_search": ef}})
-    check(f"HNSW recall@{k} vs exact search", recall >= min_recall,
-          f"{recall:.4f} over {len(queries)} queries at ef_search={ef} (goal {min_recall})")
+    check(
+        f"HNSW recall@{k} vs exact search",
+        recall >= min_recall,
+        f"{recall:.4f} over {len(queries)} queries at ef_search={ef} (goal {min_recall})",
+    )
 
     # LlamaIndex reads back the exported nodes
     li_ok, li_n = _llamaindex_roundtrip(col, picked[:10])
-    check("LlamaIndex ChromaVectorStore reads equal nodes", li_ok == li_n,
-          f"{li_ok}/{li_n} nodes equal (id, text, metadata, relationships)")
+    check(
+        "LlamaIndex ChromaVectorStore reads equal nodes",
+        li_ok == li_n,
+        f"{li_ok}/{li_n} nodes equal (id, text, metadata, relationships)",
+    )
 
     disk = dir_size(chroma_path) if chroma_path else None
-    figures = {"records": n, "ef_search": ef, f"recall@{k}": round(recall, 4),
-               "chroma_db bytes": disk, "chroma_db MB": round(disk / 2**20, 1) if disk else None,
-               "peak RSS MB (this process)": round(peak_rss_mb(), 1)}
+    figures = {
+        "records": n,
+        "ef_search": ef,
+        f"recall@{k}": round(recall, 4),
+        "chroma_db bytes": disk,
+        "chroma_db MB": round(disk / 2**20, 1) if disk else None,
+        "peak RSS MB (this process)": round(peak_rss_mb(), 1),
+    }
     return {"checks": checks, "issues": issues, "figures": figures}
 
 
@@ -299,7 +384,9 @@ def _llamaindex_roundtrip(col, rows: list[dict]) -> tuple[int, int]:
         return 0, 0
     store = ChromaVectorStore(chroma_collection=col)
     # what the RAG service does; queries carry their vector here, so the embedder is never called
-    index = VectorStoreIndex.from_vector_store(store, embed_model=MockEmbedding(embed_dim=len(rows[0]["embedding"])))
+    index = VectorStoreIndex.from_vector_store(
+        store, embed_model=MockEmbedding(embed_dim=len(rows[0]["embedding"]))
+    )
     retriever = index.as_retriever(similarity_top_k=1)
     ok = 0
     for r in rows:
@@ -307,8 +394,13 @@ def _llamaindex_roundtrip(col, rows: list[dict]) -> tuple[int, int]:
         if not hits:
             continue
         got, want = hits[0].node, export_format.row_to_llama_node(r)
-        if (got.node_id == want.node_id and got.get_content() == want.get_content() and got.metadata == want.metadata
-                and {k: v.node_id for k, v in got.relationships.items()} == {k: v.node_id for k, v in want.relationships.items()}
-                and got.ref_doc_id == want.ref_doc_id):
+        if (
+            got.node_id == want.node_id
+            and got.get_content() == want.get_content()
+            and got.metadata == want.metadata
+            and {k: v.node_id for k, v in got.relationships.items()}
+            == {k: v.node_id for k, v in want.relationships.items()}
+            and got.ref_doc_id == want.ref_doc_id
+        ):
             ok += 1
     return ok, len(rows)

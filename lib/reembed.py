@@ -37,17 +37,27 @@ class Plan:
         return (self.tokens / 1e6) * self.price_per_mtok
 
     def as_dict(self) -> dict:
-        return {"model": self.model_id, "chunks to embed": self.chunks_to_embed, "already cached": self.cached,
-                "tokens (cl100k)": self.tokens, "price $/1M tokens": self.price_per_mtok,
-                "estimated cost $": round(self.est_cost_usd, 4)}
+        return {
+            "model": self.model_id,
+            "chunks to embed": self.chunks_to_embed,
+            "already cached": self.cached,
+            "tokens (cl100k)": self.tokens,
+            "price $/1M tokens": self.price_per_mtok,
+            "estimated cost $": round(self.est_cost_usd, 4),
+        }
 
 
 def _needs(batch_rows: list[dict], force: bool) -> list[int]:
     return [i for i, r in enumerate(batch_rows) if force or r["embedding"] is None]
 
 
-def plan(export_dir: str | os.PathLike, spec: embeddings.ModelSpec, cache_path: str | os.PathLike,
-         force: bool = False, price_per_mtok: float | None = None) -> Plan:
+def plan(
+    export_dir: str | os.PathLike,
+    spec: embeddings.ModelSpec,
+    cache_path: str | os.PathLike,
+    force: bool = False,
+    price_per_mtok: float | None = None,
+) -> Plan:
     from llama_index.core.utils import get_tokenizer
 
     tok = get_tokenizer()
@@ -66,14 +76,25 @@ def plan(export_dir: str | os.PathLike, spec: embeddings.ModelSpec, cache_path: 
                 tokens += len(tok(t))
         n += len(idx)
     cache.close()
-    price = price_per_mtok if price_per_mtok is not None else (
-        embeddings.PRICE_PER_MTOK.get(spec.model_id.split("@")[0], 0.0) if spec.paid else 0.0)
+    price = (
+        price_per_mtok
+        if price_per_mtok is not None
+        else (embeddings.PRICE_PER_MTOK.get(spec.model_id.split("@")[0], 0.0) if spec.paid else 0.0)
+    )
     return Plan(spec.model_id, n, tokens, price, cached)
 
 
-def apply(export_dir: str | os.PathLike, spec: embeddings.ModelSpec, cache_path: str | os.PathLike,
-          allow_spend: bool = False, max_cost_usd: float = 0.0, force: bool = False, batch_size: int = 64,
-          progress: bool = True, price_per_mtok: float | None = None) -> dict:
+def apply(
+    export_dir: str | os.PathLike,
+    spec: embeddings.ModelSpec,
+    cache_path: str | os.PathLike,
+    allow_spend: bool = False,
+    max_cost_usd: float = 0.0,
+    force: bool = False,
+    batch_size: int = 64,
+    progress: bool = True,
+    price_per_mtok: float | None = None,
+) -> dict:
     """Fill missing vectors (all vectors with ``force``) and record which were computed, with what model."""
     export_dir = Path(export_dir)
     p = plan(export_dir, spec, cache_path, force, price_per_mtok)
@@ -85,14 +106,16 @@ def apply(export_dir: str | os.PathLike, spec: embeddings.ModelSpec, cache_path:
             f"({p.tokens:,} tokens); set allow_embedding_spend: true (and max_embedding_cost_usd) to allow it"
         )
     if spec.paid and max_cost_usd and p.est_cost_usd > max_cost_usd:
-        raise SpendNotAllowed(f"estimated ${p.est_cost_usd:.2f} exceeds max_embedding_cost_usd={max_cost_usd}")
+        raise SpendNotAllowed(
+            f"estimated ${p.est_cost_usd:.2f} exceeds max_embedding_cost_usd={max_cost_usd}"
+        )
     exp = export_format.open_export(export_dir)
     manifest = exp.manifest
     cache = embeddings.EmbeddingCache(cache_path)
     computed_total = 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .display import progress as tqdm
 
         bar = tqdm(total=p.chunks_to_embed, desc=f"re-embedding ({spec.model_id})", unit="chunk")
     try:
@@ -112,16 +135,27 @@ def apply(export_dir: str | os.PathLike, spec: embeddings.ModelSpec, cache_path:
             for j, i in enumerate(idx):
                 emb[i] = vecs[j].tolist()
                 src[i] = "computed"
-            table = table.set_column(table.schema.get_field_index("embedding"), "embedding",
-                                     pa.array(emb, type=pa.list_(pa.float32())))
-            table = table.set_column(table.schema.get_field_index("embedding_source"), "embedding_source",
-                                     pa.array(src, type=pa.string()))
+            table = table.set_column(
+                table.schema.get_field_index("embedding"),
+                "embedding",
+                pa.array(emb, type=pa.list_(pa.float32())),
+            )
+            table = table.set_column(
+                table.schema.get_field_index("embedding_source"),
+                "embedding_source",
+                pa.array(src, type=pa.string()),
+            )
             gen = sh.get("generation", 0) + 1
             new_name = f"chunks-{sh['index']:05d}-{gen}.parquet"
             sha = export_format.write_table_atomic(table, export_dir / new_name)
             old = sh["chunks_file"]
-            manifest["shards"][pos] = {**sh, "chunks_file": new_name, "chunks_sha256": sha, "generation": gen,
-                                       "embedding_model": spec.model_id}
+            manifest["shards"][pos] = {
+                **sh,
+                "chunks_file": new_name,
+                "chunks_sha256": sha,
+                "generation": gen,
+                "embedding_model": spec.model_id,
+            }
             atomic.write_json(export_dir / "manifest.json", manifest)  # the swap: new file named, old unnamed
             (export_dir / old).unlink(missing_ok=True)
             if bar is not None:

@@ -24,9 +24,19 @@ from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, outputs_root, resolve
 
 KERNEL_NAME = "runbook"
 PACKAGES = (
-    "chromadb", "llama-cloud", "llama-index-core", "llama-index-vector-stores-chroma",
-    "llama-index-indices-managed-llama-cloud", "papermill", "pandas", "plotly", "pyarrow", "numpy",
-    "sentence-transformers", "torch", "jupyterlab",
+    "chromadb",
+    "llama-cloud",
+    "llama-index-core",
+    "llama-index-vector-stores-chroma",
+    "llama-index-indices-managed-llama-cloud",
+    "papermill",
+    "pandas",
+    "plotly",
+    "pyarrow",
+    "numpy",
+    "sentence-transformers",
+    "torch",
+    "jupyterlab",
 )
 
 
@@ -130,7 +140,16 @@ def render_html(nb_path: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
+    from .display import plotly_outputs_to_html
+
     nb = nbformat.read(nb_path, as_version=4)
+    plotly_outputs_to_html(nb)
+    for cell in nb.cells:  # progress bars and library chatter stay in the .ipynb, not the reader's page
+        cell["outputs"] = [
+            o
+            for o in cell.get("outputs", [])
+            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+        ]
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
     out = nb_path.with_suffix(".html")
@@ -155,7 +174,7 @@ def write_index(run_dir: Path, manifest: dict) -> Path:
         err = html.escape(ph.get("error") or "")
         rows.append(
             f'<tr><td>{link}</td><td style="background:{colour}">{ph["status"]}</td>'
-            f'<td>{ph.get("duration_s", "")}</td><td><pre>{err}</pre></td></tr>'
+            f"<td>{ph.get('duration_s', '')}</td><td><pre>{err}</pre></td></tr>"
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Run {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.4em .8em;vertical-align:top}}pre{{margin:0;white-space:pre-wrap}}</style></head>
@@ -183,7 +202,7 @@ def _emulator_for(params: dict, env: dict):
     handle = cloud_emulator.start_subprocess(
         corpus=corpus,
         api_key_env=key_env,
-        embed_cache=params.get("embedding_cache") or "",
+        embed_cache=str(resolve(params["embedding_cache"])) if params.get("embedding_cache") else "",
         serve_embeddings=bool(params.get("emulator_serve_embeddings", False)),
     )
     return handle
@@ -215,7 +234,9 @@ def run(
     log(f"run folder: {run_dir}")
     manifest = {
         "run_id": run_dir.name,
-        "params_file": str(params_path.relative_to(PROJECT_ROOT) if params_path.is_relative_to(PROJECT_ROOT) else params_path),
+        "params_file": str(
+            params_path.relative_to(PROJECT_ROOT) if params_path.is_relative_to(PROJECT_ROOT) else params_path
+        ),
         "params_sha256": config.sha256_file(params_path),
         "parameters": params,
         "git": git_commit(),
@@ -234,19 +255,25 @@ def run(
         for i, ph in enumerate(phases):
             out = run_dir / f"{ph.stem}.ipynb"
             papermill.execute_notebook(
-                str(ph.path), str(out), parameters={**per_nb[ph.stem], "run_dir": str(run_dir)},
-                prepare_only=True, kernel_name=KERNEL_NAME,
+                str(ph.path),
+                str(out),
+                parameters={**per_nb[ph.stem], "run_dir": str(run_dir)},
+                prepare_only=True,
+                kernel_name=KERNEL_NAME,
             )
             manifest["phases"][i].update(status="prepared")
         manifest.update(status="prepared", finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         atomic.write_json(run_dir / "manifest.json", manifest)
-        log(f"prepared {len(phases)} notebook(s) in {run_dir}; open them in JupyterLab with the 'runbook' kernel")
+        log(
+            f"prepared {len(phases)} notebook(s) in {run_dir}; open them in JupyterLab with the 'runbook' kernel"
+        )
         return result
 
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     kernel = ensure_kernel()
+    os.environ["RUNBOOK_HEADLESS"] = "1"  # plain-text progress bars in executed notebooks
     env_names = {v for k, v in params.items() if k.endswith("_env") and isinstance(v, str) and v}
     emulator = _emulator_for(params, os.environ)
     failure = None
@@ -266,8 +293,13 @@ def run(
             log(f"[{ph.number}] {ph.stem} ...")
             try:
                 papermill.execute_notebook(
-                    str(ph.path), str(out), parameters=nb_params, kernel_name=kernel,
-                    cwd=str(notebooks_dir), progress_bar=False, log_output=False,
+                    str(ph.path),
+                    str(out),
+                    parameters=nb_params,
+                    kernel_name=kernel,
+                    cwd=str(notebooks_dir),
+                    progress_bar=False,
+                    log_output=False,
                 )
                 entry["status"] = "ok"
             except PapermillExecutionError as e:
@@ -277,7 +309,9 @@ def run(
                 failure = f"phase {ph.stem} failed in {out.name}, {entry['error']}"
             except Exception as e:  # kernel died, notebook unreadable, ...
                 entry["status"] = "failed"
-                entry["error"] = credentials.scrub(f"{type(e).__name__}: {e}", credentials.secret_env_values(env_names))
+                entry["error"] = credentials.scrub(
+                    f"{type(e).__name__}: {e}", credentials.secret_env_values(env_names)
+                )
                 failure = f"phase {ph.stem} could not run: {entry['error']}"
             entry["duration_s"] = round(time.time() - t0, 1)
             entry["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -300,7 +334,11 @@ def run(
         manifest["status"] = "failed" if failure else "ok"
         manifest["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         manifest["duration_s"] = round(
-            (dt.datetime.fromisoformat(manifest["finished_at"]) - dt.datetime.fromisoformat(manifest["started_at"])).total_seconds(), 1
+            (
+                dt.datetime.fromisoformat(manifest["finished_at"])
+                - dt.datetime.fromisoformat(manifest["started_at"])
+            ).total_seconds(),
+            1,
         )
         atomic.write_json(run_dir / "manifest.json", manifest)
         write_index(run_dir, manifest)
@@ -313,5 +351,3 @@ def run(
 def phase_summary(run_dir: Path) -> str:
     m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     return "\n".join(f"{p['notebook']:<22} {p['status']:<8} {p.get('duration_s', '')}" for p in m["phases"])
-
-

@@ -46,7 +46,9 @@ def ensure_emulator(base_url: str, emulator_corpus: str, api_key_env: str, embed
             pass
     port = int(urllib.parse.urlsplit(base_url).port or 0) if base_url else 0
     if not os.environ.get(api_key_env):
-        raise SourceError(f"rehearsal mode: set {api_key_env} to any value; the local server accepts that key")
+        raise SourceError(
+            f"rehearsal mode: set {api_key_env} to any value; the local server accepts that key"
+        )
     handle = cloud_emulator.start_subprocess(emulator_corpus, api_key_env, port, embed_cache)
     import atexit
 
@@ -54,19 +56,32 @@ def ensure_emulator(base_url: str, emulator_corpus: str, api_key_env: str, embed
     return handle.url
 
 
-def open_source(base_url: str, api_key_env: str, max_retries: int = 8, timeout_s: float = 60.0,
-                emulator_corpus: str = "", embed_cache: str = "") -> Source:
+def open_source(
+    base_url: str,
+    api_key_env: str,
+    max_retries: int = 8,
+    timeout_s: float = 60.0,
+    emulator_corpus: str = "",
+    embed_cache: str = "",
+) -> Source:
     from llama_cloud import LlamaCloud
 
     if emulator_corpus:
         base_url = ensure_emulator(base_url, emulator_corpus, api_key_env, embed_cache)
     key = credentials.get_secret(api_key_env, purpose="LlamaCloud API key")
-    client = LlamaCloud(api_key=key.reveal(), base_url=base_url or None, max_retries=max_retries, timeout=timeout_s)
+    client = LlamaCloud(
+        api_key=key.reveal(), base_url=base_url or None, max_retries=max_retries, timeout=timeout_s
+    )
     return Source(client, base_url, api_key_env)
 
 
-def find_pipeline(src: Source, index_id: str = "", index_name: str = "", project_name: str = "Default",
-                  organization_id: str = ""):
+def find_pipeline(
+    src: Source,
+    index_id: str = "",
+    index_name: str = "",
+    project_name: str = "Default",
+    organization_id: str = "",
+):
     """(project, pipeline) by pipeline id, or by name within a project, as LlamaCloudIndex resolves them."""
     import llama_cloud
 
@@ -77,14 +92,18 @@ def find_pipeline(src: Source, index_id: str = "", index_name: str = "", project
                 pipeline = c.pipelines.get(pipeline_id=index_id)
                 project = c.projects.get(project_id=pipeline.project_id)
                 if index_name and pipeline.name != index_name:
-                    raise SourceError(f"pipeline {index_id} is named {pipeline.name!r}, not {index_name!r}: check index_name")
+                    raise SourceError(
+                        f"pipeline {index_id} is named {pipeline.name!r}, not {index_name!r}: check index_name"
+                    )
                 return project, pipeline
             if not index_name:
                 raise SourceError("set index_id or index_name in the params")
             projects = c.projects.list(organization_id=organization_id or None)
             project = next((p for p in projects if p.name == project_name), None)
             if project is None:
-                raise SourceError(f"project {project_name!r} not found; projects: {[p.name for p in projects]}")
+                raise SourceError(
+                    f"project {project_name!r} not found; projects: {[p.name for p in projects]}"
+                )
             pipelines = c.pipelines.list(project_id=project.id, pipeline_name=index_name)
             pipeline = next((p for p in pipelines if p.name == index_name), None)
             if pipeline is None:

@@ -81,8 +81,9 @@ CONVERSION = {
 }
 
 
-def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, seed: int = 0,
-                  expect_vectors: bool = True) -> Report:
+def verify_export(
+    export_dir: str | os.PathLike, source=None, sample: int = 50, seed: int = 0, expect_vectors: bool = True
+) -> Report:
     """Check an export folder; with ``source`` (a ``runbook.source.Source``) also compare with the cloud."""
     r = Report()
     path = Path(export_dir)
@@ -101,13 +102,21 @@ def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, 
             f = path / sh[key]
             if not f.exists():
                 bad_shards += 1
-                r.issue(sh[key], "file missing", "restore it from a copy or delete the export and run phase 01 again")
+                r.issue(
+                    sh[key],
+                    "file missing",
+                    "restore it from a copy or delete the export and run phase 01 again",
+                )
                 continue
             actual = export_format.sha256_file(f)
             if actual != sh[sha_key]:
                 bad_shards += 1
-                r.issue(sh[key], f"sha256 {actual[:12]}… does not match the manifest's {sh[sha_key][:12]}… "
-                        "(corrupted or truncated)", "do not load this export; run phase 01 into a new export_id")
+                r.issue(
+                    sh[key],
+                    f"sha256 {actual[:12]}… does not match the manifest's {sh[sha_key][:12]}… "
+                    "(corrupted or truncated)",
+                    "do not load this export; run phase 01 into a new export_id",
+                )
                 continue
             try:
                 meta = pq.ParquetFile(f).metadata
@@ -118,21 +127,35 @@ def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, 
             expected = sh["rows"] if key == "chunks_file" else sh["documents"]
             if meta.num_rows != expected:
                 bad_shards += 1
-                r.issue(sh[key], f"{meta.num_rows} rows, manifest says {expected}", "run phase 01 into a new export_id")
+                r.issue(
+                    sh[key],
+                    f"{meta.num_rows} rows, manifest says {expected}",
+                    "run phase 01 into a new export_id",
+                )
     named = {sh[k] for sh in m["shards"] for k in ("chunks_file", "documents_file")}
     strays = [p.name for p in path.glob("*.parquet") if p.name not in named]
-    r.check("shard checksums and row counts", bad_shards == 0,
-            f"{len(m['shards'])} shard pair(s); {bad_shards} bad" + (f"; stray files ignored: {strays}" if strays else ""))
+    r.check(
+        "shard checksums and row counts",
+        bad_shards == 0,
+        f"{len(m['shards'])} shard pair(s); {bad_shards} bad"
+        + (f"; stray files ignored: {strays}" if strays else ""),
+    )
     if bad_shards:
         return r
 
     rows_total = sum(sh["rows"] for sh in m["shards"])
     docs_total = sum(sh["documents"] for sh in m["shards"])
-    r.check("manifest totals", rows_total == m["total_chunks"] and docs_total == m["total_documents"],
-            f"chunks {rows_total} (manifest {m['total_chunks']}), documents {docs_total} (manifest {m['total_documents']})")
+    r.check(
+        "manifest totals",
+        rows_total == m["total_chunks"] and docs_total == m["total_documents"],
+        f"chunks {rows_total} (manifest {m['total_chunks']}), documents {docs_total} (manifest {m['total_documents']})",
+    )
     if m.get("source_total_count") is not None:
-        r.check("documents vs source total_count at export", docs_total == m["source_total_count"],
-                f"{docs_total} exported, source reported {m['source_total_count']}")
+        r.check(
+            "documents vs source total_count at export",
+            docs_total == m["source_total_count"],
+            f"{docs_total} exported, source reported {m['source_total_count']}",
+        )
 
     # chunks: ids, texts, vectors, metadata
     seen: set[str] = set()
@@ -144,7 +167,9 @@ def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, 
     for sh in m["shards"]:
         pf = pq.ParquetFile(path / sh["chunks_file"])
         row0 = 0
-        for batch in pf.iter_batches(batch_size=8192, columns=["chunk_id", "document_id", "text", "metadata_json", "embedding"]):
+        for batch in pf.iter_batches(
+            batch_size=8192, columns=["chunk_id", "document_id", "text", "metadata_json", "embedding"]
+        ):
             ids = batch.column("chunk_id").to_pylist()
             texts = batch.column("text").to_pylist()
             docs = batch.column("document_id").to_pylist()
@@ -154,12 +179,20 @@ def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, 
                 where = f"{sh['chunks_file']} row {row0 + i} (chunk {cid})"
                 if cid in seen:
                     dup += 1
-                    r.issue(where, "duplicate chunk id", "the source served a chunk twice: re-export; if it persists, report it")
+                    r.issue(
+                        where,
+                        "duplicate chunk id",
+                        "the source served a chunk twice: re-export; if it persists, report it",
+                    )
                 seen.add(cid)
                 doc_chunks[docs[i]] = doc_chunks.get(docs[i], 0) + 1
                 if not (texts[i] or "").strip():
                     empty += 1
-                    r.issue(where, "empty text", "check the source document; Chroma stores it, but it cannot be found by text")
+                    r.issue(
+                        where,
+                        "empty text",
+                        "check the source document; Chroma stores it, but it cannot be found by text",
+                    )
                 for k, v in json.loads(metas[i]).items():
                     kind = classify_value(k, v)
                     if kind:
@@ -178,8 +211,11 @@ def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, 
                     for j in np.nonzero(~finite)[0]:
                         nan_rows += 1
                         row = int(valid_idx[j])
-                        r.issue(f"{sh['chunks_file']} row {row0 + row} (chunk {ids[row]})", "vector has NaN or inf",
-                                "re-embed this chunk (reembed: true) or re-export")
+                        r.issue(
+                            f"{sh['chunks_file']} row {row0 + row} (chunk {ids[row]})",
+                            "vector has NaN or inf",
+                            "re-embed this chunk (reembed: true) or re-export",
+                        )
                     norms.append(np.linalg.norm(vecs[finite], axis=1))
             row0 += len(ids)
     r.check("unique chunk ids", dup == 0, f"{len(seen)} ids, {dup} duplicate(s)")
@@ -188,20 +224,37 @@ def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, 
     if len(dims) > 1:
         for d, n in dims.items():
             if d != main_dim:
-                r.issue(f"{n} chunk(s)", f"dimension {d}, most vectors have {main_dim}",
-                        "vectors from another model were mixed in: re-embed with reembed: true and one model")
+                r.issue(
+                    f"{n} chunk(s)",
+                    f"dimension {d}, most vectors have {main_dim}",
+                    "vectors from another model were mixed in: re-embed with reembed: true and one model",
+                )
     r.check("one vector dimension", len(dims) <= 1, f"dimensions found: {dims or 'none'}")
     if m.get("embedding_dimension") and main_dim and m["embedding_dimension"] != main_dim:
-        r.check("manifest dimension", False, f"manifest says {m['embedding_dimension']}, vectors have {main_dim}")
+        r.check(
+            "manifest dimension", False, f"manifest says {m['embedding_dimension']}, vectors have {main_dim}"
+        )
     r.check("no NaN/inf in vectors", nan_rows == 0, f"{nan_rows} vector(s) with NaN/inf")
-    r.check("every chunk has a vector", missing == 0 or not expect_vectors,
-            f"{missing} chunk(s) without a vector" + (" (run the re-embedding step)" if missing else ""))
+    r.check(
+        "every chunk has a vector",
+        missing == 0 or not expect_vectors,
+        f"{missing} chunk(s) without a vector" + (" (run the re-embedding step)" if missing else ""),
+    )
     if norms:
         allnorm = np.concatenate(norms)
         unit = bool(np.allclose(allnorm, 1.0, atol=1e-3))
-        r.norms = {"min": float(allnorm.min()), "mean": float(allnorm.mean()), "max": float(allnorm.max()), "unit": unit}
-        r.check("vector norms", True, f"min {allnorm.min():.4f}, mean {allnorm.mean():.4f}, max {allnorm.max():.4f}"
-                + (" (unit vectors)" if unit else " (not unit: cosine space normalises them)"))
+        r.norms = {
+            "min": float(allnorm.min()),
+            "mean": float(allnorm.mean()),
+            "max": float(allnorm.max()),
+            "unit": unit,
+        }
+        r.check(
+            "vector norms",
+            True,
+            f"min {allnorm.min():.4f}, mean {allnorm.mean():.4f}, max {allnorm.max():.4f}"
+            + (" (unit vectors)" if unit else " (not unit: cosine space normalises them)"),
+        )
     for (k, kind), n in sorted(meta_kinds.items()):
         r.metadata.append({"key": k, "kind": kind, "chunks": n, "conversion at load": CONVERSION[kind]})
 
@@ -210,9 +263,14 @@ def verify_export(export_dir: str | os.PathLike, source=None, sample: int = 50, 
     for d in exp.iter_documents():
         if doc_chunks.get(d["document_id"], 0) != d["chunk_count"]:
             doc_mismatch += 1
-            r.issue(f"document {d['document_id']}", f"{doc_chunks.get(d['document_id'], 0)} chunks exported, "
-                    f"{d['chunk_count']} listed", "run phase 01 into a new export_id")
-    r.check("chunks per document", doc_mismatch == 0, f"{doc_mismatch} document(s) with a chunk count mismatch")
+            r.issue(
+                f"document {d['document_id']}",
+                f"{doc_chunks.get(d['document_id'], 0)} chunks exported, {d['chunk_count']} listed",
+                "run phase 01 into a new export_id",
+            )
+    r.check(
+        "chunks per document", doc_mismatch == 0, f"{doc_mismatch} document(s) with a chunk count mismatch"
+    )
 
     if source is not None:
         _compare_with_source(r, exp, source, sample, seed)
@@ -226,9 +284,16 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
 
     m = exp.manifest
     now = document_count(src, m["index_id"])
-    r.check("documents vs source now", now == m["total_documents"],
-            f"source has {now} now, export has {m['total_documents']}"
-            + ("" if now == m["total_documents"] else " (the source changed since: phase 07's delta sync catches up)"))
+    r.check(
+        "documents vs source now",
+        now == m["total_documents"],
+        f"source has {now} now, export has {m['total_documents']}"
+        + (
+            ""
+            if now == m["total_documents"]
+            else " (the source changed since: phase 07's delta sync catches up)"
+        ),
+    )
     rng = random.Random(seed)
     picked: list[dict] = []
     n = 0
@@ -252,17 +317,26 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
             cur = live.get(row["chunk_id"])
             if cur is None:
                 mismatches += 1
-                r.issue(where, "no longer at the source", "the source changed since the export: run phase 07's delta sync")
+                r.issue(
+                    where,
+                    "no longer at the source",
+                    "the source changed since the export: run phase 07's delta sync",
+                )
                 continue
             for f in ("text", "metadata_json", "relationships_json", "start_char_idx", "end_char_idx", "seq"):
                 if cur[f] != row[f]:
                     mismatches += 1
-                    r.issue(where, f"field {f} differs from the source", "re-export this document (phase 01 resumes)")
+                    r.issue(
+                        where,
+                        f"field {f} differs from the source",
+                        "re-export this document (phase 01 resumes)",
+                    )
             if cur["embedding"] is not None and row["embedding"] is not None:
                 if not np.allclose(cur["embedding"], row["embedding"], atol=1e-6):
                     mismatches += 1
                     r.issue(where, "vector differs from the source's", "re-export")
-    r.check("sample re-fetched from source", mismatches == 0,
-            f"{len(picked)} chunk(s) from {len(by_doc)} document(s) compared; {mismatches} difference(s)")
-
-
+    r.check(
+        "sample re-fetched from source",
+        mismatches == 0,
+        f"{len(picked)} chunk(s) from {len(by_doc)} document(s) compared; {mismatches} difference(s)",
+    )

@@ -144,6 +144,15 @@ class StaticCorpus:
         self._vectors: dict[str, np.ndarray] = {}  # chunk id -> unit vector
         self._matrix = None  # (ids, matrix, metas) built lazily
 
+    def __deepcopy__(self, memo):
+        """An independent copy (tests change corpora; vectors are shared read-only arrays)."""
+        new = StaticCorpus(copy.deepcopy(self.project), copy.deepcopy(self.pipeline), self.query_spec)
+        with self._lock:
+            new.documents = copy.deepcopy(self.documents)
+            new.chunks = copy.deepcopy(self.chunks)
+            new._vectors = dict(self._vectors)
+        return new
+
     # --- mutation (also used by tests to change the corpus mid-export) ---
     def put_document(self, doc: dict, chunks: list[dict], vectors: np.ndarray | None) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -231,3 +232,24 @@ def latest_export(exports_dir: str | os.PathLike, pipeline_id: str | None = None
         if best is None or m.get("exported_at", "") >= best[0]:
             best = (m.get("exported_at", ""), d.parent)
     return best[1] if best else None
+
+
+def content_digest(export_dir: str | os.PathLike) -> str:
+    """One sha256 over the export's content in chunk-id order, independent of sharding and file names:
+    two exports of the same index are equal exactly when their digests are."""
+    exp = open_export(export_dir)
+    rows = []
+    for batch in exp.iter_chunk_batches():
+        for r in batch.to_pylist():
+            emb = r["embedding"]
+            rows.append((r["chunk_id"], sha256_text(dumps([
+                r["document_id"], r["seq"], r["text"], r["metadata_json"], r["relationships_json"],
+                r["node_extra_json"], r["start_char_idx"], r["end_char_idx"],
+                None if emb is None else hashlib.sha256(np.asarray(emb, dtype=np.float32).tobytes()).hexdigest(),
+            ]))))
+    docs = sorted((d["document_id"], d["content_sha256"], d["chunk_count"]) for d in exp.iter_documents())
+    h = hashlib.sha256()
+    for cid, rh in sorted(rows):
+        h.update(f"{cid}\t{rh}\n".encode())
+    h.update(dumps(docs).encode())
+    return h.hexdigest()

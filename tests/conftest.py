@@ -1,0 +1,76 @@
+"""Shared fixtures: the demo corpus (built once), a real local LlamaCloud-compatible server per test,
+temporary base paths and run folders. Nothing here is mocked: servers and databases are real."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+from runbook import cloud_emulator, corpus, source
+from runbook.paths import PROJECT_ROOT
+
+API_KEY = "test-key-for-local-server"
+CACHE = PROJECT_ROOT / "data" / "cache" / "embeddings.sqlite"
+
+
+@pytest.fixture(scope="session")
+def demo_corpus_master():
+    return corpus.build_demo_corpus(CACHE)
+
+
+@pytest.fixture
+def demo_corpus(demo_corpus_master):
+    """A private copy: tests may change it (add, delete, edit documents)."""
+    return copy.deepcopy(demo_corpus_master)
+
+
+@pytest.fixture
+def server(demo_corpus):
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv("LLAMA_CLOUD_API_KEY", API_KEY)
+    return "LLAMA_CLOUD_API_KEY"
+
+
+@pytest.fixture
+def src(server, key_env):
+    return source.open_source(server.url, key_env, max_retries=8)
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch) -> Path:
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("RUNBOOK_OUTPUTS", str(out))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    # loopback only: never route test traffic through a proxy
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    yield
+
+
+def write_params(tmp_path: Path, **overrides) -> Path:
+    """A params file (YAML) for a test run under tmp_path."""
+    import yaml
+
+    params = {"base_path": str(tmp_path / "base"), "emulator_corpus": "demo", "index_name": "Dr.Welno",
+              "expected_chunks": 300, "embedding_dimension": 384, "embedding_cache": str(CACHE),
+              "verify_sample": 20}
+    params.update(overrides)
+    p = tmp_path / "test-params.yaml"
+    p.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    return p
+
+
+os.environ.setdefault("RUNBOOK_HEADLESS", "1")

@@ -60,6 +60,7 @@ class _State:
         self.rng = random.Random()
         self.requests: list[tuple[str, str]] = []
         self.listings = 0
+        self.injected: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def set_faults(self, **kw):
@@ -245,6 +246,8 @@ class Handler(BaseHTTPRequestHandler):
         for name, rate in edges:
             acc += rate
             if r < acc:
+                with st.lock:
+                    st.injected[name] = st.injected.get(name, 0) + 1
                 if name == "drop":
                     self._drop()
                 elif name == "429":

@@ -1,0 +1,240 @@
+"""Phase 01 library: export, resume after kill -9, faults, corpus changes, and verify's findings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from runbook import atomic, cloud_emulator, embeddings, export_format, extract, reembed, source, verify
+
+from .conftest import API_KEY, CACHE
+
+MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
+
+
+def export(src, root, **kw):
+    kw.setdefault("shard_rows", 40)
+    return extract.export_index(src, root, index_name="Dr.Welno", progress=False, **kw)
+
+
+def test_export_is_complete_read_only_and_verifies(src, server, tmp_path):
+    res = export(src, tmp_path / "exports")
+    m = res.manifest
+    assert m["total_documents"] == 50 and m["total_chunks"] == server.corpus.total_chunks()
+    assert m["total_documents"] == m["source_total_count"]
+    assert m["pipeline"]["embedding_config"]["type"] == "HUGGINGFACE_API_EMBEDDING"
+    assert m["embeddings"]["missing"] == m["total_chunks"]  # the server served no vectors
+    assert len(m["shards"]) > 1 and not (res.path / "manifest.partial.json").exists()
+    # Korean ids, file names and metadata pass through unchanged
+    ids = {d["document_id"] for d in export_format.open_export(res.path).iter_documents()}
+    assert ids == set(server.corpus.documents)
+    row = next(r for r in export_format.open_export(res.path).iter_chunks() if r["document_id"].startswith("건강검진/"))
+    assert json.loads(row["metadata_json"])["file_name"].endswith("_가이드.pdf")
+    # re-embed with the pipeline's model, then the export verifies against the source
+    out = reembed.apply(res.path, MINILM, CACHE, progress=False)
+    assert out["embedded"] == m["total_chunks"]
+    rep = verify.verify_export(res.path, source=src, sample=30)
+    assert rep.ok, rep.to_string()
+    assert {r["key"] for r in rep.metadata} >= {"source", "reviewed_by", "codes"}
+    # the exporter never sent a write
+    assert {method for method, _ in server.requests} == {"GET"}
+
+
+def test_reembedding_needs_permission_to_spend(src, tmp_path, monkeypatch):
+    res = export(src, tmp_path / "exports")
+    paid = embeddings.ModelSpec("openai", "text-embedding-3-small", 1536, "OPENAI_API_KEY")
+    p = reembed.plan(res.path, paid, tmp_path / "cache.sqlite")
+    assert p.tokens > 0 and p.est_cost_usd > 0
+    with pytest.raises(reembed.SpendNotAllowed, match="allow_embedding_spend"):
+        reembed.apply(res.path, paid, tmp_path / "cache.sqlite", allow_spend=False, progress=False)
+    with pytest.raises(reembed.SpendNotAllowed, match="exceeds"):
+        reembed.apply(res.path, paid, tmp_path / "cache.sqlite", allow_spend=True, max_cost_usd=1e-9, progress=False)
+
+
+def test_faults_still_yield_an_identical_export(demo_corpus, key_env, tmp_path):
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        clean = export(source.open_source(srv.url, key_env), tmp_path / "a")
+        srv.set_faults(rate_429=0.04, rate_500=0.03, rate_503=0.03, retry_after_ms=10, seed=11)
+        faulty = export(source.open_source(srv.url, key_env, max_retries=10), tmp_path / "b")
+        injected = dict(srv.state.injected)
+    assert export_format.content_digest(clean.path) == export_format.content_digest(faulty.path)
+    assert injected.get("429", 0) > 0 and injected.get("500", 0) + injected.get("503", 0) > 0, injected
+
+
+def test_document_deleted_during_export_is_reconciled(demo_corpus, key_env, tmp_path):
+    victim = list(demo_corpus.documents)[3]
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        # deleted after the second listing page was served: pass 1 has exported it, and the shifted
+        # offsets make page 3 skip a document; pass 2 removes the one and fetches the other
+        srv.set_faults(change_after_listings=2, change={"action": "delete", "document_id": victim})
+        res = export(source.open_source(srv.url, key_env), tmp_path / "e", page_size=20)
+    exp = export_format.open_export(res.path)
+    ids = {d["document_id"] for d in exp.iter_documents()}
+    assert victim not in ids and ids == set(demo_corpus.documents)
+    assert res.manifest["total_documents"] == 49 == res.manifest["source_total_count"]
+    assert res.removed_documents == 1 and res.listing_passes >= 2
+    assert verify.verify_export(res.path, expect_vectors=False).ok
+
+
+def test_changed_document_is_refetched_whole_on_resume(demo_corpus, key_env, tmp_path):
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        src = source.open_source(srv.url, key_env)
+        first = export(src, tmp_path / "x", export_id="run")
+        # turn the complete export back into an unfinished one, then change a document at the source
+        m = atomic.read_json(first.path / "manifest.json")
+        (first.path / "manifest.json").unlink()
+        atomic.write_json(first.path / "manifest.partial.json", {k: m[k] for k in m if k not in ("status",)})
+        doc_id = list(demo_corpus.documents)[5]
+        doc = dict(demo_corpus.documents[doc_id], text=demo_corpus.documents[doc_id]["text"] + "\nRevised 2026.")
+        chunks = [dict(c, text=c["text"] + " (rev)") for c in demo_corpus.chunks[doc_id]]
+        demo_corpus.put_document(doc, chunks, None)
+        res = extract.export_index(src, tmp_path / "x", index_name="Dr.Welno", export_id="run", shard_rows=40,
+                                   progress=False)
+    assert res.refetched_documents == 1 and res.resumed_documents == 50
+    rows = [r for r in export_format.open_export(res.path).iter_chunks() if r["document_id"] == doc_id]
+    assert rows and all(r["text"].endswith(" (rev)") for r in rows)
+    assert len(rows) == len(chunks)
+    assert verify.verify_export(res.path, expect_vectors=False).ok
+
+
+KILL_SCRIPT = """
+import sys
+from runbook import extract, source
+src = source.open_source(sys.argv[1], "LLAMA_CLOUD_API_KEY", max_retries=8)
+extract.export_index(src, sys.argv[2], index_name="Dr.Welno", export_id="killed", shard_rows=10, concurrency=2,
+                     page_size=5, progress=False)
+"""
+
+
+def test_kill_9_mid_export_then_resume_is_identical(demo_corpus, key_env, tmp_path):
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        reference = export(source.open_source(srv.url, key_env), tmp_path / "ref", shard_rows=10)
+        srv.set_faults(latency_ms=30)
+        target = tmp_path / "exports"
+        partial = target / "killed" / "manifest.partial.json"
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, srv.url, str(target)], env=os.environ.copy())
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if partial.exists() and len(atomic.read_json(partial)["shards"]) >= 4:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done_before = len(atomic.read_json(partial)["shards"])
+        assert done_before >= 4 and not (target / "killed" / "manifest.json").exists()
+        srv.set_faults()
+        res = extract.export_index(source.open_source(srv.url, key_env), target, index_name="Dr.Welno",
+                                   export_id="killed", shard_rows=10, progress=False)
+    assert res.resumed_documents > 0 and res.fetched_documents < 50
+    assert export_format.content_digest(res.path) == export_format.content_digest(reference.path)
+    assert verify.verify_export(res.path, expect_vectors=False).ok
+
+
+# ---------------------------------------------------------------- verify finds each kind of damage
+@pytest.fixture
+def good_export(src, tmp_path):
+    res = export(src, tmp_path / "exports")
+    reembed.apply(res.path, MINILM, CACHE, progress=False)
+    assert verify.verify_export(res.path).ok
+    return res.path
+
+
+def _rewrite_chunks(path: Path, fn):
+    """Apply fn to the first shard's chunk table and re-register the file's checksum (a consistent but
+    wrong export, so verify's content checks, not the checksum, must find the problem)."""
+    m = atomic.read_json(path / "manifest.json")
+    sh = m["shards"][0]
+    t = pq.read_table(path / sh["chunks_file"])
+    t = fn(t)
+    pq.write_table(t, path / sh["chunks_file"])
+    sh["chunks_sha256"] = export_format.sha256_file(path / sh["chunks_file"])
+    sh["rows"] = t.num_rows
+    atomic.write_json(path / "manifest.json", m)
+    return sh["chunks_file"]
+
+
+def _problems(path):
+    rep = verify.verify_export(path)
+    assert not rep.ok
+    return rep, " | ".join(f"{i['where']}: {i['problem']}" for i in rep.issues) + " || " + rep.checks_frame().to_string()
+
+
+def test_verify_reports_corrupted_shard(good_export):
+    m = atomic.read_json(good_export / "manifest.json")
+    f = good_export / m["shards"][1]["chunks_file"]
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    _, text = _problems(good_export)
+    assert m["shards"][1]["chunks_file"] in text and "sha256" in text
+
+
+def test_verify_reports_truncated_shard(good_export):
+    m = atomic.read_json(good_export / "manifest.json")
+    f = good_export / m["shards"][0]["documents_file"]
+    f.write_bytes(f.read_bytes()[:100])
+    _, text = _problems(good_export)
+    assert m["shards"][0]["documents_file"] in text and "truncated" in text
+
+
+def _set_vector(t, i, vec):
+    emb = t.column("embedding").to_pylist()
+    emb[i] = vec
+    return t.set_column(t.schema.get_field_index("embedding"), "embedding", pa.array(emb, type=pa.list_(pa.float32())))
+
+
+def test_verify_reports_wrong_dimension(good_export):
+    name = _rewrite_chunks(good_export, lambda t: _set_vector(t, 3, [0.1] * 100))
+    _, text = _problems(good_export)
+    assert "dimension 100" in text and "dimensions found" in text
+    assert name in _problems(good_export)[1] or "1 chunk(s)" in text
+
+
+def test_verify_reports_nan(good_export):
+    def nan(t):
+        v = t.column("embedding")[2].as_py()
+        v[7] = float("nan")
+        return _set_vector(t, 2, v)
+
+    name = _rewrite_chunks(good_export, nan)
+    _, text = _problems(good_export)
+    assert f"{name} row 2" in text and "NaN" in text
+
+
+def test_verify_reports_duplicate_id(good_export):
+    def dup(t):
+        ids = t.column("chunk_id").to_pylist()
+        ids[1] = ids[0]
+        return t.set_column(0, "chunk_id", pa.array(ids, type=pa.string()))
+
+    name = _rewrite_chunks(good_export, dup)
+    _, text = _problems(good_export)
+    assert f"{name} row 1" in text and "duplicate chunk id" in text
+
+
+def test_verify_reports_manifest_count_mismatch(good_export):
+    m = atomic.read_json(good_export / "manifest.json")
+    m["shards"][0]["rows"] += 1
+    atomic.write_json(good_export / "manifest.json", m)
+    _, text = _problems(good_export)
+    assert m["shards"][0]["chunks_file"] in text and "manifest says" in text
+
+
+def test_verify_reports_unfinished_export(tmp_path):
+    (tmp_path / "manifest.partial.json").write_text("{}")
+    rep = verify.verify_export(tmp_path)
+    assert not rep.ok and "resume" in rep.checks[0]["detail"]
+
+
+def test_verify_cli(good_export):
+    r = subprocess.run([sys.executable, "-m", "runbook", "verify-export", str(good_export)], capture_output=True, text=True)
+    assert r.returncode == 0 and "unique chunk ids" in r.stdout
+
+

@@ -1,0 +1,195 @@
+"""Phases 02-03 library: collection creation/verification, load, resume after kill -9, Chroma server."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from runbook import atomic, chroma_target, cloud_emulator, embeddings, export_format, extract, load, reembed
+
+from .conftest import CACHE
+
+MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory, demo_corpus_master):
+    import copy
+
+    from runbook import source
+
+    os.environ["LLAMA_CLOUD_API_KEY"] = "load-tests-key-1234"
+    root = tmp_path_factory.mktemp("exports")
+    with cloud_emulator.EmulatorServer(copy.deepcopy(demo_corpus_master), "load-tests-key-1234") as srv:
+        res = extract.export_index(source.open_source(srv.url, "LLAMA_CLOUD_API_KEY"), root, index_name="Dr.Welno",
+                                   shard_rows=60, progress=False)
+    reembed.apply(res.path, MINILM, CACHE, progress=False)
+    return res.path
+
+
+def provenance(exp_path):
+    e = export_format.open_export(exp_path)
+    return {"source_index_id": e.manifest["index_id"], "export_id": e.manifest["export_id"],
+            "export_manifest_sha256": e.manifest_sha256, "embedding_model": MINILM.model_id,
+            "dimension": e.manifest["embedding_dimension"]}
+
+
+def new_collection(base, exp_path, name="welno_medical_knowledge", **hnsw):
+    client = chroma_target.open_client("embedded", str(base))
+    col, status = chroma_target.create_or_verify(client, name, chroma_target.HnswSettings(**hnsw), provenance(exp_path))
+    return client, col, status
+
+
+def snapshot(col) -> dict:
+    """Everything a collection holds, by id (documents, metadata, vectors)."""
+    got = col.get(include=["documents", "metadatas", "embeddings"])
+    return {i: (d, m, np.asarray(e, dtype=np.float32).tobytes())
+            for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)}
+
+
+def test_load_verifies_green_and_second_run_changes_nothing(demo_export, tmp_path):
+    client, col, status = new_collection(tmp_path, demo_export)
+    assert status == "created" and col.configuration["hnsw"]["space"] == "cosine"
+    res = load.load_export(client, col, demo_export, tmp_path / "cp.json", batch_size=100, progress=False)
+    assert res.loaded_now == res.total == col.count()
+    before = snapshot(col)
+    v = load.verify_load(client, col, demo_export, tmp_path / "chroma_db", sample=60)
+    assert all(c["ok"] for c in v["checks"]), v["checks"]
+    assert v["figures"]["recall@10"] >= 0.99 and v["figures"]["chroma_db bytes"] > 0
+    # a second full run (checkpoint forgotten too) changes nothing
+    (tmp_path / "cp.json").unlink()
+    client2, col2, status2 = new_collection(tmp_path, demo_export)
+    assert status2 == "verified"
+    again = load.load_export(client2, col2, demo_export, tmp_path / "cp.json", batch_size=100, progress=False)
+    assert again.loaded_now == res.total and snapshot(col2) == before
+
+
+def test_metadata_conversion_is_reversible_and_listed(demo_export):
+    row = next(r for r in export_format.open_export(demo_export).iter_chunks()
+               if '"codes"' in r["metadata_json"] and '"reviewed_by":null' in r["metadata_json"])
+    md, dropped = load.to_chroma_metadata(row)
+    original = __import__("json").loads(row["metadata_json"])
+    assert dropped == ["reviewed_by"]
+    assert md["source"].startswith("json:") and load.from_chroma_value(md["source"]) == original["source"]
+    assert load.from_chroma_value(md["codes"]) == [1, "A"]
+    assert md["tags"] == original["tags"]  # homogeneous lists are stored as they are
+    assert md["file_name"] == original["file_name"]  # Korean unchanged
+    assert md["ref_doc_id"] == row["document_id"] and "_node_content" in md
+
+
+def test_existing_collection_with_other_metric_or_source_stops(demo_export, tmp_path):
+    new_collection(tmp_path, demo_export)
+    client = chroma_target.open_client("embedded", str(tmp_path))
+    with pytest.raises(chroma_target.CollectionMismatch, match="space: existing 'cosine', wanted 'l2'"):
+        chroma_target.create_or_verify(client, "welno_medical_knowledge", chroma_target.HnswSettings(space="l2"),
+                                       provenance(demo_export))
+    other = {**provenance(demo_export), "source_index_id": "another-index"}
+    with pytest.raises(chroma_target.CollectionMismatch, match="source_index_id"):
+        chroma_target.create_or_verify(client, "welno_medical_knowledge", chroma_target.HnswSettings(), other)
+    # versioned names leave the collection in service alone
+    name = chroma_target.collection_name("welno_medical_knowledge", "20261124T000000Z-Dr.Welno", versioned=True)
+    col, status = chroma_target.create_or_verify(client, name, chroma_target.HnswSettings(), other)
+    assert status == "created" and name == "welno_medical_knowledge__20261124T000000Z-Dr.Welno"
+
+
+def test_llamaindex_reads_nodes_back_with_relationships(demo_export, tmp_path):
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.schema import NodeRelationship, QueryBundle
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    client, col, _ = new_collection(tmp_path, demo_export)
+    load.load_export(client, col, demo_export, tmp_path / "cp.json", progress=False)
+    rows = list(export_format.open_export(demo_export).iter_chunks())
+    row = next(r for r in rows if r["seq"] == 1 and r["document_id"].startswith("건강검진/"))
+    from runbook import embeddings as emb
+
+    index = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=col),
+                                               embed_model=emb.build(MINILM))
+    hit = index.as_retriever(similarity_top_k=1).retrieve(QueryBundle("", embedding=row["embedding"]))[0].node
+    want = export_format.row_to_llama_node(row)
+    assert hit.node_id == want.node_id and hit.text == want.text and hit.metadata == want.metadata
+    assert hit.ref_doc_id == row["document_id"]
+    assert hit.relationships[NodeRelationship.PREVIOUS].node_id == want.relationships[NodeRelationship.PREVIOUS].node_id
+    assert hit.relationships[NodeRelationship.NEXT].node_id == want.relationships[NodeRelationship.NEXT].node_id
+    # and a text query through the same model finds the right document
+    top = index.as_retriever(similarity_top_k=3).retrieve("What should I eat before a colonoscopy?")
+    assert any(n.node.metadata["title"] == "대장내시경 준비" for n in top)
+
+
+KILL_LOAD = """
+import sys
+from runbook import chroma_target, load
+client = chroma_target.open_client("embedded", sys.argv[1])
+col = client.get_collection("welno_medical_knowledge", embedding_function=None)
+import time
+orig = col.add
+def slow_add(**kw):
+    orig(**kw)
+    time.sleep(0.15)
+col.add = slow_add
+load.load_export(client, col, sys.argv[2], sys.argv[3], batch_size=20, progress=False)
+"""
+
+
+def test_kill_9_mid_load_then_rerun_is_identical(demo_export, tmp_path):
+    ref_client, ref_col, _ = new_collection(tmp_path / "ref", demo_export)
+    load.load_export(ref_client, ref_col, demo_export, tmp_path / "ref.json", batch_size=20, progress=False)
+    reference = snapshot(ref_col)
+
+    base = tmp_path / "killed"
+    new_collection(base, demo_export)
+    cp = tmp_path / "cp.json"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_LOAD, str(base), str(demo_export), str(cp)], env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cp.exists() and atomic.read_json(cp)["loaded"] >= 80):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 80 <= atomic.read_json(cp)["loaded"] < len(reference)
+    client, col, status = new_collection(base, demo_export)
+    assert status == "verified"
+    res = load.load_export(client, col, demo_export, cp, batch_size=20, progress=False)
+    assert res.skipped_by_checkpoint >= 80
+    assert snapshot(col) == reference
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    chroma = shutil.which("chroma", path=os.path.dirname(sys.executable))
+    assert chroma, "the chroma CLI is installed with chromadb"
+    port = cloud_emulator.free_port()
+    proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server_db"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            chroma_target.open_client("http", host="127.0.0.1", port=port)
+            break
+        except ConnectionError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.3)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_load_into_a_chroma_server(demo_export, tmp_path, chroma_server):
+    client = chroma_target.open_client("http", host="127.0.0.1", port=chroma_server)
+    col, status = chroma_target.create_or_verify(client, "welno_medical_knowledge", chroma_target.HnswSettings(),
+                                                 provenance(demo_export))
+    res = load.load_export(client, col, demo_export, tmp_path / "cp.json", batch_size=100, progress=False)
+    assert res.loaded_now == col.count() == res.total
+    v = load.verify_load(client, col, demo_export, None, sample=40)
+    assert all(c["ok"] for c in v["checks"]), v["checks"]
+
+
+def test_http_target_without_server_says_how_to_start_one():
+    with pytest.raises(ConnectionError, match="chroma run"):
+        chroma_target.open_client("http", host="127.0.0.1", port=cloud_emulator.free_port())

@@ -36,10 +36,14 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def load_defaults() -> dict:
+    return dict(_read_yaml(DEFAULTS_FILE)) if DEFAULTS_FILE.exists() else {}
+
+
 def load_params(path: str | Path) -> dict:
     """Shared defaults, then the params file over them."""
     path = resolve(path)
-    params = dict(_read_yaml(DEFAULTS_FILE)) if DEFAULTS_FILE.exists() and path != DEFAULTS_FILE else {}
+    params = load_defaults() if path != DEFAULTS_FILE else {}
     own = _read_yaml(path)
     for name in RUNNER_PARAMETERS:
         if name in own:
@@ -64,9 +68,11 @@ def notebook_parameters(nb_path: str | Path) -> dict[str, dict]:
 
 
 def split_by_notebook(params: dict, declared: dict[str, dict[str, dict]]) -> dict[str, dict]:
-    """For each notebook, the params it declares. A name no notebook declares is an error (a typo)."""
+    """For each notebook, the params it declares. A name no notebook declares is an error (a typo),
+    except a shared default that these notebooks do not use."""
     known = set().union(*(set(d) for d in declared.values())) if declared else set()
-    unknown = sorted(set(params) - known)
+    defaults = load_defaults()
+    unknown = sorted(k for k in set(params) - known if not (k in defaults and params[k] == defaults[k]))
     if unknown:
         lines = []
         for name in unknown:

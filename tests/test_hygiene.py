@@ -44,3 +44,15 @@ def test_papermill_reads_every_parameter():
                            if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
         assert len(declared) == len([ln for ln in src.splitlines() if ln.strip()]), path.name
         assert all(d["help"] for d in declared.values()), path.name
+
+
+def test_every_shared_default_and_params_key_is_a_notebook_parameter():
+    import yaml
+
+    from runbook import config
+    from runbook.paths import PARAMS_DIR
+
+    known = set().union(*(set(config.notebook_parameters(p)) for p in NOTEBOOKS))
+    for f in sorted(PARAMS_DIR.glob("*.yaml")):
+        keys = set(yaml.safe_load(f.read_text(encoding="utf-8")) or {})
+        assert keys <= known, f"{f.name}: {sorted(keys - known)}"

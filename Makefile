@@ -1,0 +1,28 @@
+# The two set-up commands of the README. Both create the environment (.venv) from requirements.txt if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+.PHONY: env demo test lint bench
+env: $(STAMP)
+
+demo: $(STAMP)  ## run the demo runbook end to end (offline, local LlamaCloud-compatible server)
+	$(BIN)/python -m runbook run runbook_params/demo.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib notebooks tests benchmarks
+	$(BIN)/ruff format --check lib notebooks tests benchmarks
+
+test: lint  ## lint, then the whole test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## the benchmarks (prints figures; see BENCHMARKS.md)
+	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_load.py

@@ -1,0 +1,118 @@
+"""The runner: parameter checks, failing phases, secret hygiene, and the demo runbook end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from runbook import config, credentials, runner
+from runbook.paths import PROJECT_ROOT
+
+from .conftest import write_params
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "runbook", *args], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
+
+
+def test_misspelt_parameter_stops_before_anything_runs(tmp_path, outputs):
+    p = write_params(tmp_path, colection_name="x")
+    with pytest.raises(config.ParameterError, match=r"colection_name \(did you mean collection_name\?\)"):
+        runner.run(p)
+    assert not outputs.exists() or not any(outputs.iterdir())
+    r = cli("run", str(p))
+    assert r.returncode == 2 and "colection_name" in r.stderr
+
+
+def test_secret_looking_parameter_stops_the_run(tmp_path, outputs):
+    p = write_params(tmp_path, source_base_url="https://user:hunter2hunter2@api.example.com")
+    r = cli("run", str(p), env={"RUNBOOK_OUTPUTS": str(outputs)})
+    assert r.returncode == 2 and "source_base_url" in r.stderr and "hunter2hunter2" not in r.stderr
+    p2 = write_params(tmp_path, openai_api_key="sk-abcdefabcdefabcdefabcdef")
+    with pytest.raises(credentials.SecretParameterError, match="openai_api_key"):
+        runner.run(p2)
+
+
+def _notebook(path, cells):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "runbook", "display_name": "Python (runbook)", "language": "python"}
+    params = nbformat.v4.new_code_cell('run_dir: str = ""  # help: run folder\nbase_path: str = ""  # help: base')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test\nRoll back: nothing."), params] + [
+        nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+
+
+def test_failing_phase_stops_the_run_naming_notebook_and_cell(tmp_path, outputs):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_ok.ipynb", ["print('fine')"])
+    _notebook(nbs / "01_broken.ipynb", ["x = 1", "raise RuntimeError('the export is short by 3 chunks')"])
+    _notebook(nbs / "02_never.ipynb", ["print('must not run')"])
+    p = write_params(tmp_path)
+    params = {k: v for k, v in __import__("yaml").safe_load(p.read_text()).items() if k == "base_path"}
+    p.write_text(json.dumps(params))
+    with pytest.raises(runner.RunFailed) as e:
+        runner.run(p, notebooks_dir=nbs)
+    msg = str(e.value)
+    assert "01_broken" in msg and "cell 4" in msg  # of the executed notebook (papermill adds one) and "short by 3 chunks" in msg
+    m = json.loads((e.value.run_dir / "manifest.json").read_text())
+    assert [ph["status"] for ph in m["phases"]] == ["ok", "failed", "pending"] and m["status"] == "failed"
+    assert (e.value.run_dir / "01_broken.html").exists() and (e.value.run_dir / "index.html").exists()
+    assert not (e.value.run_dir / "02_never.ipynb").exists()
+
+
+def test_leak_in_a_notebook_is_scrubbed_from_the_run_folder(tmp_path, outputs, monkeypatch):
+    canary = "canary-LEAK-7f3e9a1b2c"
+    monkeypatch.setenv("LLAMA_CLOUD_API_KEY", canary)
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_leaky.ipynb", ["import os; print(os.environ['LLAMA_CLOUD_API_KEY'])"])
+    p = tmp_path / "p.yaml"
+    p.write_text(json.dumps({"base_path": str(tmp_path / "b")}))
+    res = runner.run(p, notebooks_dir=nbs)
+    m = json.loads((res.run_dir / "manifest.json").read_text())
+    assert m["phases"][0]["secrets_scrubbed"] >= 1  # the leak was found and reported
+    assert credentials.scan_for_values(res.run_dir, [canary]) == []
+
+
+def test_prepare_only_writes_parameterised_notebooks(tmp_path, outputs):
+    p = write_params(tmp_path)
+    res = runner.run(p, only=["01"], prepare_only=True)
+    nb = nbformat.read(res.run_dir / "01_extract.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "index_name = " in injected[0].source
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.slow
+def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch):
+    """The demo params run every phase; a canary key in the environment appears in no file of the run."""
+    canary = "canary-KEY-d41d8cd98f00b204e980"
+    monkeypatch.setenv("LLAMA_CLOUD_API_KEY", canary)
+    p = write_params(tmp_path, required_env=["LLAMA_CLOUD_API_KEY"])
+    res = runner.run(p)
+    m = json.loads((res.run_dir / "manifest.json").read_text())
+    assert m["status"] == "ok" and all(ph["status"] == "ok" for ph in m["phases"])
+    assert m["params_sha256"] == config.sha256_file(p) and m["packages"]["chromadb"]
+    for ph in m["phases"]:
+        assert (res.run_dir / f"{ph['notebook']}.ipynb").exists() and (res.run_dir / f"{ph['notebook']}.html").exists()
+        assert "secrets_scrubbed" not in ph  # nothing leaked in the first place
+    assert (res.run_dir / "index.html").exists()
+    h03 = json.loads((res.run_dir / "handoff" / "03_migrate.json").read_text())
+    assert h03["records"] == 257 and h03["recall@10"] >= 0.99 and all(c["ok"] for c in h03["checks"])
+    html = (res.run_dir / "01_extract.html").read_text(encoding="utf-8")
+    assert "Plotly.newPlot" in html and "Chunks per document" in html
+    log = (tmp_path / "base" / "logs" / "migration.log").read_text(encoding="utf-8")
+    assert "[03_migrate] verification passed" in log
+    # every file of the run folder and the migration log: no canary
+    assert credentials.scan_for_values(res.run_dir, [canary]) == []
+    assert credentials.scan_for_values(tmp_path / "base" / "logs", [canary]) == []
+    # a second run is a new folder; the first is untouched
+    before = sorted(p.name for p in res.run_dir.iterdir())
+    res2 = runner.run(p, only=["00"])
+    assert res2.run_dir != res.run_dir and sorted(p.name for p in res.run_dir.iterdir()) == before

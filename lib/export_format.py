@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -68,7 +69,8 @@ class ExportError(RuntimeError):
 
 
 def dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """Canonical JSON: sorted keys, compact, UTF-8 as it is (Korean stays Korean)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode("utf-8")
 
 
 def sha256_text(s: str) -> str:
@@ -242,11 +244,28 @@ def content_digest(export_dir: str | os.PathLike) -> str:
     for batch in exp.iter_chunk_batches():
         for r in batch.to_pylist():
             emb = r["embedding"]
-            rows.append((r["chunk_id"], sha256_text(dumps([
-                r["document_id"], r["seq"], r["text"], r["metadata_json"], r["relationships_json"],
-                r["node_extra_json"], r["start_char_idx"], r["end_char_idx"],
-                None if emb is None else hashlib.sha256(np.asarray(emb, dtype=np.float32).tobytes()).hexdigest(),
-            ]))))
+            rows.append(
+                (
+                    r["chunk_id"],
+                    sha256_text(
+                        dumps(
+                            [
+                                r["document_id"],
+                                r["seq"],
+                                r["text"],
+                                r["metadata_json"],
+                                r["relationships_json"],
+                                r["node_extra_json"],
+                                r["start_char_idx"],
+                                r["end_char_idx"],
+                                None
+                                if emb is None
+                                else hashlib.sha256(np.asarray(emb, dtype=np.float32).tobytes()).hexdigest(),
+                            ]
+                        )
+                    ),
+                )
+            )
     docs = sorted((d["document_id"], d["content_sha256"], d["chunk_count"]) for d in exp.iter_documents())
     h = hashlib.sha256()
     for cid, rh in sorted(rows):

@@ -14,10 +14,12 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas  # noqa: F401 - pyarrow imports it on first table; pay that before timing starts
 import pyarrow.parquet as pq
 
 from . import atomic, credentials, export_format
@@ -201,9 +203,12 @@ def _fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
     import llama_cloud
 
     try:
-        nodes = src.client.pipelines.documents.get_chunks(
+        # the raw JSON (the client's retries still apply): building and dumping pydantic models for every
+        # chunk would cost more CPU than the request itself at millions of chunks
+        raw = src.client.pipelines.documents.with_raw_response.get_chunks(
             document_id=path_id(doc_id), pipeline_id=pipeline_id
         )
+        nodes = raw.http_response.json()
     except llama_cloud.NotFoundError:
         return None  # deleted since it was listed; reconciled by the next listing
     except llama_cloud.APIError as e:
@@ -211,18 +216,22 @@ def _fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
             f"fetching the chunks of document {doc_id!r} failed after the client's retries: "
             f"{credentials.scrub(str(e))[:300]}. Nothing committed is lost: run phase 01 again to resume."
         ) from None
-    return [n.model_dump(mode="json", by_alias=True) for n in nodes]
+    if not isinstance(nodes, list):
+        raise ExportError(f"chunks of document {doc_id!r}: expected a JSON list, got {type(nodes).__name__}")
+    return nodes
 
 
 def _list_pages(src: Source, pipeline_id: str, page_size: int):
     """Yield (documents, total_count) page by page, the way the official pager asks (skip, limit)."""
     skip = 0
     while True:
-        page = src.client.pipelines.documents.list(pipeline_id=pipeline_id, skip=skip, limit=page_size)
-        docs = [d.model_dump(mode="json") for d in page.documents]
-        total = page.total_count
+        raw = src.client.pipelines.documents.with_raw_response.list(
+            pipeline_id=pipeline_id, skip=skip, limit=page_size
+        )
+        page = raw.http_response.json()
+        docs, total = page.get("documents") or [], page.get("total_count")
         yield docs, total
-        skip = (page.offset or skip) + len(docs)
+        skip = (page.get("offset") if page.get("offset") is not None else skip) + len(docs)
         if not docs or total is None or skip >= total:
             return
 
@@ -297,6 +306,32 @@ def export_index(
     }  # doc id -> content hash (committed or buffered)
     try:
         fetched_before = 0
+        inflight: deque = deque()
+        window = 4 * max(1, concurrency)
+
+        def take(d, h, fut):
+            nodes = fut.result()
+            if nodes is None:
+                listed.pop(d["id"], None)  # deleted since listed
+                return
+            rows = [export_format.node_to_row(d["id"], k, n) for k, n in enumerate(nodes)]
+            doc_row = {
+                "document_id": d["id"],
+                "text": d["text"],
+                "metadata_json": export_format.dumps(d.get("metadata") or {}),
+                "content_sha256": h,
+                "chunk_count": len(rows),
+            }
+            if d["id"] in stale:
+                w.flush()
+                w.remove_documents({d["id"]})  # the fresh copy replaces the stale one
+                stale.discard(d["id"])
+            w.add(doc_row, rows)
+            exported[d["id"]] = h
+            result.fetched_documents += 1
+            if bar is not None:
+                bar.update(1)
+
         for pass_no in range(1, max_listing_passes + 1):
             result.listing_passes = pass_no
             listed: dict[str, str] = {}
@@ -305,7 +340,6 @@ def export_index(
                 if bar is not None and bar.total != total:
                     bar.total = total
                     bar.refresh()
-                todo = []
                 for d in docs:
                     if d["id"] in listed:
                         continue  # the listing shifted under us; the id is already handled
@@ -318,31 +352,12 @@ def export_index(
                     if d["id"] in exported:
                         stale.add(d["id"])  # changed since committed: re-fetch whole, drop the old copy
                         result.refetched_documents += 1
-                    todo.append((d, h))
-                for (d, h), nodes in zip(
-                    todo, pool.map(lambda x: _fetch_chunks(src, pid, x[0]["id"]), todo), strict=True
-                ):
-                    if nodes is None:
-                        listed.pop(d["id"], None)
-                        continue
-                    rows = [export_format.node_to_row(d["id"], k, n) for k, n in enumerate(nodes)]
-                    doc_row = {
-                        "document_id": d["id"],
-                        "text": d["text"],
-                        "metadata_json": export_format.dumps(d.get("metadata") or {}),
-                        "content_sha256": h,
-                        "chunk_count": len(rows),
-                    }
-                    if d["id"] in stale:
-                        # a fresh copy replaces the stale one; keep it aside until the old one is removed
-                        w.flush()
-                        w.remove_documents({d["id"]})
-                        stale.discard(d["id"])
-                    w.add(doc_row, rows)
-                    exported[d["id"]] = h
-                    result.fetched_documents += 1
-                    if bar is not None:
-                        bar.update(1)
+                    # fetch while the listing goes on; results are taken in listing order
+                    inflight.append((d, h, pool.submit(_fetch_chunks, src, pid, d["id"])))
+                    while len(inflight) > window:
+                        take(*inflight.popleft())
+            while inflight:
+                take(*inflight.popleft())
             vanished = set(exported) - set(listed)
             if vanished:
                 w.flush()

@@ -64,9 +64,15 @@ def write_params(tmp_path: Path, **overrides) -> Path:
     """A params file (YAML) for a test run under tmp_path."""
     import yaml
 
-    params = {"base_path": str(tmp_path / "base"), "emulator_corpus": "demo", "index_name": "Dr.Welno",
-              "expected_chunks": 300, "embedding_dimension": 384, "embedding_cache": str(CACHE),
-              "verify_sample": 20}
+    params = {
+        "base_path": str(tmp_path / "base"),
+        "emulator_corpus": "demo",
+        "index_name": "Dr.Welno",
+        "expected_chunks": 300,
+        "embedding_dimension": 384,
+        "embedding_cache": str(CACHE),
+        "verify_sample": 20,
+    }
     params.update(overrides)
     p = tmp_path / "test-params.yaml"
     p.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")

@@ -36,11 +36,23 @@ def test_chunks_are_textnode_json_with_relationships(server):
     pid = corpus.DEMO_PIPELINE_ID
     doc = next(d for d in c.pipelines.documents.list(pipeline_id=pid, limit=50) if "/" in d.id)
     assert doc.id.startswith("건강검진/")  # Korean and a slash in the id
-    raw = httpx.get(f"{server.url}/api/v1/pipelines/{pid}/documents/{path_id(doc.id)}/chunks",
-                    headers={"Authorization": f"Bearer {API_KEY}"}).json()
-    assert {"id_", "extra_info", "relationships", "start_char_idx", "end_char_idx", "metadata_seperator"} <= set(raw[0])
+    raw = httpx.get(
+        f"{server.url}/api/v1/pipelines/{pid}/documents/{path_id(doc.id)}/chunks",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ).json()
+    assert {
+        "id_",
+        "extra_info",
+        "relationships",
+        "start_char_idx",
+        "end_char_idx",
+        "metadata_seperator",
+    } <= set(raw[0])
     assert "metadata" not in raw[0] and raw[0]["embedding"] is None
-    assert raw[1]["relationships"]["2"]["node_id"] == raw[0]["id_"] and raw[0]["relationships"]["3"]["node_id"] == raw[1]["id_"]
+    assert (
+        raw[1]["relationships"]["2"]["node_id"] == raw[0]["id_"]
+        and raw[0]["relationships"]["3"]["node_id"] == raw[1]["id_"]
+    )
     assert raw[0]["relationships"]["1"]["node_id"] == doc.id
     nodes = c.pipelines.documents.get_chunks(document_id=path_id(doc.id), pipeline_id=pid)
     assert [n.id for n in nodes] == [r["id_"] for r in raw]
@@ -51,13 +63,17 @@ def test_chunks_are_textnode_json_with_relationships(server):
 def test_embeddings_can_be_served(demo_corpus):
     with cloud_emulator.EmulatorServer(demo_corpus, API_KEY, serve_embeddings=True) as srv:
         d = next(iter(demo_corpus.documents))
-        nodes = client(srv).pipelines.documents.get_chunks(document_id=path_id(d), pipeline_id=corpus.DEMO_PIPELINE_ID)
+        nodes = client(srv).pipelines.documents.get_chunks(
+            document_id=path_id(d), pipeline_id=corpus.DEMO_PIPELINE_ID
+        )
         assert len(nodes[0].embedding) == 384
 
 
 def test_files2_envelope(server):
-    r = httpx.get(f"{server.url}/api/v1/pipelines/{corpus.DEMO_PIPELINE_ID}/files2?limit=5&offset=45",
-                  headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    r = httpx.get(
+        f"{server.url}/api/v1/pipelines/{corpus.DEMO_PIPELINE_ID}/files2?limit=5&offset=45",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ).json()
     assert r["total_count"] == 50 and r["offset"] == 45 and len(r["files"]) == 5
 
 
@@ -69,29 +85,52 @@ def test_wrong_or_missing_key_is_401(server):
 
 
 def test_validation_errors_are_fastapi_shaped(server):
-    r = httpx.get(f"{server.url}/api/v1/pipelines/{corpus.DEMO_PIPELINE_ID}/documents/paginated?skip=x",
-                  headers={"Authorization": f"Bearer {API_KEY}"})
+    r = httpx.get(
+        f"{server.url}/api/v1/pipelines/{corpus.DEMO_PIPELINE_ID}/documents/paginated?skip=x",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "skip"]
 
 
 def test_retrieve_filters_and_cutoff(server):
     c = client(server)
     pid = corpus.DEMO_PIPELINE_ID
-    r = c.pipelines.retrieve(pipeline_id=pid, query="What HbA1c value means I have diabetes?", dense_similarity_top_k=5)
+    r = c.pipelines.retrieve(
+        pipeline_id=pid, query="What HbA1c value means I have diabetes?", dense_similarity_top_k=5
+    )
     assert len(r.retrieval_nodes) == 5
     scores = [n.score for n in r.retrieval_nodes]
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
     assert r.retrieval_nodes[0].node.extra_info["title"].startswith("당뇨병")
-    f = c.pipelines.retrieve(pipeline_id=pid, query="cancer screening", dense_similarity_top_k=10,
-                             search_filters={"filters": [{"key": "category", "value": "암검진", "operator": "=="}]})
+    f = c.pipelines.retrieve(
+        pipeline_id=pid,
+        query="cancer screening",
+        dense_similarity_top_k=10,
+        search_filters={"filters": [{"key": "category", "value": "암검진", "operator": "=="}]},
+    )
     assert f.retrieval_nodes and all(n.node.extra_info["category"] == "암검진" for n in f.retrieval_nodes)
-    o = c.pipelines.retrieve(pipeline_id=pid, query="cancer screening", dense_similarity_top_k=10, search_filters={
-        "condition": "or", "filters": [{"key": "category", "value": ["신경", "감염"], "operator": "in"},
-                                       {"key": "start_page_index", "value": 2, "operator": ">="}]})
-    assert all(n.node.extra_info["category"] in ("신경", "감염") or n.node.extra_info["start_page_index"] >= 2
-               for n in o.retrieval_nodes)
-    cut = c.pipelines.retrieve(pipeline_id=pid, query="What HbA1c value means I have diabetes?",
-                               dense_similarity_top_k=50, dense_similarity_cutoff=scores[2] - 1e-6)
+    o = c.pipelines.retrieve(
+        pipeline_id=pid,
+        query="cancer screening",
+        dense_similarity_top_k=10,
+        search_filters={
+            "condition": "or",
+            "filters": [
+                {"key": "category", "value": ["신경", "감염"], "operator": "in"},
+                {"key": "start_page_index", "value": 2, "operator": ">="},
+            ],
+        },
+    )
+    assert all(
+        n.node.extra_info["category"] in ("신경", "감염") or n.node.extra_info["start_page_index"] >= 2
+        for n in o.retrieval_nodes
+    )
+    cut = c.pipelines.retrieve(
+        pipeline_id=pid,
+        query="What HbA1c value means I have diabetes?",
+        dense_similarity_top_k=50,
+        dense_similarity_cutoff=scores[2] - 1e-6,
+    )
     assert len(cut.retrieval_nodes) == 3
     rr = c.pipelines.retrieve(pipeline_id=pid, query="x", enable_reranking=True, alpha=0.5)
     assert "reranking" in rr.metadata and "sparse" in rr.metadata  # says what it does not imitate
@@ -114,7 +153,9 @@ def test_labelled_questions_hit_rate(server, capsys):
     qs = corpus.demo_questions()
     hits = 0
     for q in qs:
-        r = c.pipelines.retrieve(pipeline_id=corpus.DEMO_PIPELINE_ID, query=q["question"], dense_similarity_top_k=5)
+        r = c.pipelines.retrieve(
+            pipeline_id=corpus.DEMO_PIPELINE_ID, query=q["question"], dense_similarity_top_k=5
+        )
         docs = {n.node.relationships["1"].node_id for n in r.retrieval_nodes}
         hits += bool(docs & set(q["expected_document_ids"]))
     rate = hits / len(qs)
@@ -136,8 +177,10 @@ def test_faults_429_then_success_with_retry_after(server):
     assert time.time() - t0 < 10  # the client waited retry-after-ms, not its own long backoff
 
 
-@pytest.mark.parametrize("fault,exc", [("rate_500", llama_cloud.InternalServerError),
-                                       ("rate_503", llama_cloud.InternalServerError)])
+@pytest.mark.parametrize(
+    "fault,exc",
+    [("rate_500", llama_cloud.InternalServerError), ("rate_503", llama_cloud.InternalServerError)],
+)
 def test_faults_5xx(server, fault, exc):
     server.set_faults(**{fault: 1.0})
     with pytest.raises(exc) as e:

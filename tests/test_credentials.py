@@ -4,15 +4,18 @@ from runbook import credentials
 from runbook.credentials import SecretParameterError
 
 
-@pytest.mark.parametrize("params", [
-    {"api_key": "abc"},
-    {"llama_token": "whatever-it-is"},
-    {"pg_dsn": "postgresql://u:p@h/db"},
-    {"note": "sk-proj-abcdefghijklmnopqrstuvwxyz123456"},
-    {"url": "postgresql://welno:S3cretPassw0rd@db.internal:5432/wello"},
-    {"blob": "Xk29fjQ0aLmZpQ8rT5vWnB3yH7cE1dGsKuJo"},
-    {"source_api_key_env": "not a name!"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"api_key": "abc"},
+        {"llama_token": "whatever-it-is"},
+        {"pg_dsn": "postgresql://u:p@h/db"},
+        {"note": "sk-proj-abcdefghijklmnopqrstuvwxyz123456"},
+        {"url": "postgresql://welno:S3cretPassw0rd@db.internal:5432/wello"},
+        {"blob": "Xk29fjQ0aLmZpQ8rT5vWnB3yH7cE1dGsKuJo"},
+        {"source_api_key_env": "not a name!"},
+    ],
+)
 def test_secret_looking_parameters_are_refused(params):
     with pytest.raises(SecretParameterError) as e:
         credentials.check_parameters(params)
@@ -20,11 +23,17 @@ def test_secret_looking_parameters_are_refused(params):
 
 
 def test_ordinary_parameters_pass():
-    credentials.check_parameters({
-        "source_api_key_env": "LLAMA_CLOUD_API_KEY", "required_env": ["A_B", "OPENAI_API_KEY"],
-        "index_id": "1bcef115-bb95-4d14-9c29-d38bb097a39c", "base_path": "/data/vector_db/welno",
-        "collection_name": "welno_medical_knowledge", "manifest_sha": "a" * 64, "dry_run": True,
-    })
+    credentials.check_parameters(
+        {
+            "source_api_key_env": "LLAMA_CLOUD_API_KEY",
+            "required_env": ["A_B", "OPENAI_API_KEY"],
+            "index_id": "1bcef115-bb95-4d14-9c29-d38bb097a39c",
+            "base_path": "/data/vector_db/welno",
+            "collection_name": "welno_medical_knowledge",
+            "manifest_sha": "a" * 64,
+            "dry_run": True,
+        }
+    )
 
 
 def test_secret_never_prints_and_is_scrubbed(monkeypatch):

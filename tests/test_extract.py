@@ -35,7 +35,11 @@ def test_export_is_complete_read_only_and_verifies(src, server, tmp_path):
     # Korean ids, file names and metadata pass through unchanged
     ids = {d["document_id"] for d in export_format.open_export(res.path).iter_documents()}
     assert ids == set(server.corpus.documents)
-    row = next(r for r in export_format.open_export(res.path).iter_chunks() if r["document_id"].startswith("건강검진/"))
+    row = next(
+        r
+        for r in export_format.open_export(res.path).iter_chunks()
+        if r["document_id"].startswith("건강검진/")
+    )
     assert json.loads(row["metadata_json"])["file_name"].endswith("_가이드.pdf")
     # re-embed with the pipeline's model, then the export verifies against the source
     out = reembed.apply(res.path, MINILM, CACHE, progress=False)
@@ -55,7 +59,9 @@ def test_reembedding_needs_permission_to_spend(src, tmp_path, monkeypatch):
     with pytest.raises(reembed.SpendNotAllowed, match="allow_embedding_spend"):
         reembed.apply(res.path, paid, tmp_path / "cache.sqlite", allow_spend=False, progress=False)
     with pytest.raises(reembed.SpendNotAllowed, match="exceeds"):
-        reembed.apply(res.path, paid, tmp_path / "cache.sqlite", allow_spend=True, max_cost_usd=1e-9, progress=False)
+        reembed.apply(
+            res.path, paid, tmp_path / "cache.sqlite", allow_spend=True, max_cost_usd=1e-9, progress=False
+        )
 
 
 def test_faults_still_yield_an_identical_export(demo_corpus, key_env, tmp_path):
@@ -92,11 +98,14 @@ def test_changed_document_is_refetched_whole_on_resume(demo_corpus, key_env, tmp
         (first.path / "manifest.json").unlink()
         atomic.write_json(first.path / "manifest.partial.json", {k: m[k] for k in m if k not in ("status",)})
         doc_id = list(demo_corpus.documents)[5]
-        doc = dict(demo_corpus.documents[doc_id], text=demo_corpus.documents[doc_id]["text"] + "\nRevised 2026.")
+        doc = dict(
+            demo_corpus.documents[doc_id], text=demo_corpus.documents[doc_id]["text"] + "\nRevised 2026."
+        )
         chunks = [dict(c, text=c["text"] + " (rev)") for c in demo_corpus.chunks[doc_id]]
         demo_corpus.put_document(doc, chunks, None)
-        res = extract.export_index(src, tmp_path / "x", index_name="Dr.Welno", export_id="run", shard_rows=40,
-                                   progress=False)
+        res = extract.export_index(
+            src, tmp_path / "x", index_name="Dr.Welno", export_id="run", shard_rows=40, progress=False
+        )
     assert res.refetched_documents == 1 and res.resumed_documents == 50
     rows = [r for r in export_format.open_export(res.path).iter_chunks() if r["document_id"] == doc_id]
     assert rows and all(r["text"].endswith(" (rev)") for r in rows)
@@ -119,7 +128,9 @@ def test_kill_9_mid_export_then_resume_is_identical(demo_corpus, key_env, tmp_pa
         srv.set_faults(latency_ms=30)
         target = tmp_path / "exports"
         partial = target / "killed" / "manifest.partial.json"
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, srv.url, str(target)], env=os.environ.copy())
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_SCRIPT, srv.url, str(target)], env=os.environ.copy()
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             if partial.exists() and len(atomic.read_json(partial)["shards"]) >= 4:
@@ -130,8 +141,14 @@ def test_kill_9_mid_export_then_resume_is_identical(demo_corpus, key_env, tmp_pa
         done_before = len(atomic.read_json(partial)["shards"])
         assert done_before >= 4 and not (target / "killed" / "manifest.json").exists()
         srv.set_faults()
-        res = extract.export_index(source.open_source(srv.url, key_env), target, index_name="Dr.Welno",
-                                   export_id="killed", shard_rows=10, progress=False)
+        res = extract.export_index(
+            source.open_source(srv.url, key_env),
+            target,
+            index_name="Dr.Welno",
+            export_id="killed",
+            shard_rows=10,
+            progress=False,
+        )
     assert res.resumed_documents > 0 and res.fetched_documents < 50
     assert export_format.content_digest(res.path) == export_format.content_digest(reference.path)
     assert verify.verify_export(res.path, expect_vectors=False).ok
@@ -163,7 +180,9 @@ def _rewrite_chunks(path: Path, fn):
 def _problems(path):
     rep = verify.verify_export(path)
     assert not rep.ok
-    return rep, " | ".join(f"{i['where']}: {i['problem']}" for i in rep.issues) + " || " + rep.checks_frame().to_string()
+    return rep, " | ".join(
+        f"{i['where']}: {i['problem']}" for i in rep.issues
+    ) + " || " + rep.checks_frame().to_string()
 
 
 def test_verify_reports_corrupted_shard(good_export):
@@ -187,7 +206,9 @@ def test_verify_reports_truncated_shard(good_export):
 def _set_vector(t, i, vec):
     emb = t.column("embedding").to_pylist()
     emb[i] = vec
-    return t.set_column(t.schema.get_field_index("embedding"), "embedding", pa.array(emb, type=pa.list_(pa.float32())))
+    return t.set_column(
+        t.schema.get_field_index("embedding"), "embedding", pa.array(emb, type=pa.list_(pa.float32()))
+    )
 
 
 def test_verify_reports_wrong_dimension(good_export):
@@ -234,7 +255,7 @@ def test_verify_reports_unfinished_export(tmp_path):
 
 
 def test_verify_cli(good_export):
-    r = subprocess.run([sys.executable, "-m", "runbook", "verify-export", str(good_export)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "runbook", "verify-export", str(good_export)], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "unique chunk ids" in r.stdout
-
-

@@ -40,8 +40,13 @@ def test_papermill_reads_every_parameter():
 
     for path in NOTEBOOKS:
         declared = config.notebook_parameters(path)
-        src = "".join(next(c for c in json.loads(path.read_text())["cells"]
-                           if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
+        src = "".join(
+            next(
+                c
+                for c in json.loads(path.read_text())["cells"]
+                if "parameters" in c.get("metadata", {}).get("tags", [])
+            )["source"]
+        )
         assert len(declared) == len([ln for ln in src.splitlines() if ln.strip()]), path.name
         assert all(d["help"] for d in declared.values()), path.name
 

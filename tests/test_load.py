@@ -26,30 +26,43 @@ def demo_export(tmp_path_factory, demo_corpus_master):
     os.environ["LLAMA_CLOUD_API_KEY"] = "load-tests-key-1234"
     root = tmp_path_factory.mktemp("exports")
     with cloud_emulator.EmulatorServer(copy.deepcopy(demo_corpus_master), "load-tests-key-1234") as srv:
-        res = extract.export_index(source.open_source(srv.url, "LLAMA_CLOUD_API_KEY"), root, index_name="Dr.Welno",
-                                   shard_rows=60, progress=False)
+        res = extract.export_index(
+            source.open_source(srv.url, "LLAMA_CLOUD_API_KEY"),
+            root,
+            index_name="Dr.Welno",
+            shard_rows=60,
+            progress=False,
+        )
     reembed.apply(res.path, MINILM, CACHE, progress=False)
     return res.path
 
 
 def provenance(exp_path):
     e = export_format.open_export(exp_path)
-    return {"source_index_id": e.manifest["index_id"], "export_id": e.manifest["export_id"],
-            "export_manifest_sha256": e.manifest_sha256, "embedding_model": MINILM.model_id,
-            "dimension": e.manifest["embedding_dimension"]}
+    return {
+        "source_index_id": e.manifest["index_id"],
+        "export_id": e.manifest["export_id"],
+        "export_manifest_sha256": e.manifest_sha256,
+        "embedding_model": MINILM.model_id,
+        "dimension": e.manifest["embedding_dimension"],
+    }
 
 
 def new_collection(base, exp_path, name="welno_medical_knowledge", **hnsw):
     client = chroma_target.open_client("embedded", str(base))
-    col, status = chroma_target.create_or_verify(client, name, chroma_target.HnswSettings(**hnsw), provenance(exp_path))
+    col, status = chroma_target.create_or_verify(
+        client, name, chroma_target.HnswSettings(**hnsw), provenance(exp_path)
+    )
     return client, col, status
 
 
 def snapshot(col) -> dict:
     """Everything a collection holds, by id (documents, metadata, vectors)."""
     got = col.get(include=["documents", "metadatas", "embeddings"])
-    return {i: (d, m, np.asarray(e, dtype=np.float32).tobytes())
-            for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)}
+    return {
+        i: (d, m, np.asarray(e, dtype=np.float32).tobytes())
+        for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
+    }
 
 
 def test_load_verifies_green_and_second_run_changes_nothing(demo_export, tmp_path):
@@ -70,8 +83,11 @@ def test_load_verifies_green_and_second_run_changes_nothing(demo_export, tmp_pat
 
 
 def test_metadata_conversion_is_reversible_and_listed(demo_export):
-    row = next(r for r in export_format.open_export(demo_export).iter_chunks()
-               if '"codes"' in r["metadata_json"] and '"reviewed_by":null' in r["metadata_json"])
+    row = next(
+        r
+        for r in export_format.open_export(demo_export).iter_chunks()
+        if '"codes"' in r["metadata_json"] and '"reviewed_by":null' in r["metadata_json"]
+    )
     md, dropped = load.to_chroma_metadata(row)
     original = __import__("json").loads(row["metadata_json"])
     assert dropped == ["reviewed_by"]
@@ -86,13 +102,16 @@ def test_existing_collection_with_other_metric_or_source_stops(demo_export, tmp_
     new_collection(tmp_path, demo_export)
     client = chroma_target.open_client("embedded", str(tmp_path))
     with pytest.raises(chroma_target.CollectionMismatch, match="space: existing 'cosine', wanted 'l2'"):
-        chroma_target.create_or_verify(client, "welno_medical_knowledge", chroma_target.HnswSettings(space="l2"),
-                                       provenance(demo_export))
+        chroma_target.create_or_verify(
+            client, "welno_medical_knowledge", chroma_target.HnswSettings(space="l2"), provenance(demo_export)
+        )
     other = {**provenance(demo_export), "source_index_id": "another-index"}
     with pytest.raises(chroma_target.CollectionMismatch, match="source_index_id"):
         chroma_target.create_or_verify(client, "welno_medical_knowledge", chroma_target.HnswSettings(), other)
     # versioned names leave the collection in service alone
-    name = chroma_target.collection_name("welno_medical_knowledge", "20261124T000000Z-Dr.Welno", versioned=True)
+    name = chroma_target.collection_name(
+        "welno_medical_knowledge", "20261124T000000Z-Dr.Welno", versioned=True
+    )
     col, status = chroma_target.create_or_verify(client, name, chroma_target.HnswSettings(), other)
     assert status == "created" and name == "welno_medical_knowledge__20261124T000000Z-Dr.Welno"
 
@@ -108,14 +127,20 @@ def test_llamaindex_reads_nodes_back_with_relationships(demo_export, tmp_path):
     row = next(r for r in rows if r["seq"] == 1 and r["document_id"].startswith("건강검진/"))
     from runbook import embeddings as emb
 
-    index = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=col),
-                                               embed_model=emb.build(MINILM))
+    index = VectorStoreIndex.from_vector_store(
+        ChromaVectorStore(chroma_collection=col), embed_model=emb.build(MINILM)
+    )
     hit = index.as_retriever(similarity_top_k=1).retrieve(QueryBundle("", embedding=row["embedding"]))[0].node
     want = export_format.row_to_llama_node(row)
     assert hit.node_id == want.node_id and hit.text == want.text and hit.metadata == want.metadata
     assert hit.ref_doc_id == row["document_id"]
-    assert hit.relationships[NodeRelationship.PREVIOUS].node_id == want.relationships[NodeRelationship.PREVIOUS].node_id
-    assert hit.relationships[NodeRelationship.NEXT].node_id == want.relationships[NodeRelationship.NEXT].node_id
+    assert (
+        hit.relationships[NodeRelationship.PREVIOUS].node_id
+        == want.relationships[NodeRelationship.PREVIOUS].node_id
+    )
+    assert (
+        hit.relationships[NodeRelationship.NEXT].node_id == want.relationships[NodeRelationship.NEXT].node_id
+    )
     # and a text query through the same model finds the right document
     top = index.as_retriever(similarity_top_k=3).retrieve("What should I eat before a colonoscopy?")
     assert any(n.node.metadata["title"] == "대장내시경 준비" for n in top)
@@ -144,7 +169,9 @@ def test_kill_9_mid_load_then_rerun_is_identical(demo_export, tmp_path):
     base = tmp_path / "killed"
     new_collection(base, demo_export)
     cp = tmp_path / "cp.json"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_LOAD, str(base), str(demo_export), str(cp)], env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_LOAD, str(base), str(demo_export), str(cp)], env=os.environ.copy()
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (cp.exists() and atomic.read_json(cp)["loaded"] >= 80):
         time.sleep(0.02)
@@ -163,8 +190,11 @@ def chroma_server(tmp_path):
     chroma = shutil.which("chroma", path=os.path.dirname(sys.executable))
     assert chroma, "the chroma CLI is installed with chromadb"
     port = cloud_emulator.free_port()
-    proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server_db"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [chroma, "run", "--path", str(tmp_path / "server_db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while True:
         try:
@@ -182,8 +212,9 @@ def chroma_server(tmp_path):
 
 def test_load_into_a_chroma_server(demo_export, tmp_path, chroma_server):
     client = chroma_target.open_client("http", host="127.0.0.1", port=chroma_server)
-    col, status = chroma_target.create_or_verify(client, "welno_medical_knowledge", chroma_target.HnswSettings(),
-                                                 provenance(demo_export))
+    col, status = chroma_target.create_or_verify(
+        client, "welno_medical_knowledge", chroma_target.HnswSettings(), provenance(demo_export)
+    )
     res = load.load_export(client, col, demo_export, tmp_path / "cp.json", batch_size=100, progress=False)
     assert res.loaded_now == col.count() == res.total
     v = load.verify_load(client, col, demo_export, None, sample=40)

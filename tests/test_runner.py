@@ -15,8 +15,13 @@ from .conftest import write_params
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "runbook", *args], capture_output=True, text=True,
-                          cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "runbook", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_misspelt_parameter_stops_before_anything_runs(tmp_path, outputs):
@@ -40,10 +45,13 @@ def test_secret_looking_parameter_stops_the_run(tmp_path, outputs):
 def _notebook(path, cells):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "runbook", "display_name": "Python (runbook)", "language": "python"}
-    params = nbformat.v4.new_code_cell('run_dir: str = ""  # help: run folder\nbase_path: str = ""  # help: base')
+    params = nbformat.v4.new_code_cell(
+        'run_dir: str = ""  # help: run folder\nbase_path: str = ""  # help: base'
+    )
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# test\nRoll back: nothing."), params] + [
-        nbformat.v4.new_code_cell(c) for c in cells]
+        nbformat.v4.new_code_cell(c) for c in cells
+    ]
     nbformat.write(nb, path)
 
 
@@ -59,7 +67,9 @@ def test_failing_phase_stops_the_run_naming_notebook_and_cell(tmp_path, outputs)
     with pytest.raises(runner.RunFailed) as e:
         runner.run(p, notebooks_dir=nbs)
     msg = str(e.value)
-    assert "01_broken" in msg and "cell 4" in msg  # of the executed notebook (papermill adds one) and "short by 3 chunks" in msg
+    assert (
+        "01_broken" in msg and "cell 4" in msg
+    )  # of the executed notebook (papermill adds one) and "short by 3 chunks" in msg
     m = json.loads((e.value.run_dir / "manifest.json").read_text())
     assert [ph["status"] for ph in m["phases"]] == ["ok", "failed", "pending"] and m["status"] == "failed"
     assert (e.value.run_dir / "01_broken.html").exists() and (e.value.run_dir / "index.html").exists()
@@ -100,7 +110,9 @@ def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch)
     assert m["status"] == "ok" and all(ph["status"] == "ok" for ph in m["phases"])
     assert m["params_sha256"] == config.sha256_file(p) and m["packages"]["chromadb"]
     for ph in m["phases"]:
-        assert (res.run_dir / f"{ph['notebook']}.ipynb").exists() and (res.run_dir / f"{ph['notebook']}.html").exists()
+        assert (res.run_dir / f"{ph['notebook']}.ipynb").exists() and (
+            res.run_dir / f"{ph['notebook']}.html"
+        ).exists()
         assert "secrets_scrubbed" not in ph  # nothing leaked in the first place
     assert (res.run_dir / "index.html").exists()
     h03 = json.loads((res.run_dir / "handoff" / "03_migrate.json").read_text())

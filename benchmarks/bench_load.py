@@ -1,0 +1,250 @@
+"""Load throughput into Chroma of N x 1536 clustered vectors, side by side in one run, each arm in its own
+process (peak RSS per arm):
+
+- this loader (``runbook.load.load_export`` from a Parquet export, bulk-load HNSW settings);
+- raw ``collection.add``, Chroma's default HNSW settings (cosine), batch 5000;
+- raw ``collection.add``, the bulk-load HNSW settings, batch 5000;
+- llama-index ``ChromaVectorStore.add`` (one call with all nodes first, which fails above
+  ``get_max_batch_size()``; then calls of 5000 nodes);
+- a FAISS HNSW build (M 16, efConstruction 100) on the same vectors: the physical reference.
+
+Recall@10 of each index against exact search on 100 queries, and query latency p50/p99 of the loader's
+collection. ``.venv/bin/python benchmarks/bench_load.py [--sizes 10000 100000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import run_arm, table
+
+from runbook import corpus, export_format
+
+BULK = {"ef_construction": 64, "max_neighbors": 16, "batch_size": 5000, "sync_threshold": 50000}
+
+
+def write_synthetic_export(n: int, dim: int, path: Path) -> np.ndarray:
+    """An export of N synthetic chunks with their vectors (as phase 01 would write); returns the vectors."""
+    from runbook import extract
+
+    syn = corpus.SyntheticCorpus(n, dim, chunks_per_doc=50)
+    header = {
+        "format": export_format.FORMAT,
+        "export_id": path.name,
+        "index_name": syn.pipeline["name"],
+        "index_id": syn.pipeline["id"],
+        "project": syn.project,
+        "pipeline": syn.pipeline,
+    }
+    w = extract._Writer(path, header, shard_rows=20000)
+    vecs = []
+    for d in range(syn.n_docs):
+        nodes = syn.get_chunks(syn.doc_id(d), with_embeddings=True)
+        rows = [export_format.node_to_row(syn.doc_id(d), k, x) for k, x in enumerate(nodes)]
+        vecs.extend(x["embedding"] for x in nodes)
+        w.add(
+            {
+                "document_id": syn.doc_id(d),
+                "text": "",
+                "metadata_json": "{}",
+                "content_sha256": "",
+                "chunk_count": len(rows),
+            },
+            rows,
+        )
+    w.finalize({"exported_at": "bench", "source_total_count": syn.n_docs})
+    return np.asarray(vecs, dtype=np.float32)
+
+
+COMMON = """
+import json, sys, time
+import numpy as np
+queries = np.load(sys.argv[2])
+def answer(col, seconds, n):
+    ids = col.query(query_embeddings=queries, n_results=10, include=[])["ids"]
+    lat = []
+    for q in queries[:100]:
+        t = time.perf_counter(); col.query(query_embeddings=q[None, :], n_results=10, include=[]); lat.append((time.perf_counter() - t) * 1000)
+    print(json.dumps({"records": n, "seconds": round(seconds, 1), "records_per_s": round(n / seconds, 1),
+                      "ids": ids, "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}))
+"""
+
+LOADER = (
+    COMMON
+    + """
+from runbook import chroma_target, load
+client = chroma_target.open_client("embedded", sys.argv[3])
+hnsw = chroma_target.HnswSettings(**json.loads(sys.argv[4]))
+col, _ = chroma_target.create_or_verify(client, "bench", hnsw, {"source_index_id": "bench"})
+t = time.time()
+res = load.load_export(client, col, sys.argv[1], sys.argv[3] + "/cp.json", batch_size=5000, progress=False)
+answer(col, time.time() - t, res.loaded_now)
+"""
+)
+
+RAW = (
+    COMMON
+    + """
+import chromadb, pyarrow.parquet as pq
+from chromadb.config import Settings
+from runbook import export_format
+exp = export_format.open_export(sys.argv[1])
+client = chromadb.PersistentClient(path=sys.argv[3], settings=Settings(anonymized_telemetry=False))
+conf = {"hnsw": {"space": "cosine", **json.loads(sys.argv[4])}}
+col = client.create_collection("bench", configuration=conf, embedding_function=None)
+batches = []
+for b in exp.iter_chunk_batches(columns=["chunk_id", "text", "metadata_json", "embedding"], batch_size=5000):
+    d = b.to_pydict()
+    batches.append((d["chunk_id"], d["text"], [json.loads(m) for m in d["metadata_json"]],
+                    np.asarray(b.column("embedding").flatten(), dtype=np.float32).reshape(b.num_rows, -1)))
+t = time.time(); n = 0
+for ids, docs, metas, emb in batches:
+    col.add(ids=ids, documents=docs, metadatas=metas, embeddings=emb); n += len(ids)
+answer(col, time.time() - t, n)
+"""
+)
+
+LLAMA = (
+    COMMON
+    + """
+import chromadb
+from chromadb.config import Settings
+from llama_index.vector_stores.chroma import ChromaVectorStore
+from runbook import export_format
+rows = list(export_format.open_export(sys.argv[1]).iter_chunks())
+nodes = []
+for r in rows:
+    node = export_format.row_to_llama_node(r); node.embedding = r["embedding"]; nodes.append(node)
+client = chromadb.PersistentClient(path=sys.argv[3], settings=Settings(anonymized_telemetry=False))
+col = client.get_or_create_collection("bench", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+store = ChromaVectorStore(chroma_collection=col)
+one_call = "ok"
+try:
+    store.add(nodes)
+except Exception as e:
+    one_call = (type(e).__name__ + ": " + str(e))[:120]
+    client.delete_collection("bench")
+    col = client.get_or_create_collection("bench", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+    store = ChromaVectorStore(chroma_collection=col)
+    t = time.time()
+    for i in range(0, len(nodes), 5000):
+        store.add(nodes[i:i + 5000])
+    seconds = time.time() - t
+else:
+    seconds = float("nan")
+import io, contextlib
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    answer(col, seconds, len(nodes))
+out = json.loads(buf.getvalue()); out["note"] = "one call with all nodes: " + one_call
+print(json.dumps(out))
+"""
+)
+
+FAISS = (
+    COMMON
+    + """
+import faiss
+from runbook import export_format
+exp = export_format.open_export(sys.argv[1])
+vecs = np.concatenate([np.asarray(b.column("embedding").flatten(), dtype=np.float32).reshape(b.num_rows, -1)
+                       for b in exp.iter_chunk_batches(columns=["embedding"], batch_size=20000)])
+ids = [r for b in exp.iter_chunk_batches(columns=["chunk_id"]) for r in b.column("chunk_id").to_pylist()]
+faiss.normalize_L2(vecs)
+index = faiss.IndexHNSWFlat(vecs.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+index.hnsw.efConstruction = 100
+t = time.time(); index.add(vecs); seconds = time.time() - t
+index.hnsw.efSearch = 100
+q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+_, I = index.search(q, 10)
+lat = []
+for x in q[:100]:
+    t0 = time.perf_counter(); index.search(x[None, :], 10); lat.append((time.perf_counter() - t0) * 1000)
+print(json.dumps({"records": len(ids), "seconds": round(seconds, 1), "records_per_s": round(len(ids) / seconds, 1),
+                  "ids": [[ids[j] for j in row] for row in I], "p50_ms": round(float(np.percentile(lat, 50)), 3),
+                  "p99_ms": round(float(np.percentile(lat, 99)), 3)}))
+"""
+)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--dim", type=int, default=1536)
+    args = ap.parse_args()
+    all_rows = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            vecs = write_synthetic_export(n, args.dim, tmp / "export")
+            ids = [
+                r
+                for b in export_format.open_export(tmp / "export").iter_chunk_batches(columns=["chunk_id"])
+                for r in b.column("chunk_id").to_pylist()
+            ]
+            rng = np.random.default_rng(1)
+            queries = vecs[rng.integers(0, n, 100)] + rng.normal(0, 0.02, (100, args.dim)).astype(np.float32)
+            np.save(tmp / "q.npy", queries)
+            vn = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+            qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+            exact = [[ids[j] for j in np.argsort(-row)[:10]] for row in qn @ vn.T]
+            del vn
+            arms = [
+                ("this loader (bulk HNSW settings)", LOADER, json.dumps({"space": "cosine", **BULK})),
+                ("raw add, Chroma default HNSW", RAW, json.dumps({})),
+                ("raw add, bulk HNSW settings", RAW, json.dumps(BULK)),
+                ("llama-index ChromaVectorStore.add", LLAMA, ""),
+                ("FAISS HNSW (reference)", FAISS, ""),
+            ]
+            rows = []
+            for name, code, conf in arms:
+                db = tmp / f"db-{len(rows)}"
+                out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf)
+                if "ids" in out:
+                    out["recall@10"] = round(
+                        float(
+                            np.mean(
+                                [
+                                    len(set(a) & set(e)) / 10
+                                    for a, e in zip(out.pop("ids"), exact, strict=True)
+                                ]
+                            )
+                        ),
+                        4,
+                    )
+                if db.exists():
+                    out["disk_mb"] = round(
+                        sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 2**20, 1
+                    )
+                rows.append({"records": n, "arm": name, **out})
+                print(table(rows[-1:], COLS), flush=True)
+            best_raw = max((r.get("records_per_s") or 0) for r in rows if r["arm"].startswith("raw"))
+            rows[0]["vs_best_raw"] = round(rows[0].get("records_per_s", 0) / best_raw, 2) if best_raw else ""
+            all_rows.extend(rows)
+    print("\n" + table(all_rows, COLS))
+
+
+COLS = [
+    "records",
+    "arm",
+    "seconds",
+    "records_per_s",
+    "vs_best_raw",
+    "recall@10",
+    "p50_ms",
+    "p99_ms",
+    "peak_rss_mb",
+    "disk_mb",
+    "note",
+    "error",
+]
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(__file__))
+    main()

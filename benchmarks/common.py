@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmark scripts: run an arm in its own process and report its peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:
+    """Run ``code`` (which prints one JSON line last) in a fresh Python; add its peak RSS in MB."""
+    wrapper = (
+        code
+        + "\nimport json, resource\nprint('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    t0 = time.time()
+    p = subprocess.run(
+        [sys.executable, "-c", wrapper, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    wall = time.time() - t0
+    if p.returncode != 0:
+        return {"error": (p.stderr or p.stdout).strip().splitlines()[-1][:300], "wall_s": round(wall, 1)}
+    lines = p.stdout.strip().splitlines()
+    rss = float(next(line for line in lines if line.startswith("__RSS__")).split()[1])
+    result = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+    return {**result, "peak_rss_mb": round(rss, 1), "wall_s": round(wall, 1)}
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    out = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    for r in rows:
+        out.append("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+    return "\n".join(out)

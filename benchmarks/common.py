@@ -11,9 +11,9 @@ import time
 
 def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:
     """Run ``code`` (which prints one JSON line last) in a fresh Python; add its peak RSS in MB."""
-    wrapper = (
-        code
-        + "\nimport json, resource\nprint('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    # VmHWM is this process's own peak (ru_maxrss would carry the parent's peak across exec)
+    wrapper = code + (
+        "\nimport re\nprint('__RSS__', int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)\n"
     )
     t0 = time.time()
     p = subprocess.run(

@@ -20,17 +20,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from . import atomic, export_format
 from .verify import classify_value
 
 
+_NODE_DEFAULTS = {"excluded_embed_metadata_keys": [], "excluded_llm_metadata_keys": [],
+                  "metadata_template": "{key}: {value}", "metadata_separator": "\n", "mimetype": "text/plain",
+                  "text_template": "{metadata_str}\n\n{content}"}
+
+
+def node_metadata(row: dict) -> dict:
+    """What llama-index's ``node_to_metadata_dict(node, remove_text=True, flat_metadata=False)`` returns for
+    the row's TextNode, built straight from the export's JSON (no pydantic round-trip: ~20x faster)."""
+    metadata = orjson.loads(row["metadata_json"])
+    extra = orjson.loads(row["node_extra_json"] or "{}")
+    rels = orjson.loads(row["relationships_json"] or "{}")
+    node = {"id_": row["chunk_id"], "embedding": None, "metadata": metadata}
+    for k in ("excluded_embed_metadata_keys", "excluded_llm_metadata_keys", "metadata_template"):
+        node[k] = extra.get(k) if extra.get(k) is not None else _NODE_DEFAULTS[k]
+    node["relationships"] = rels
+    node["metadata_template"] = node.pop("metadata_template")
+    sep = extra.get("metadata_seperator")
+    node["metadata_separator"] = sep if sep is not None else _NODE_DEFAULTS["metadata_separator"]
+    node["text"] = ""
+    node["mimetype"] = extra.get("mimetype") or _NODE_DEFAULTS["mimetype"]
+    node["start_char_idx"] = row["start_char_idx"]
+    node["end_char_idx"] = row["end_char_idx"]
+    node["text_template"] = extra.get("text_template") or _NODE_DEFAULTS["text_template"]
+    node["class_name"] = "TextNode"
+    source = rels.get("1")
+    ref = source.get("node_id") if isinstance(source, dict) else None
+    md = dict(metadata)
+    md["_node_content"] = orjson.dumps(node).decode("utf-8")
+    md["_node_type"] = "TextNode"
+    md["document_id"] = md["doc_id"] = md["ref_doc_id"] = ref if ref is not None else "None"
+    return md
+
+
 def to_chroma_metadata(row: dict) -> tuple[dict, list[str]]:
     """Flat Chroma metadata for one export row, and the keys dropped because they were null."""
-    from llama_index.core.vector_stores.utils import node_to_metadata_dict
-
-    node = export_format.row_to_llama_node(row)
-    md = node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
+    md = node_metadata(row)
     out, dropped = {}, []
     for k, v in md.items():
         kind = classify_value(k, v)

@@ -224,3 +224,16 @@ def test_load_into_a_chroma_server(demo_export, tmp_path, chroma_server):
 def test_http_target_without_server_says_how_to_start_one():
     with pytest.raises(ConnectionError, match="chroma run"):
         chroma_target.open_client("http", host="127.0.0.1", port=cloud_emulator.free_port())
+
+
+def test_hand_built_node_metadata_matches_llama_index(demo_export):
+    """The loader builds _node_content without pydantic; it must equal what llama-index itself writes."""
+    import json
+
+    from llama_index.core.vector_stores.utils import node_to_metadata_dict
+
+    for row in list(export_format.open_export(demo_export).iter_chunks())[:40]:
+        ours = load.node_metadata(row)
+        theirs = node_to_metadata_dict(export_format.row_to_llama_node(row), remove_text=True, flat_metadata=False)
+        assert json.loads(ours.pop("_node_content")) == json.loads(theirs.pop("_node_content"))
+        assert ours == theirs

@@ -25,10 +25,14 @@ import orjson
 from . import atomic, export_format
 from .verify import classify_value
 
-
-_NODE_DEFAULTS = {"excluded_embed_metadata_keys": [], "excluded_llm_metadata_keys": [],
-                  "metadata_template": "{key}: {value}", "metadata_separator": "\n", "mimetype": "text/plain",
-                  "text_template": "{metadata_str}\n\n{content}"}
+_NODE_DEFAULTS = {
+    "excluded_embed_metadata_keys": [],
+    "excluded_llm_metadata_keys": [],
+    "metadata_template": "{key}: {value}",
+    "metadata_separator": "\n",
+    "mimetype": "text/plain",
+    "text_template": "{metadata_str}\n\n{content}",
+}
 
 
 def node_metadata(row: dict) -> dict:

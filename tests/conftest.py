@@ -21,6 +21,31 @@ def demo_corpus_master():
     return corpus.build_demo_corpus(CACHE)
 
 
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory, demo_corpus_master):
+    """A complete, re-embedded export of the demo corpus (built once per test session)."""
+    from runbook import embeddings, extract, reembed
+
+    key = "session-export-key-1234"
+    root = tmp_path_factory.mktemp("exports")
+    with cloud_emulator.EmulatorServer(copy.deepcopy(demo_corpus_master), key) as srv:
+        os.environ["SESSION_EXPORT_KEY"] = key
+        res = extract.export_index(
+            source.open_source(srv.url, "SESSION_EXPORT_KEY"),
+            root,
+            index_name="Dr.Welno",
+            shard_rows=60,
+            progress=False,
+        )
+    reembed.apply(
+        res.path,
+        embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384),
+        CACHE,
+        progress=False,
+    )
+    return res.path
+
+
 @pytest.fixture
 def demo_corpus(demo_corpus_master):
     """A private copy: tests may change it (add, delete, edit documents)."""

@@ -10,31 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from runbook import atomic, chroma_target, cloud_emulator, embeddings, export_format, extract, load, reembed
-
-from .conftest import CACHE
+from runbook import atomic, chroma_target, cloud_emulator, embeddings, export_format, load
 
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
-
-
-@pytest.fixture(scope="module")
-def demo_export(tmp_path_factory, demo_corpus_master):
-    import copy
-
-    from runbook import source
-
-    os.environ["LLAMA_CLOUD_API_KEY"] = "load-tests-key-1234"
-    root = tmp_path_factory.mktemp("exports")
-    with cloud_emulator.EmulatorServer(copy.deepcopy(demo_corpus_master), "load-tests-key-1234") as srv:
-        res = extract.export_index(
-            source.open_source(srv.url, "LLAMA_CLOUD_API_KEY"),
-            root,
-            index_name="Dr.Welno",
-            shard_rows=60,
-            progress=False,
-        )
-    reembed.apply(res.path, MINILM, CACHE, progress=False)
-    return res.path
 
 
 def provenance(exp_path):
@@ -234,6 +212,8 @@ def test_hand_built_node_metadata_matches_llama_index(demo_export):
 
     for row in list(export_format.open_export(demo_export).iter_chunks())[:40]:
         ours = load.node_metadata(row)
-        theirs = node_to_metadata_dict(export_format.row_to_llama_node(row), remove_text=True, flat_metadata=False)
+        theirs = node_to_metadata_dict(
+            export_format.row_to_llama_node(row), remove_text=True, flat_metadata=False
+        )
         assert json.loads(ours.pop("_node_content")) == json.loads(theirs.pop("_node_content"))
         assert ours == theirs

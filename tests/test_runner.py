@@ -117,6 +117,9 @@ def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch)
     assert (res.run_dir / "index.html").exists()
     h03 = json.loads((res.run_dir / "handoff" / "03_migrate.json").read_text())
     assert h03["records"] == 257 and h03["recall@10"] >= 0.99 and all(c["ok"] for c in h03["checks"])
+    h05 = json.loads((res.run_dir / "handoff" / "05_ab_compare.json").read_text())
+    assert h05["passed"] and h05["summary"]["mean recall@5 of cloud"] >= 0.9
+    assert "Plotly.newPlot" in (res.run_dir / "05_ab_compare.html").read_text(encoding="utf-8")
     html = (res.run_dir / "01_extract.html").read_text(encoding="utf-8")
     assert "Plotly.newPlot" in html and "Chunks per document" in html
     log = (tmp_path / "base" / "logs" / "migration.log").read_text(encoding="utf-8")

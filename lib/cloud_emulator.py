@@ -490,6 +490,18 @@ class SubprocessHandle:
                 self.proc.kill()
 
 
+def set_faults_remote(url: str, api_key: str, **faults) -> dict:
+    """Set fault injection on a running server (e.g. one started with ``start_subprocess``)."""
+    req = urllib.request.Request(
+        url + "/_emulator/faults",
+        data=json.dumps(faults).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {api_key}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def wait_healthy(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

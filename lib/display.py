@@ -24,7 +24,10 @@ def show_figure(fig) -> None:
     from IPython.display import display
 
     title = fig.layout.title.text or "figure"
-    display({PLOTLY_MIME: fig.to_plotly_json(), "text/plain": f"<Plotly figure: {title}>"}, raw=True)
+    import json
+
+    # plotly's own encoder turns numpy arrays and datetimes into plain JSON
+    display({PLOTLY_MIME: json.loads(fig.to_json()), "text/plain": f"<Plotly figure: {title}>"}, raw=True)
 
 
 def plotly_outputs_to_html(nb) -> int:

@@ -205,6 +205,13 @@ def _emulator_for(params: dict, env: dict):
         embed_cache=str(resolve(params["embedding_cache"])) if params.get("embedding_cache") else "",
         serve_embeddings=bool(params.get("emulator_serve_embeddings", False)),
     )
+    if params.get("emulator_query_latency_ms"):
+        cloud_emulator.set_faults_remote(
+            handle.url,
+            os.environ[key_env],
+            latency_ms=float(params["emulator_query_latency_ms"]),
+            path_pattern="/retrieve$",
+        )
     return handle
 
 
@@ -329,6 +336,11 @@ def run(
             if failure:
                 break
     finally:
+        if params.get("service_mode") == "reference" and params.get("base_path"):
+            from . import service_ctl
+            from .paths import Layout
+
+            service_ctl.stop(Layout.from_params(params["base_path"]).base / "service" / "service.pid")
         if emulator is not None:
             emulator.stop()
         manifest["status"] = "failed" if failure else "ok"

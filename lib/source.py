@@ -33,7 +33,13 @@ class Source:
         return f"{self.base_url or 'https://api.cloud.llamaindex.ai'} (key from ${self.api_key_env})"
 
 
-def ensure_emulator(base_url: str, emulator_corpus: str, api_key_env: str, embed_cache: str = "") -> str:
+def ensure_emulator(
+    base_url: str,
+    emulator_corpus: str,
+    api_key_env: str,
+    embed_cache: str = "",
+    query_latency_ms: float = 0.0,
+) -> str:
     """Rehearsal mode outside the runner (plain papermill, JupyterLab): start the local server if
     nothing answers at ``base_url``. Returns the URL to use."""
     from . import cloud_emulator
@@ -50,6 +56,10 @@ def ensure_emulator(base_url: str, emulator_corpus: str, api_key_env: str, embed
             f"rehearsal mode: set {api_key_env} to any value; the local server accepts that key"
         )
     handle = cloud_emulator.start_subprocess(emulator_corpus, api_key_env, port, embed_cache)
+    if query_latency_ms:
+        cloud_emulator.set_faults_remote(
+            handle.url, os.environ[api_key_env], latency_ms=query_latency_ms, path_pattern="/retrieve$"
+        )
     import atexit
 
     atexit.register(handle.stop)
@@ -63,11 +73,14 @@ def open_source(
     timeout_s: float = 60.0,
     emulator_corpus: str = "",
     embed_cache: str = "",
+    emulator_query_latency_ms: float = 0.0,
 ) -> Source:
     from llama_cloud import LlamaCloud
 
     if emulator_corpus:
-        base_url = ensure_emulator(base_url, emulator_corpus, api_key_env, embed_cache)
+        base_url = ensure_emulator(
+            base_url, emulator_corpus, api_key_env, embed_cache, emulator_query_latency_ms
+        )
     key = credentials.get_secret(api_key_env, purpose="LlamaCloud API key")
     client = LlamaCloud(
         api_key=key.reveal(), base_url=base_url or None, max_retries=max_retries, timeout=timeout_s

@@ -49,9 +49,9 @@ def plotly_outputs_to_html(nb) -> int:
     return n
 
 
-def table(data, title: str | None = None):
-    """A table from a dict (key/value rows), a list of dicts or a DataFrame, returned for the cell to show
-    (a pandas Styler without the row index; its ``.data`` is the DataFrame)."""
+def table(data, title: str | None = None) -> None:
+    """Show a table from a dict (key/value rows), a list of dicts or a DataFrame, without the row index.
+    It displays itself, so it works inside ``if`` blocks too (where a cell's last value is not shown)."""
     if isinstance(data, pd.DataFrame):
         df = data
     elif isinstance(data, dict):
@@ -61,7 +61,20 @@ def table(data, title: str | None = None):
     styler = df.style.hide(axis="index")
     if title:
         styler = styler.set_caption(title)
-    return styler
+    _show(styler, df)
+
+
+def _show(styler, df) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(styler)
+            return
+    except ImportError:
+        pass
+    print(df.to_string(index=False))
 
 
 def _fmt(v):
@@ -84,12 +97,7 @@ def checks(rows: list[dict], fail: bool = True, show: bool = True):
         subset=["ok"],
     )
     if show:
-        try:
-            from IPython.display import display
-
-            display(styled)
-        except Exception:  # noqa: BLE001 - outside IPython the text is enough
-            print(df.to_string())
+        _show(styled, df)
     failed = df[~df["ok"].astype(bool)]
     if fail and len(failed):
         lines = "\n".join(f"- {r.check}: {r.detail}" for r in failed.itertuples())

@@ -117,12 +117,12 @@ class LoadResult:
 
 
 def _batches(exp, batch_size: int, start_shard: int, start_row: int):
-    """(shard position, row offset after the batch, rows) in export order, from the checkpoint on."""
+    """(shard position, row offset after the batch, Arrow record batch) in export order, from the checkpoint on."""
+    import pyarrow.parquet as pq
+
     for pos, sh in enumerate(exp.shards):
         if pos < start_shard:
             continue
-        import pyarrow.parquet as pq
-
         pf = pq.ParquetFile(exp.path / sh["chunks_file"])
         offset = 0
         for batch in pf.iter_batches(batch_size=batch_size):
@@ -130,28 +130,53 @@ def _batches(exp, batch_size: int, start_shard: int, start_row: int):
             if pos == start_shard and offset + n <= start_row:
                 offset += n
                 continue
-            rows = batch.to_pylist()
             if pos == start_shard and offset < start_row:
-                rows = rows[start_row - offset :]
+                batch = batch.slice(start_row - offset)
             offset += n
-            yield pos, offset, rows
+            yield pos, offset, batch
+
+
+def _vectors(column) -> np.ndarray:
+    """An Arrow list<float32> column as an (n, dim) float32 matrix, without Python floats in between."""
+    if column.null_count:
+        raise export_format.ExportError(
+            f"{column.null_count} chunk(s) have no vector: run phase 01's re-embedding step before loading"
+        )
+    lengths = np.asarray(column.value_lengths())
+    if len(lengths) and (lengths != lengths[0]).any():
+        raise export_format.ExportError(
+            f"vectors of different sizes in one batch: {sorted(set(lengths.tolist()))}"
+        )
+    flat = np.asarray(column.flatten(), dtype=np.float32)
+    return flat.reshape(len(column), int(lengths[0]) if len(lengths) else 0)
 
 
 def _prepare(rows: list[dict]):
-    ids, docs, embs, metas, dropped = [], [], [], [], {}
+    """(ids, documents, vectors, metadatas, null keys dropped) for a list of export rows."""
+    import pyarrow as pa
+
+    emb = pa.array([r["embedding"] for r in rows], type=pa.list_(pa.float32()))
+    return _prepare_rows(rows, _vectors(emb))
+
+
+def _prepare_batch(batch):
+    """The same for an Arrow record batch; vectors go straight from Arrow to numpy."""
+    emb = batch.column(batch.schema.get_field_index("embedding"))
+    vectors = _vectors(emb)
+    rows = batch.drop_columns(["embedding"]).to_pylist()
+    return _prepare_rows(rows, vectors)
+
+
+def _prepare_rows(rows: list[dict], vectors: np.ndarray):
+    ids, docs, metas, dropped = [], [], [], {}
     for r in rows:
-        if r["embedding"] is None:
-            raise export_format.ExportError(
-                f"chunk {r['chunk_id']} has no vector: run phase 01's re-embedding step before loading"
-            )
         md, nulls = to_chroma_metadata(r)
         for k in nulls:
             dropped[k] = dropped.get(k, 0) + 1
         ids.append(r["chunk_id"])
         docs.append(r["text"])
-        embs.append(r["embedding"])
         metas.append(md)
-    return ids, docs, np.asarray(embs, dtype=np.float32), metas, dropped
+    return ids, docs, vectors, metas, dropped
 
 
 def load_export(
@@ -189,7 +214,7 @@ def load_export(
             for pos, offset, rows in _batches(exp, batch_size, cp["shard"], cp["row"]):
                 if stop.is_set():
                     return
-                q.put((pos, offset, _prepare(rows)))
+                q.put((pos, offset, _prepare_batch(rows)))
             q.put(None)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put(e)

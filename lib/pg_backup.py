@@ -1,0 +1,238 @@
+"""Pre-migration backup of PostgreSQL tables (the seed's ``wello.wello_checkup_data``), proven restorable.
+
+``pg_dump`` in custom format into ``backup/`` (owner-only, written under a temporary name and renamed),
+sha256 and row counts recorded; then restored into a scratch database and compared row for row (or,
+without a scratch database, read back with ``pg_restore --list``). The DSN comes from the environment
+variable the params name; it never reaches a command line, an output or an error text (passwords go to
+the tools through ``PGPASSWORD``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import credentials
+from .paths import Layout
+
+
+class PgBackupError(RuntimeError):
+    pass
+
+
+@dataclass
+class Conn:
+    host: str
+    port: str
+    user: str
+    password: str
+    dbname: str
+
+    def env(self, dbname: str | None = None) -> dict:
+        e = {
+            **os.environ,
+            "PGHOST": self.host,
+            "PGPORT": self.port,
+            "PGUSER": self.user,
+            "PGDATABASE": dbname or self.dbname,
+            "PGCONNECT_TIMEOUT": "5",
+        }
+        if self.password:
+            e["PGPASSWORD"] = self.password
+        return e
+
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def parse_dsn(dsn: str) -> Conn:
+    """``postgresql://user:password@host:port/db`` or libpq ``key=value`` pairs."""
+    credentials.remember(dsn)
+    if "://" in dsn:
+        u = urllib.parse.urlsplit(dsn)
+        conn = Conn(
+            u.hostname or "localhost",
+            str(u.port or 5432),
+            urllib.parse.unquote(u.username or ""),
+            urllib.parse.unquote(u.password or ""),
+            (u.path or "/").lstrip("/") or "postgres",
+        )
+    else:
+        kv = dict(re.findall(r"(\w+)\s*=\s*'?([^'\s]*)'?", dsn))
+        conn = Conn(
+            kv.get("host", "localhost"),
+            kv.get("port", "5432"),
+            kv.get("user", ""),
+            kv.get("password", ""),
+            kv.get("dbname", "postgres"),
+        )
+    credentials.remember(conn.password)
+    return conn
+
+
+def _classify(stderr: str, conn: Conn, what: str) -> str:
+    s = stderr.lower()
+    if "password authentication failed" in s or "no password supplied" in s:
+        return f"wrong credentials for user {conn.user!r} at {conn.host}:{conn.port}: check the DSN in the environment"
+    if any(
+        x in s
+        for x in (
+            "could not connect",
+            "connection refused",
+            "timeout expired",
+            "could not translate host",
+            "no route to host",
+            "connection to server",
+        )
+    ):
+        return f"PostgreSQL server unreachable at {conn.host}:{conn.port}: is it running, and is the host/port right?"
+    if "no matching tables" in s or "does not exist" in s and "relation" in s:
+        return f"table not found: {what}; check pg_tables in the params (schema.table)"
+    if "database" in s and "does not exist" in s:
+        return f"database not found ({what})"
+    if "no space left" in s:
+        return f"disk too small for {what}: free space on the backup volume"
+    return f"{what} failed: {credentials.scrub(stderr.strip())[-400:]}"
+
+
+def _run(cmd: list[str], conn: Conn, what: str, dbname: str | None = None) -> str:
+    tool = shutil.which(cmd[0])
+    if not tool:
+        raise PgBackupError(
+            f"{cmd[0]} not found: install the PostgreSQL client (apt-get install postgresql-client)"
+        )
+    r = subprocess.run([tool, *cmd[1:]], capture_output=True, text=True, env=conn.env(dbname), timeout=3600)
+    if r.returncode != 0:
+        raise PgBackupError(_classify(r.stderr, conn, what))
+    return r.stdout
+
+
+def _ident(table: str) -> str:
+    return ".".join('"' + p.replace('"', '""') + '"' for p in table.split("."))
+
+
+def row_counts(conn: Conn, tables: list[str], dbname: str | None = None) -> dict[str, int]:
+    out = {}
+    for t in tables:
+        out[t] = int(
+            _run(
+                ["psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-c", f"SELECT count(*) FROM {_ident(t)}"],
+                conn,
+                f"counting {t}",
+                dbname,
+            ).strip()
+        )
+    return out
+
+
+def table_bytes(conn: Conn, tables: list[str]) -> int:
+    total = 0
+    for t in tables:
+        total += int(
+            _run(
+                [
+                    "psql",
+                    "-XAt",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    f"SELECT pg_total_relation_size('{_ident(t)}'::regclass)",
+                ],
+                conn,
+                f"sizing {t}",
+            ).strip()
+        )
+    return total
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def backup(dsn_env: str, tables: list[str], base_path: str, scratch_db: str = "") -> dict:
+    """Dump, checksum, count and prove restorable. Without ``dsn_env``: skipped, with the reason."""
+    if not dsn_env:
+        return {"status": "skipped", "reason": "no pg_dsn_env in the params: no PostgreSQL backup asked for"}
+    secret = credentials.get_secret(dsn_env, required=False, purpose="PostgreSQL DSN")
+    if not secret:
+        return {"status": "skipped", "reason": f"environment variable {dsn_env} is not set"}
+    with credentials.scrubbed_errors():
+        conn = parse_dsn(secret.reveal())
+        layout = Layout.from_params(base_path)
+        dest_dir = layout.backup / "postgres"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(dest_dir, 0o700)
+        counts = row_counts(conn, tables)
+        need = table_bytes(conn, tables)
+        free = shutil.disk_usage(dest_dir).free
+        if need > free * 0.9:
+            raise PgBackupError(
+                f"disk too small for the dump: tables take {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free "
+                f"on {dest_dir}"
+            )
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        final = dest_dir / f"{conn.dbname}-{stamp}.dump"
+        tmp = final.with_name("." + final.name + ".tmp")
+        args = ["pg_dump", "-Fc", "--strict-names", "--no-owner", "-f", str(tmp)]
+        for t in tables:
+            args += ["-t", t]
+        try:
+            _run(args, conn, "pg_dump of " + ", ".join(tables))
+            os.chmod(tmp, 0o600)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        result = {
+            "status": "ok",
+            "dump": str(final),
+            "bytes": final.stat().st_size,
+            "sha256": sha256(final),
+            "row_counts": counts,
+            "server": f"{conn.host}:{conn.port}/{conn.dbname}",
+            "mode": oct(final.stat().st_mode & 0o777),
+        }
+        result["restore_check"] = verify_restorable(conn, final, tables, counts, scratch_db)
+        return result
+
+
+def verify_restorable(conn: Conn, dump: Path, tables: list[str], counts: dict, scratch_db: str = "") -> dict:
+    if not scratch_db:
+        listing = _run(["pg_restore", "--list", str(dump)], conn, "pg_restore --list")
+        found = {t: (f" {t.split('.')[-1]} " in listing) for t in tables}
+        return {
+            "method": "pg_restore --list (no scratch database in the params)",
+            "tables listed": found,
+            "ok": all(found.values()),
+        }
+    for schema in sorted({t.split(".")[0] for t in tables if "." in t}):  # pg_dump -t leaves schemas out
+        _run(
+            ["psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}"],
+            conn,
+            f"preparing scratch database {scratch_db}",
+            scratch_db,
+        )
+    _run(
+        ["pg_restore", "--clean", "--if-exists", "--no-owner", "-d", scratch_db, str(dump)],
+        conn,
+        f"restore into scratch database {scratch_db}",
+        scratch_db,
+    )
+    restored = row_counts(conn, tables, scratch_db)
+    return {
+        "method": f"restored into scratch database {scratch_db}",
+        "row counts after restore": restored,
+        "ok": restored == counts,
+    }

@@ -89,6 +89,19 @@ def _current_hnsw(col) -> dict:
     return dict(hnsw) if not hasattr(hnsw, "items") else {k: v for k, v in hnsw.items()}
 
 
+def provenance(export, embedding_model: str) -> dict:
+    """What a collection records about where its records came from (an opened ``export_format.Export``)."""
+    m = export.manifest
+    return {
+        "source_index_id": m["index_id"],
+        "source_index_name": m["index_name"],
+        "export_id": m["export_id"],
+        "export_manifest_sha256": export.manifest_sha256,
+        "embedding_model": embedding_model,
+        "dimension": m["embedding_dimension"],
+    }
+
+
 def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, create: bool = True):
     """Return (collection, "created" | "verified"). An existing collection must match configuration and
     provenance, or this stops with the differences named."""

@@ -125,12 +125,11 @@ def cosine_to_chroma_score(cos: float) -> float:
     return math.exp(cos - 1.0)
 
 
-def _cosine_retriever(inner, cutoff: float):
+def _filtered_retriever(inner, cutoff: float, to_cosine=None):
+    """Wraps a retriever: scores turned into cosine (``to_cosine``), results below the cutoff dropped."""
     from llama_index.core.retrievers import BaseRetriever
 
-    class CosineScoreRetriever(BaseRetriever):
-        """Wraps the Chroma retriever: scores as cosine similarity, cutoff in cosine."""
-
+    class CosineCutoffRetriever(BaseRetriever):
         def __init__(self):
             super().__init__()
             self.inner = inner
@@ -138,12 +137,13 @@ def _cosine_retriever(inner, cutoff: float):
         def _retrieve(self, query_bundle):
             out = []
             for n in self.inner.retrieve(query_bundle):
-                n.score = chroma_score_to_cosine(n.score) if n.score is not None else None
+                if to_cosine is not None and n.score is not None:
+                    n.score = to_cosine(n.score)
                 if n.score is None or n.score >= cutoff:
                     out.append(n)
             return out
 
-    return CosineScoreRetriever()
+    return CosineCutoffRetriever()
 
 
 def open_local_collection(cfg: RagConfig):
@@ -178,7 +178,9 @@ def build_retriever(cfg: RagConfig):
         index = VectorStoreIndex.from_vector_store(
             ChromaVectorStore(chroma_collection=col), embed_model=embeddings.build(spec)
         )
-        return _cosine_retriever(index.as_retriever(similarity_top_k=cfg.top_k), cfg.similarity_cutoff)
+        return _filtered_retriever(
+            index.as_retriever(similarity_top_k=cfg.top_k), cfg.similarity_cutoff, chroma_score_to_cosine
+        )
     from llama_cloud.lib.index import LlamaCloudIndex
 
     key = cfg.secret(cfg.cloud_key_env, "LlamaCloud API key")
@@ -189,21 +191,7 @@ def build_retriever(cfg: RagConfig):
         )
     # LlamaCloudRetriever drops falsy settings (0.0 never reaches the server): filter the cutoff here
     inner = index.as_retriever(dense_similarity_top_k=cfg.top_k)
-    return _cutoff_only(inner, cfg.similarity_cutoff)
-
-
-def _cutoff_only(inner, cutoff: float):
-    from llama_index.core.retrievers import BaseRetriever
-
-    class CutoffRetriever(BaseRetriever):
-        def __init__(self):
-            super().__init__()
-            self.inner = inner
-
-        def _retrieve(self, query_bundle):
-            return [n for n in self.inner.retrieve(query_bundle) if n.score is None or n.score >= cutoff]
-
-    return CutoffRetriever()
+    return _filtered_retriever(inner, cfg.similarity_cutoff)
 
 
 @dataclass

@@ -16,14 +16,7 @@ MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L
 
 
 def provenance(exp_path):
-    e = export_format.open_export(exp_path)
-    return {
-        "source_index_id": e.manifest["index_id"],
-        "export_id": e.manifest["export_id"],
-        "export_manifest_sha256": e.manifest_sha256,
-        "embedding_model": MINILM.model_id,
-        "dimension": e.manifest["embedding_dimension"],
-    }
+    return chroma_target.provenance(export_format.open_export(exp_path), MINILM.model_id)
 
 
 def new_collection(base, exp_path, name="welno_medical_knowledge", **hnsw):

@@ -12,12 +12,7 @@ MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L
 def local_db(demo_export, tmp_path):
     client = chroma_target.open_client("embedded", str(tmp_path))
     e = export_format.open_export(demo_export)
-    prov = {
-        "source_index_id": e.manifest["index_id"],
-        "export_manifest_sha256": e.manifest_sha256,
-        "embedding_model": MINILM.model_id,
-        "dimension": 384,
-    }
+    prov = chroma_target.provenance(e, MINILM.model_id)
     col, _ = chroma_target.create_or_verify(
         client, "welno_medical_knowledge", chroma_target.HnswSettings(), prov
     )

@@ -34,12 +34,7 @@ def migrated(tmp_path, demo_corpus, key_env):
         reembed.apply(res.path, MINILM, CACHE, progress=False)
         client = chroma_target.open_client("embedded", str(layout.base))
         exp = export_format.open_export(res.path)
-        prov = {
-            "source_index_id": exp.manifest["index_id"],
-            "export_manifest_sha256": exp.manifest_sha256,
-            "embedding_model": MINILM.model_id,
-            "dimension": 384,
-        }
+        prov = chroma_target.provenance(exp, MINILM.model_id)
         col, _ = chroma_target.create_or_verify(
             client, "welno_medical_knowledge", chroma_target.HnswSettings(), prov
         )

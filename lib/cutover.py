@@ -230,8 +230,20 @@ def preconditions(
     rows.append(
         {"check": f"disk below {max_disk_pct}%", "ok": pct < max_disk_pct, "detail": f"{pct:.1f}% used"}
     )
-    rows.append({"check": "config.env exists", "ok": config_env.exists(), "detail": str(config_env)})
-    in_file = bool(config_env.exists() and (dotenv_values(config_env).get(cloud_key_env)))
+    if str(config_env) in ("", "."):
+        detail = "config_env_path is empty: name the service's config.env (or service_mode: reference for the demo)"
+    elif not config_env.is_file():
+        detail = f"{config_env} is not a file: check config_env_path"
+    else:
+        detail = str(config_env)
+    rows.append(
+        {
+            "check": "config.env exists",
+            "ok": config_env.is_file() and str(config_env) != ".",
+            "detail": detail,
+        }
+    )
+    in_file = bool(config_env.is_file() and (dotenv_values(config_env).get(cloud_key_env)))
     in_env = bool(credentials.get_secret(cloud_key_env, required=False))
     rows.append(
         {

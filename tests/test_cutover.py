@@ -162,3 +162,34 @@ def test_monitor_notebook_fails_on_injected_error_rate(backend, tmp_path, output
     cutover.http_json(svc["health_url"].replace("/health", "/_admin/faults"), {"error_rate": 0.0})
     res = runner.run(p, only=["08"])  # healthy again: the next scheduled run passes
     assert json.loads((res.run_dir / "manifest.json").read_text())["status"] == "ok"
+
+
+def test_preconditions_name_a_missing_config_and_key(tmp_path, monkeypatch):
+    """External mode with no config_env_path (or a folder) fails the check with a message saying what to set."""
+    monkeypatch.delenv("CUTOVER_TEST_KEY", raising=False)
+    base = str(tmp_path / "base")
+    Layout.from_params(base).base.mkdir(parents=True)
+    rows = {
+        r["check"]: r
+        for r in cutover.preconditions(base, cutover.Path(""), "CUTOVER_TEST_KEY", "x", 99.9, "rollback")
+    }
+    assert (
+        not rows["config.env exists"]["ok"]
+        and "config_env_path is empty" in rows["config.env exists"]["detail"]
+    )
+    assert (
+        not rows["cloud key kept for rollback"]["ok"]
+        and "missing" in rows["cloud key kept for rollback"]["detail"]
+    )
+    rows = {
+        r["check"]: r
+        for r in cutover.preconditions(base, tmp_path, "CUTOVER_TEST_KEY", "x", 99.9, "rollback")
+    }
+    assert not rows["config.env exists"]["ok"] and "is not a file" in rows["config.env exists"]["detail"]
+    env = tmp_path / "config.env"
+    env.write_text("USE_LOCAL_VECTOR_DB=false\nCUTOVER_TEST_KEY=abc\n", encoding="utf-8")
+    rows = cutover.preconditions(base, env, "CUTOVER_TEST_KEY", "x", 99.9, "rollback")
+    assert all(r["ok"] for r in rows), rows
+    # a cutover also needs phase 05's gates for this export: with no phase 05 hand-off it is refused
+    rows = {r["check"]: r for r in cutover.preconditions(base, env, "CUTOVER_TEST_KEY", "x", 99.9, "cutover")}
+    assert not rows["phase 05 gates passed"]["ok"]

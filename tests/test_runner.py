@@ -7,11 +7,12 @@ import sys
 
 import nbformat
 import pytest
+import yaml
 
 from runbook import config, credentials, runner
 from runbook.paths import PROJECT_ROOT
 
-from .conftest import write_params
+from .conftest import CACHE, write_params
 
 
 def cli(*args, env=None):
@@ -104,7 +105,9 @@ def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch)
     """The demo params run every phase; a canary key in the environment appears in no file of the run."""
     canary = "canary-KEY-d41d8cd98f00b204e980"
     monkeypatch.setenv("LLAMA_CLOUD_API_KEY", canary)
-    p = write_params(tmp_path, required_env=["LLAMA_CLOUD_API_KEY"])
+    # the shipped demo params, as `make demo` runs them; only the base path moves under tmp_path
+    demo = yaml.safe_load((PROJECT_ROOT / "runbook_params" / "demo.yaml").read_text(encoding="utf-8"))
+    p = write_params(tmp_path, **{**demo, "base_path": str(tmp_path / "base"), "embedding_cache": str(CACHE)})
     res = runner.run(p)
     m = json.loads((res.run_dir / "manifest.json").read_text())
     assert m["status"] == "ok" and all(ph["status"] == "ok" for ph in m["phases"])
@@ -122,8 +125,13 @@ def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch)
     assert "Plotly.newPlot" in (res.run_dir / "05_ab_compare.html").read_text(encoding="utf-8")
     html = (res.run_dir / "01_extract.html").read_text(encoding="utf-8")
     assert "Plotly.newPlot" in html and "Chunks per document" in html
+    h06 = json.loads((res.run_dir / "handoff" / "06_cutover.json").read_text())
+    assert h06["direction"] == "cutover" and all(s["ok"] for s in h06["steps"])
+    h07 = json.loads((res.run_dir / "handoff" / "07_update_vectors.json").read_text())
+    assert h07["local"]["added"]["documents"] == 1 and h07["cloud"]["reconciliation"]["clean"]
+    assert (res.run_dir / "08_monitor.html").exists()
     log = (tmp_path / "base" / "logs" / "migration.log").read_text(encoding="utf-8")
-    assert "[03_migrate] verification passed" in log
+    assert "[03_migrate] verification passed" in log and "[06_cutover] cutover complete" in log
     # every file of the run folder and the migration log: no canary
     assert credentials.scan_for_values(res.run_dir, [canary]) == []
     assert credentials.scan_for_values(tmp_path / "base" / "logs", [canary]) == []

@@ -72,7 +72,8 @@ def load_config(path: str | os.PathLike) -> RagConfig:
         )
     v = {k: (x or "") for k, x in dotenv_values(path).items()}
     for k, x in v.items():
-        if any(s in k for s in ("KEY", "TOKEN", "SECRET", "PASSWORD")) and x:
+        # *_KEY_ENV entries name a variable; they are not keys themselves (masking them garbles outputs)
+        if any(s in k for s in ("KEY", "TOKEN", "SECRET", "PASSWORD")) and x and not k.endswith("_ENV"):
             credentials.remember(x)
     flag = v.get("USE_LOCAL_VECTOR_DB", "").strip().lower()
     if flag not in TRUE | {"0", "false", "no", "off"}:

@@ -127,3 +127,19 @@ def test_metric_helpers():
     assert compare.kendall_tau(list("abc"), list("abc")) == pytest.approx(1.0)
     assert compare.kendall_tau(list("abc"), list("cba")) == pytest.approx(-1.0)
     assert compare.cost_table(0.02, 10000)["saving $/month"] == 200.0
+
+
+def test_config_keys_are_masked_but_variable_names_are_not(tmp_path):
+    """A key kept in config.env is scrubbed from outputs; *_KEY_ENV entries only name variables and stay readable."""
+    from runbook import credentials
+
+    path = tmp_path / "config.env"
+    path.write_text(
+        "USE_LOCAL_VECTOR_DB=false\nLLAMACLOUD_API_KEY_ENV=LLAMA_CLOUD_API_KEY\n"
+        "LLAMA_CLOUD_API_KEY=llx-config-canary-0123456789\n",
+        encoding="utf-8",
+    )
+    cfg = rag_switch.load_config(path)
+    assert cfg.cloud_key_env == "LLAMA_CLOUD_API_KEY"
+    text = credentials.scrub("key llx-config-canary-0123456789 from $LLAMA_CLOUD_API_KEY")
+    assert text == "key *** from $LLAMA_CLOUD_API_KEY"

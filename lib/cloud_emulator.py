@@ -45,6 +45,8 @@ class Faults:
     slow_seconds: float = 0.0
     drop_rate: float = 0.0
     path_pattern: str = ""  # only paths matching this regex get faults ("" = all API paths)
+    # a server that returns at most this many documents per listing page, whatever `limit` asks (0: no cap)
+    max_page_size: int = 0
     # corpus change between two listings: after this many paginated listing requests, apply `change`
     change_after_listings: int = 0
     change: dict = field(default_factory=dict)  # {"action": "delete"|"add", "document_id": ...}
@@ -330,6 +332,8 @@ class Handler(BaseHTTPRequestHandler):
             limit, err = _int_param(q, "limit", 10 if rest == ["documents"] else 100, 1, 10_000)
             if err:
                 return err
+            if self.state.faults.max_page_size:
+                limit = min(limit, self.state.faults.max_page_size)
             docs, total = c.documents_page(skip, limit)
             if rest == ["documents"]:
                 return 200, docs

@@ -74,6 +74,23 @@ def test_faults_still_yield_an_identical_export(demo_corpus, key_env, tmp_path):
     assert injected.get("429", 0) > 0 and injected.get("500", 0) + injected.get("503", 0) > 0, injected
 
 
+def test_listing_pages_fetched_ahead_survive_a_server_that_caps_the_page_size(demo_corpus, key_env, tmp_path):
+    """Pages are requested ahead in parallel; a server returning fewer documents than asked must not make the
+    listing skip any (the stride is what the server returned, a short page falls back to plain paging)."""
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        clean = export(source.open_source(srv.url, key_env), tmp_path / "a", page_size=10)
+        srv.set_faults(max_page_size=7)
+        capped = export(source.open_source(srv.url, key_env), tmp_path / "b", page_size=10)
+        srv.set_faults(max_page_size=0)
+        pages = list(
+            extract._list_pages(source.open_source(srv.url, key_env), clean.manifest["index_id"], 3, 4)
+        )
+    assert capped.listing_passes == clean.listing_passes and capped.manifest["total_documents"] == len(demo_corpus.documents)
+    assert export_format.content_digest(clean.path) == export_format.content_digest(capped.path)
+    ids = [d["id"] for docs, _ in pages for d in docs]
+    assert ids == list(demo_corpus.documents)  # in listing order, once each
+
+
 def test_document_deleted_during_export_is_reconciled(demo_corpus, key_env, tmp_path):
     victim = list(demo_corpus.documents)[3]
     with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:

@@ -74,6 +74,30 @@ def open_client(mode: str = "embedded", base_path: str = "", host: str = "127.0.
     raise ValueError(f"chroma_mode {mode!r}: use 'embedded' or 'http'")
 
 
+def reload_collection(
+    client, name: str, mode: str, base_path: str = "", host: str = "127.0.0.1", port: int = 8000
+):
+    """(client, collection) with the collection's persisted configuration in force.
+
+    Chroma applies ``ef_search`` when it loads an HNSW index; a process that already has the index loaded
+    keeps searching with the old value after ``collection.modify`` (seen with chromadb 1.5.9: recall did not
+    move until the path was opened afresh). Embedded: stop this client's system and open the path again
+    (the old client must not be used afterwards). A Chroma server reloads the index on its own schedule or on
+    restart; the collection is fetched again and the caller re-measures."""
+    if mode == "embedded":
+        from chromadb.api.client import SharedSystemClient
+
+        system = getattr(client, "_system", None)
+        SharedSystemClient.clear_system_cache()
+        if system is not None:
+            try:
+                system.stop()
+            except Exception:  # noqa: BLE001 -- stopping a system that is already stopped
+                pass
+        client = open_client(mode, base_path, host, port)
+    return client, client.get_collection(name, embedding_function=None)
+
+
 def collection_name(name: str, export_id: str = "", versioned: bool = False) -> str:
     """``name`` or, versioned, ``name__<export id>`` (so a new load never touches the collection in service)."""
     full = f"{name}__{export_id}" if versioned and export_id else name

@@ -85,7 +85,9 @@ def test_listing_pages_fetched_ahead_survive_a_server_that_caps_the_page_size(de
         pages = list(
             extract._list_pages(source.open_source(srv.url, key_env), clean.manifest["index_id"], 3, 4)
         )
-    assert capped.listing_passes == clean.listing_passes and capped.manifest["total_documents"] == len(demo_corpus.documents)
+    assert capped.listing_passes == clean.listing_passes and capped.manifest["total_documents"] == len(
+        demo_corpus.documents
+    )
     assert export_format.content_digest(clean.path) == export_format.content_digest(capped.path)
     ids = [d["id"] for docs, _ in pages for d in docs]
     assert ids == list(demo_corpus.documents)  # in listing order, once each

@@ -210,3 +210,45 @@ def test_hand_built_node_metadata_matches_llama_index(demo_export):
         )
         assert json.loads(ours.pop("_node_content")) == json.loads(theirs.pop("_node_content"))
         assert ours == theirs
+
+
+def test_low_recall_raises_ef_search_and_the_new_value_is_in_force(tmp_path, key_env):
+    """A deliberately weak HNSW graph: verification doubles ef_search and reopens the collection, because
+    Chroma applies ef_search when it loads an index (collection.modify alone leaves a loaded index as it was)."""
+    from runbook import corpus, extract, source
+
+    syn = corpus.SyntheticCorpus(4000, 64, chunks_per_doc=50)
+    with cloud_emulator.EmulatorServer(syn, os.environ[key_env], serve_embeddings=True) as srv:
+        exp = extract.export_index(
+            source.open_source(srv.url, key_env),
+            tmp_path / "exports",
+            index_name=syn.pipeline["name"],
+            progress=False,
+        ).path
+    weak = dict(ef_construction=32, max_neighbors=8, ef_search=10)
+
+    def loaded(base):
+        client = chroma_target.open_client("embedded", str(base))
+        col, _ = chroma_target.create_or_verify(
+            client,
+            "weak_graph",
+            chroma_target.HnswSettings(**weak),
+            chroma_target.provenance(export_format.open_export(exp), "hash"),
+        )
+        load.load_export(client, col, exp, base / "cp.json", progress=False)
+        return client, col
+
+    # without reopening, raising ef_search changes nothing: the first (failing) measurement stands
+    client, col = loaded(tmp_path / "a")
+    v = load.verify_load(client, col, exp, None, sample=20, recall_queries=50)
+    first = v["figures"]["recall@10"]
+    assert first < 0.99 and not next(c for c in v["checks"] if c["check"].startswith("HNSW recall"))["ok"]
+
+    def reopen(client, name):
+        return chroma_target.reload_collection(client, name, "embedded", str(tmp_path / "b"))
+
+    client, col = loaded(tmp_path / "b")
+    v = load.verify_load(client, col, exp, None, sample=20, recall_queries=50, reopen=reopen)
+    assert v["figures"]["recall@10"] >= 0.99 and v["figures"]["ef_search"] > 10, v["checks"]
+    assert v["collection"].configuration["hnsw"]["ef_search"] == v["figures"]["ef_search"]
+    assert v["collection"].count() == 4000

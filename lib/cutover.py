@@ -239,7 +239,7 @@ def preconditions(
     rows.append(
         {
             "check": "config.env exists",
-            "ok": config_env.is_file() and str(config_env) != ".",
+            "ok": config_env.is_file(),
             "detail": detail,
         }
     )

@@ -156,13 +156,12 @@ def test_kill_9_mid_load_then_rerun_is_identical(demo_export, tmp_path):
     assert snapshot(col) == reference
 
 
-@pytest.fixture
-def chroma_server(tmp_path):
+def start_chroma(path, port):
+    """A real `chroma run` process on loopback, waited for until it answers."""
     chroma = shutil.which("chroma", path=os.path.dirname(sys.executable))
     assert chroma, "the chroma CLI is installed with chromadb"
-    port = cloud_emulator.free_port()
     proc = subprocess.Popen(
-        [chroma, "run", "--path", str(tmp_path / "server_db"), "--host", "127.0.0.1", "--port", str(port)],
+        [chroma, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -170,12 +169,18 @@ def chroma_server(tmp_path):
     while True:
         try:
             chroma_target.open_client("http", host="127.0.0.1", port=port)
-            break
+            return proc
         except ConnectionError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise
             time.sleep(0.3)
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    port = cloud_emulator.free_port()
+    proc = start_chroma(tmp_path / "server_db", port)
     yield port
     proc.terminate()
     proc.wait(10)
@@ -212,43 +217,88 @@ def test_hand_built_node_metadata_matches_llama_index(demo_export):
         assert ours == theirs
 
 
-def test_low_recall_raises_ef_search_and_the_new_value_is_in_force(tmp_path, key_env):
-    """A deliberately weak HNSW graph: verification doubles ef_search and reopens the collection, because
-    Chroma applies ef_search when it loads an index (collection.modify alone leaves a loaded index as it was)."""
+WEAK = dict(ef_construction=32, max_neighbors=8, ef_search=10)
+
+
+@pytest.fixture(scope="module")
+def weak_export(tmp_path_factory):
+    """4,000 nearly isotropic 64-d vectors: with a deliberately weak HNSW graph, recall@10 at ef_search 10
+    is far below 0.99."""
     from runbook import corpus, extract, source
 
     syn = corpus.SyntheticCorpus(4000, 64, chunks_per_doc=50)
-    with cloud_emulator.EmulatorServer(syn, os.environ[key_env], serve_embeddings=True) as srv:
-        exp = extract.export_index(
-            source.open_source(srv.url, key_env),
-            tmp_path / "exports",
+    os.environ["WEAK_EXPORT_KEY"] = "weak-export-key-123"
+    with cloud_emulator.EmulatorServer(syn, "weak-export-key-123", serve_embeddings=True) as srv:
+        return extract.export_index(
+            source.open_source(srv.url, "WEAK_EXPORT_KEY"),
+            tmp_path_factory.mktemp("weak"),
             index_name=syn.pipeline["name"],
             progress=False,
         ).path
-    weak = dict(ef_construction=32, max_neighbors=8, ef_search=10)
 
-    def loaded(base):
-        client = chroma_target.open_client("embedded", str(base))
-        col, _ = chroma_target.create_or_verify(
-            client,
-            "weak_graph",
-            chroma_target.HnswSettings(**weak),
-            chroma_target.provenance(export_format.open_export(exp), "hash"),
-        )
-        load.load_export(client, col, exp, base / "cp.json", progress=False)
-        return client, col
 
+def load_weak(client, exp, checkpoint):
+    col, _ = chroma_target.create_or_verify(
+        client,
+        "weak_graph",
+        chroma_target.HnswSettings(**WEAK),
+        chroma_target.provenance(export_format.open_export(exp), "hash"),
+    )
+    load.load_export(client, col, exp, checkpoint, progress=False)
+    return col
+
+
+def recall_check(v):
+    return next(c for c in v["checks"] if c["check"].startswith("HNSW recall"))
+
+
+def test_low_recall_raises_ef_search_and_the_new_value_is_in_force(tmp_path, weak_export):
+    """Verification doubles ef_search and reopens the collection, because Chroma applies ef_search when it
+    loads an index (collection.modify alone leaves a loaded index as it was)."""
+    exp = weak_export
     # without reopening, raising ef_search changes nothing: the first (failing) measurement stands
-    client, col = loaded(tmp_path / "a")
+    client = chroma_target.open_client("embedded", str(tmp_path / "a"))
+    col = load_weak(client, exp, tmp_path / "a" / "cp.json")
     v = load.verify_load(client, col, exp, None, sample=20, recall_queries=50)
-    first = v["figures"]["recall@10"]
-    assert first < 0.99 and not next(c for c in v["checks"] if c["check"].startswith("HNSW recall"))["ok"]
+    assert v["figures"]["recall@10"] < 0.99 and not recall_check(v)["ok"]
 
     def reopen(client, name):
         return chroma_target.reload_collection(client, name, "embedded", str(tmp_path / "b"))
 
-    client, col = loaded(tmp_path / "b")
+    client = chroma_target.open_client("embedded", str(tmp_path / "b"))
+    col = load_weak(client, exp, tmp_path / "b" / "cp.json")
     v = load.verify_load(client, col, exp, None, sample=20, recall_queries=50, reopen=reopen)
     assert v["figures"]["recall@10"] >= 0.99 and v["figures"]["ef_search"] > 10, v["checks"]
     assert v["collection"].configuration["hnsw"]["ef_search"] == v["figures"]["ef_search"]
     assert v["collection"].count() == 4000
+
+
+def test_on_a_chroma_server_a_raised_ef_search_waits_for_a_restart(tmp_path, weak_export):
+    """A Chroma server keeps its loaded index: verification says the raised ef_search is stored but not in
+    force, and after a server restart it is."""
+    port = cloud_emulator.free_port()
+    proc = start_chroma(tmp_path / "server_db", port)
+    try:
+        client = chroma_target.open_client("http", host="127.0.0.1", port=port)
+        col = load_weak(client, weak_export, tmp_path / "cp.json")
+
+        def reopen(client, name):
+            return chroma_target.reload_collection(client, name, "http", host="127.0.0.1", port=port)
+
+        v = load.verify_load(client, col, weak_export, None, sample=20, recall_queries=50, reopen=reopen)
+        check = recall_check(v)
+        assert not check["ok"] and "not in force yet" in check["detail"] and "restart" in check["detail"]
+        assert v["collection"].configuration["hnsw"]["ef_search"] == 20  # stored
+        before = v["figures"]["recall@10"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    proc = start_chroma(tmp_path / "server_db", port)
+    try:
+        client = chroma_target.open_client("http", host="127.0.0.1", port=port)
+        col = client.get_collection("weak_graph", embedding_function=None)
+        v = load.verify_load(client, col, weak_export, None, sample=20, recall_queries=50)
+        assert v["figures"]["ef_search"] == 20 and v["figures"]["recall@10"] > before  # now in force
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -98,6 +98,11 @@ def reload_collection(
     return client, client.get_collection(name, embedding_function=None)
 
 
+def reopener(mode: str, base_path: str = "", host: str = "127.0.0.1", port: int = 8000):
+    """``reopen(client, name)`` for ``load.verify_load``: ``reload_collection`` bound to this target."""
+    return lambda client, name: reload_collection(client, name, mode, base_path, host, port)
+
+
 def collection_name(name: str, export_id: str = "", versioned: bool = False) -> str:
     """``name`` or, versioned, ``name__<export id>`` (so a new load never touches the collection in service)."""
     full = f"{name}__{export_id}" if versioned and export_id else name

@@ -246,21 +246,20 @@ def _list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0
             pending: deque = deque()
             starts = iter(range(skip, total, step))
             for start in starts:
-                pending.append((start, pool.submit(_get_page, src, pipeline_id, start, page_size)))
+                pending.append(pool.submit(_get_page, src, pipeline_id, start, page_size))
                 if len(pending) >= prefetch:
                     break
             while pending:
-                start, fut = pending.popleft()
-                docs, total, offset = fut.result()
+                docs, total, offset = pending.popleft().result()
                 yield docs, total
                 skip = offset + len(docs)
                 if len(docs) < step and skip < (total or 0):
-                    for _, f in pending:
+                    for f in pending:
                         f.cancel()
                     break  # a short page: continue plainly from where it ended
                 nxt = next(starts, None)
                 if nxt is not None:
-                    pending.append((nxt, pool.submit(_get_page, src, pipeline_id, nxt, page_size)))
+                    pending.append(pool.submit(_get_page, src, pipeline_id, nxt, page_size))
             else:
                 return
     while docs and total is not None and skip < total:

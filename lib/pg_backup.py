@@ -1,8 +1,11 @@
 """Pre-migration backup of PostgreSQL tables (the seed's ``wello.wello_checkup_data``), proven restorable.
 
 ``pg_dump`` in custom format into ``backup/`` (owner-only, written under a temporary name and renamed),
-sha256 and row counts recorded; then restored into a scratch database and compared row for row (or,
-without a scratch database, read back with ``pg_restore --list``). The DSN comes from the environment
+sha256 and row counts recorded. The rows are counted in the dump's own snapshot: one psql session opens a
+``REPEATABLE READ READ ONLY`` transaction, exports its snapshot, counts every table, and ``pg_dump
+--snapshot`` dumps that same snapshot while the transaction stays open, so rows written meanwhile are in
+neither the counts nor the dump. Then the dump is restored into a scratch database and compared row for
+row (or, without a scratch database, read back with ``pg_restore --list``). The DSN comes from the environment
 variable the params name; it never reaches a command line, an output or an error text (passwords go to
 the tools through ``PGPASSWORD``).
 """
@@ -12,9 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import queue
 import re
+import secrets
 import shutil
 import subprocess
+import tempfile
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +89,14 @@ def _classify(stderr: str, conn: Conn, what: str) -> str:
     s = stderr.lower()
     if "password authentication failed" in s or "no password supplied" in s:
         return f"wrong credentials for user {conn.user!r} at {conn.host}:{conn.port}: check the DSN in the environment"
+    # before "unreachable": libpq says 'connection to server at ... failed: FATAL: database "x" does not exist'
+    missing_db = re.search(r'database "([^"]*)" does not exist', stderr, re.I)
+    if missing_db:
+        name = credentials.scrub(missing_db.group(1))
+        return (
+            f"database not found: {name!r} does not exist on the server at {conn.host}:{conn.port} ({what}); "
+            "check the database name in the DSN (or the scratch database in the params)"
+        )
     if any(
         x in s
         for x in (
@@ -102,12 +118,17 @@ def _classify(stderr: str, conn: Conn, what: str) -> str:
     return f"{what} failed: {credentials.scrub(stderr.strip())[-400:]}"
 
 
-def _run(cmd: list[str], conn: Conn, what: str, dbname: str | None = None) -> str:
-    tool = shutil.which(cmd[0])
+def _tool(name: str) -> str:
+    tool = shutil.which(name)
     if not tool:
         raise PgBackupError(
-            f"{cmd[0]} not found: install the PostgreSQL client (apt-get install postgresql-client)"
+            f"{name} not found: install the PostgreSQL client (apt-get install postgresql-client)"
         )
+    return tool
+
+
+def _run(cmd: list[str], conn: Conn, what: str, dbname: str | None = None) -> str:
+    tool = _tool(cmd[0])
     r = subprocess.run([tool, *cmd[1:]], capture_output=True, text=True, env=conn.env(dbname), timeout=3600)
     if r.returncode != 0:
         raise PgBackupError(_classify(r.stderr, conn, what))
@@ -116,6 +137,115 @@ def _run(cmd: list[str], conn: Conn, what: str, dbname: str | None = None) -> st
 
 def _ident(table: str) -> str:
     return ".".join('"' + p.replace('"', '""') + '"' for p in table.split("."))
+
+
+class _Psql:
+    """One ``psql`` connection kept open: statements go in on stdin, result lines come back on stdout.
+
+    Each call ends its statements with ``\\echo <marker>`` and reads up to the marker. With
+    ``ON_ERROR_STOP`` psql exits on the first error; its stderr (in a temporary file, so it cannot fill a
+    pipe) is then classified like the other tools' errors. The password travels in ``PGPASSWORD`` only.
+    """
+
+    def __init__(self, conn: Conn, dbname: str | None = None, timeout: float = 3600):
+        self.conn, self.timeout = conn, timeout
+        self._err = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self._lines: queue.Queue = queue.Queue()
+        try:
+            self._p = subprocess.Popen(
+                [_tool("psql"), "-XAtq", "-v", "ON_ERROR_STOP=1"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._err,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                env=conn.env(dbname),
+            )
+        except BaseException:
+            self._err.close()
+            raise
+        threading.Thread(target=self._pump, name="psql-session-reader", daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for line in self._p.stdout:
+                self._lines.put(line)
+        finally:
+            self._lines.put(None)
+
+    def query(self, sql: str, what: str) -> list[str]:
+        marker = f"__runbook_done_{secrets.token_hex(8)}__"
+        try:
+            self._p.stdin.write(f"{sql}\n\\echo {marker}\n")
+            self._p.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail(what)
+        out: list[str] = []
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.close()
+                raise PgBackupError(
+                    f"{what}: no answer from PostgreSQL at {self.conn.host}:{self.conn.port} in {self.timeout:.0f} s"
+                ) from None
+            if line is None:  # psql exited: connection failed or a statement failed
+                self._fail(what)
+            line = line.rstrip("\n")
+            if line == marker:
+                return out
+            out.append(line)
+
+    def _fail(self, what: str):
+        self.close()
+        self._err.seek(0)
+        raise PgBackupError(_classify(self._err.read(), self.conn, what))
+
+    def close(self) -> None:
+        """End the session (an open transaction is rolled back by the server when psql disconnects)."""
+        if self._p.poll() is None:
+            try:
+                self._p.stdin.close()
+            except OSError:
+                pass
+            try:
+                self._p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._p.kill()
+                self._p.wait()
+        for f in (self._p.stdin, self._p.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> _Psql:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        self._err.close()
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")
+
+
+def _export_snapshot(session: _Psql) -> str:
+    """Open a REPEATABLE READ READ ONLY transaction in ``session`` and export its snapshot for pg_dump."""
+    session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;", "opening the snapshot transaction")
+    out = session.query("SELECT pg_export_snapshot();", "exporting the snapshot")
+    snap = out[0].strip() if out else ""
+    if not _SNAPSHOT_ID.match(snap):
+        raise PgBackupError(
+            f"exporting the snapshot failed: unexpected answer {credentials.scrub(snap)[:80]!r}"
+        )
+    return snap
+
+
+def _between_count_and_dump() -> None:
+    """Called after the rows are counted and before pg_dump starts (a seam for the tests; does nothing)."""
 
 
 def row_counts(conn: Conn, tables: list[str], dbname: str | None = None) -> dict[str, int]:
@@ -173,7 +303,6 @@ def backup(dsn_env: str, tables: list[str], base_path: str, scratch_db: str = ""
         dest_dir = layout.backup / "postgres"
         dest_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(dest_dir, 0o700)
-        counts = row_counts(conn, tables)
         need = table_bytes(conn, tables)
         free = shutil.disk_usage(dest_dir).free
         if need > free * 0.9:
@@ -184,11 +313,29 @@ def backup(dsn_env: str, tables: list[str], base_path: str, scratch_db: str = ""
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         final = dest_dir / f"{conn.dbname}-{stamp}.dump"
         tmp = final.with_name("." + final.name + ".tmp")
-        args = ["pg_dump", "-Fc", "--strict-names", "--no-owner", "-f", str(tmp)]
-        for t in tables:
-            args += ["-t", t]
         try:
-            _run(args, conn, "pg_dump of " + ", ".join(tables))
+            # counts and dump read one snapshot: the exporting transaction stays open until pg_dump is done
+            with _Psql(conn) as session:
+                snapshot = _export_snapshot(session)
+                counts = {}
+                for t in tables:
+                    out = session.query(f"SELECT count(*) FROM {_ident(t)};", f"counting {t}")
+                    counts[t] = int(out[0].strip())
+                _between_count_and_dump()
+                args = [
+                    "pg_dump",
+                    "-Fc",
+                    "--strict-names",
+                    "--no-owner",
+                    "--snapshot",
+                    snapshot,
+                    "-f",
+                    str(tmp),
+                ]
+                for t in tables:
+                    args += ["-t", t]
+                _run(args, conn, "pg_dump of " + ", ".join(tables))
+                session.query("COMMIT;", "closing the snapshot transaction")
             os.chmod(tmp, 0o600)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -201,6 +348,7 @@ def backup(dsn_env: str, tables: list[str], base_path: str, scratch_db: str = ""
             "bytes": final.stat().st_size,
             "sha256": sha256(final),
             "row_counts": counts,
+            "counted_in_snapshot": "row counts taken in the dump's snapshot (pg_dump --snapshot)",
             "server": f"{conn.host}:{conn.port}/{conn.dbname}",
             "mode": oct(final.stat().st_mode & 0o777),
         }

@@ -4,6 +4,8 @@ import glob
 import os
 import shutil
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -168,3 +170,140 @@ def test_preflight_notebook_backs_up_and_leaks_no_password(pg, tmp_path, outputs
     assert h["postgres_backup"]["status"] == "ok" and h["postgres_backup"]["restore_check"]["ok"]
     assert credentials.scan_for_values(res.run_dir, [PASSWORD, pg["dsn"]]) == []
     assert credentials.scan_for_values(tmp_path / "base" / "logs", [PASSWORD]) == []
+
+
+def _pg_env(pg):
+    return {
+        **os.environ,
+        "PGPASSWORD": PASSWORD,
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(pg["port"]),
+        "PGUSER": "welno",
+    }
+
+
+def _psql(pg, db, q):
+    return subprocess.run(
+        ["psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", q],
+        check=True,
+        env=_pg_env(pg),
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+class _Inserter(threading.Thread):
+    """Inserts rows one by one, each committed and acknowledged, until stopped (bounded in rows and time)."""
+
+    def __init__(self, pg, table, first_id, max_rows=20000, max_seconds=120):
+        super().__init__(daemon=True)
+        self.pg, self.table, self.next_id = pg, table, first_id
+        self.max_rows, self.max_seconds = max_rows, max_seconds
+        self.done = 0
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        p = subprocess.Popen(
+            ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", "wello"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=_pg_env(self.pg),
+        )
+        deadline = time.monotonic() + self.max_seconds
+        try:
+            while not self.stop.is_set() and self.done < self.max_rows and time.monotonic() < deadline:
+                p.stdin.write(f"INSERT INTO {self.table} VALUES ({self.next_id}, 'live row');\n\\echo ok\n")
+                p.stdin.flush()
+                if p.stdout.readline().strip() != "ok":
+                    raise RuntimeError("insert failed")
+                self.next_id += 1
+                self.done += 1
+                time.sleep(0.001)
+        except Exception as e:  # reported by the test
+            self.error = e
+        finally:
+            p.stdin.close()
+            p.wait(timeout=30)
+
+
+def test_counts_come_from_the_dumps_snapshot_while_rows_are_inserted(pg, tmp_path, monkeypatch):
+    """Rows inserted during the backup (continuously, and a burst between counting and pg_dump) must be in
+    neither the recorded counts nor the dump: the restore check passes and the counts match exactly."""
+    table = "wello.checkup_live"
+    _psql(
+        pg, "wello", f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint primary key, note text)"
+    )
+    _psql(pg, "wello", f"INSERT INTO {table} SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+    burst = {"rows": 0}
+    real_hook = pg_backup._between_count_and_dump
+
+    def insert_burst():  # after the counts, before pg_dump: these committed rows must not reach the dump
+        real_hook()
+        _psql(pg, "wello", f"INSERT INTO {table} SELECT g, 'burst' FROM generate_series(5000001, 5001000) g")
+        burst["rows"] = 1000
+
+    monkeypatch.setattr(pg_backup, "_between_count_and_dump", insert_burst)
+    monkeypatch.setenv("WELNO_PG_DSN", pg["dsn"])
+    inserter = _Inserter(pg, table, first_id=1000001)
+    inserter.start()
+    try:
+        t0 = time.monotonic()
+        while inserter.done < 20 and inserter.is_alive() and time.monotonic() - t0 < 30:
+            time.sleep(0.01)  # the insert loop runs before backup() starts
+        assert inserter.done >= 20, inserter.error
+        before = inserter.done
+        out = pg_backup.backup("WELNO_PG_DSN", [table], str(tmp_path / "base"), "wello_scratch")
+        during = inserter.done - before
+        t0 = time.monotonic()
+        while inserter.done < before + during + 20 and inserter.is_alive() and time.monotonic() - t0 < 30:
+            time.sleep(0.01)  # ... and goes on after it ends
+    finally:
+        inserter.stop.set()
+        inserter.join(timeout=60)
+    assert inserter.error is None and not inserter.is_alive()
+    assert burst["rows"] == 1000 and during > 0, "no rows were inserted while the backup ran"
+    final = int(_psql(pg, "wello", f"SELECT count(*) FROM {table}"))
+    recorded = out["row_counts"][table]
+    assert out["status"] == "ok" and "snapshot" in out["counted_in_snapshot"]
+    assert 20000 + before <= recorded <= final - burst["rows"] - 20, (recorded, final)
+    check = out["restore_check"]
+    assert check["row counts after restore"] == out["row_counts"] and check["ok"], check
+    assert int(_psql(pg, "wello_scratch", f"SELECT count(*) FROM {table}")) == recorded
+    # the burst committed after the snapshot: none of its rows is in the dump
+    assert _psql(pg, "wello_scratch", f"SELECT count(*) FROM {table} WHERE id > 5000000") == "0"
+    for db in ("wello", "wello_scratch"):
+        _psql(pg, db, f"DROP TABLE IF EXISTS {table}")
+
+
+def test_missing_database_is_reported_as_not_found(pg, tmp_path, monkeypatch):
+    stderr = (
+        'psql: error: connection to server at "127.0.0.1", port 5432 failed: '
+        'FATAL:  database "no_such_db" does not exist'
+    )
+    conn = pg_backup.parse_dsn(f"postgresql://welno:{PASSWORD}@127.0.0.1:5432/no_such_db")
+    msg = pg_backup._classify(stderr, conn, "sizing t")
+    assert msg.startswith("database not found") and "no_such_db" in msg and "unreachable" not in msg
+    monkeypatch.setenv("WELNO_PG_DSN", f"postgresql://welno:{PASSWORD}@127.0.0.1:{pg['port']}/no_such_db")
+    with pytest.raises(pg_backup.PgBackupError) as e:
+        pg_backup.backup("WELNO_PG_DSN", ["wello.wello_checkup_data"], str(tmp_path / "b"))
+    assert "database not found" in str(e.value) and "no_such_db" in str(e.value)
+    assert "unreachable" not in str(e.value) and PASSWORD not in str(e.value)
+    monkeypatch.setenv("WELNO_PG_DSN", pg["dsn"])  # a missing scratch database too
+    with pytest.raises(pg_backup.PgBackupError, match="database not found.*no_such_scratch"):
+        pg_backup.backup("WELNO_PG_DSN", ["wello.wello_checkup_data"], str(tmp_path / "c"), "no_such_scratch")
+
+
+def test_snapshot_session_errors_are_classified_without_the_password(pg):
+    conn = pg_backup.parse_dsn(pg["dsn"])
+    with pg_backup._Psql(conn) as s:
+        assert pg_backup._SNAPSHOT_ID.match(pg_backup._export_snapshot(s))
+        assert s.query("SELECT count(*) FROM wello.wello_checkup_data;", "counting") == ["500"]
+        with pytest.raises(pg_backup.PgBackupError, match="table not found"):
+            s.query("SELECT count(*) FROM wello.no_such_table;", "counting wello.no_such_table")
+    down = pg_backup.parse_dsn(f"postgresql://welno:{PASSWORD}@127.0.0.1:{cloud_emulator.free_port()}/wello")
+    with pg_backup._Psql(down) as s, pytest.raises(pg_backup.PgBackupError) as e:
+        pg_backup._export_snapshot(s)
+    assert "unreachable" in str(e.value) and PASSWORD not in str(e.value)

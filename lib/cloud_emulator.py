@@ -5,7 +5,15 @@ through ``base_url``/``LLAMA_CLOUD_BASE_URL``. It serves the read API an exporte
 (projects, pipelines, documents, chunks, files, retrieve) with the same paths, parameters and JSON
 shapes, Bearer auth, FastAPI-shaped errors, a log of every request, and fault injection.
 
-    python -m runbook.cloud_emulator --corpus demo --port 8787
+The same server (same base URL) stands in for the **Gemini API** that ``google-genai`` (and so LlamaIndex's
+``GoogleGenAI``) calls: ``GET /v1beta/models[/{model}]`` and ``POST /v1beta/models/{model}:generateContent``
+(also ``:streamGenerateContent`` and ``:countTokens``), authenticated by the ``x-goog-api-key`` header the
+way Google does (missing: 403 PERMISSION_DENIED, wrong: 400 API_KEY_INVALID), answering in Gemini's JSON
+shape. The answer is deterministic and built from the context passages in the prompt ("Based on 3
+passages: [1] <title>: <first sentence> ..."), so a rehearsal can check that answers reflect retrieval.
+Point the client at it with ``http_options={"base_url": url}`` (``GEMINI_BASE_URL`` in config.env).
+
+    python -m runbook.cloud_emulator --corpus demo --port 8787   # Gemini key from GOOGLE_API_KEY
     python -m runbook.cloud_emulator --corpus /data/vector_db/welno/backup/exports/<id> --port 8787
 """
 
@@ -54,9 +62,10 @@ class Faults:
 
 
 class _State:
-    def __init__(self, corpus, api_key: str, serve_embeddings: bool):
+    def __init__(self, corpus, api_key: str, serve_embeddings: bool, google_key: str = ""):
         self.corpus = corpus
         self.api_key = api_key
+        self.google_key = google_key  # the key the Gemini stand-in accepts ("": it refuses every key)
         self.serve_embeddings = serve_embeddings
         self.faults = Faults()
         self.rng = random.Random()
@@ -143,6 +152,149 @@ def _safe(fn, a, b):
         return False
 
 
+# ---- the Gemini API stand-in (google-genai's routes; see the module docstring)
+GEMINI_PREFIXES = ("/v1beta/", "/v1/", "/v1alpha/")
+_GEMINI_MODEL = re.compile(r"^(gemini|gemma)-[A-Za-z0-9.\-]+$")
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+_GOOGLE_MESSAGE = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+
+
+def _google_error(code: int, message: str = "", details: list | None = None):
+    """(status, body) in the shape Google's APIs answer errors with."""
+    err = {"code": code, "message": message or _GOOGLE_MESSAGE.get(code, ""), "status": _GOOGLE_STATUS[code]}
+    if details:
+        err["details"] = details
+    return code, {"error": err}
+
+
+def _key_invalid():
+    msg = "API key not valid. Please pass a valid API key."
+    return _google_error(
+        400,
+        msg,
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            },
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": msg},
+        ],
+    )
+
+
+def _gemini_model(model_id: str) -> dict:
+    return {
+        "name": f"models/{model_id}",
+        "version": "local-1",
+        "displayName": f"{model_id} (local stand-in)",
+        "description": "Deterministic stand-in: answers from the context passages in the prompt",
+        "inputTokenLimit": 1_048_576,
+        "outputTokenLimit": 8192,
+        "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+        "temperature": 1.0,
+        "maxTemperature": 2.0,
+        "topP": 0.95,
+        "topK": 64,
+    }
+
+
+_CONTEXT = re.compile(r"-{5,}\n(.*?)\n-{5,}", re.S)  # LlamaIndex's QA/refine templates fence the context
+_META_LINE = re.compile(r"^[A-Za-z_][\w\- ]{0,40}: ?")
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    flat = " ".join(" ".join(lines).split())
+    m = re.match(r"(.+?[.!?。])(?=\s|$)", flat)
+    out = m.group(1) if m else flat
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
+def _passages(context: str) -> list[dict]:
+    """Context passages as LlamaIndex formats nodes: an optional "key: value" metadata block, a blank line,
+    the text (itself possibly several paragraphs); passages are joined by blank lines."""
+    blocks = [b.strip("\n") for b in re.split(r"\n\s*\n", context) if b.strip()]
+
+    def meta(block):
+        lines = block.splitlines()
+        if not all(_META_LINE.match(ln) for ln in lines):
+            return None
+        return dict(ln.split(":", 1) for ln in lines)
+
+    metas = [meta(b) for b in blocks]
+    with_meta = any(m is not None for m in metas)
+    out: list[dict] = []
+    for block, m in zip(blocks, metas, strict=True):
+        if m is not None:
+            out.append({"meta": {k.strip(): v.strip() for k, v in m.items()}, "text": ""})
+        elif not with_meta or not out:
+            out.append({"meta": {}, "text": block})
+        elif not out[-1]["text"]:
+            out[-1]["text"] = block
+    return out
+
+
+def gemini_answer(prompt: str, shown: int = 3) -> str:
+    """The stand-in's deterministic answer: how many passages the prompt's context holds, and the title and
+    first sentence of the first ``shown`` of them."""
+    m = _CONTEXT.search(prompt)
+    if not m:
+        return f"(local Gemini stand-in: no context passages in the prompt) {_first_sentence(prompt)}"
+    passages = _passages(m.group(1))
+    parts = []
+    for i, p in enumerate(passages[:shown], 1):
+        title = p["meta"].get("title") or p["meta"].get("file_name") or ""
+        sentence = _first_sentence(p["text"]) if p["text"] else ""
+        parts.append(f"[{i}] " + (f"{title}: {sentence}" if title and sentence else title or sentence))
+    if len(passages) > shown:
+        parts.append(f"(and {len(passages) - shown} more)")
+    n = len(passages)
+    return f"Based on {n} passage{'' if n == 1 else 's'}: " + " ".join(parts)
+
+
+def _prompt_text(body: dict) -> str:
+    """The text of the last user turn (where LlamaIndex puts the context and the question)."""
+    contents = [c for c in body.get("contents") or [] if isinstance(c, dict)]
+    users = [c for c in contents if c.get("role", "user") == "user"] or contents
+    parts = (users[-1].get("parts") if users else None) or []
+    return "\n".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+
+def _tokens(text: str) -> int:
+    return len(text.split())
+
+
+def _gemini_response(
+    model_id: str, answer: str, prompt_tokens: int, final: bool = True, answer_tokens: int | None = None
+) -> dict:
+    out = {
+        "candidates": [{"content": {"parts": [{"text": answer}], "role": "model"}, "index": 0}],
+        "modelVersion": model_id,
+    }
+    if final:
+        answer_tokens = _tokens(answer) if answer_tokens is None else answer_tokens
+        out["candidates"][0]["finishReason"] = "STOP"
+        out["usageMetadata"] = {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": answer_tokens,
+            "totalTokenCount": prompt_tokens + answer_tokens,
+        }
+    return out
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "llamacloud-emulator/1"
@@ -196,6 +348,8 @@ class Handler(BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         raw_path = parsed.path
         query = urllib.parse.parse_qs(parsed.query)
+        if raw_path.startswith(GEMINI_PREFIXES):
+            return self._gemini(method, raw_path, query)
         try:
             body = self._body() if method in ("POST", "PUT", "PATCH") else None
         except (ValueError, UnicodeDecodeError):
@@ -228,7 +382,7 @@ class Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("authorization") or ""
         return bool(self.state.api_key) and auth == f"Bearer {self.state.api_key}"
 
-    def _inject_fault(self, path: str) -> bool:
+    def _inject_fault(self, path: str, google: bool = False) -> bool:
         st = self.state
         f = st.faults
         if f.path_pattern and not re.search(f.path_pattern, urllib.parse.unquote(path)):
@@ -252,6 +406,12 @@ class Handler(BaseHTTPRequestHandler):
                     st.injected[name] = st.injected.get(name, 0) + 1
                 if name == "drop":
                     self._drop()
+                elif google:  # Gemini paths answer faults in Google's error shape
+                    code = {"429": 429, "500": 500, "503": 503}.get(name)
+                    if code is None:
+                        time.sleep(f.slow_seconds)
+                        return False
+                    self._send(*_google_error(code))
                 elif name == "429":
                     self._send(
                         429,
@@ -286,6 +446,80 @@ class Handler(BaseHTTPRequestHandler):
                 200, {"documents": st.corpus.total_documents(), "chunks": st.corpus.total_chunks()}
             )
         return self._send(404, {"detail": "Not Found"})
+
+    # ---- the Gemini API stand-in
+    def _gemini(self, method: str, raw_path: str, query: dict):
+        st = self.state
+        n = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(n) if n else b""  # read first: the connection is reused
+        path = urllib.parse.unquote(raw_path)
+        with st.lock:
+            st.requests.append((method, path))
+        sent = self.headers.get("x-goog-api-key") or (query.get("key") or [""])[0]
+        if not sent:
+            return self._send(
+                *_google_error(
+                    403,
+                    "Method doesn't allow unregistered callers (callers without established identity). "
+                    "Please use API Key or other form of API consumer identity to call this API.",
+                )
+            )
+        if not st.google_key or sent != st.google_key:
+            return self._send(*_key_invalid())
+        try:
+            body = json.loads(raw.decode("utf-8")) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            return self._send(*_google_error(400, "Invalid JSON payload received."))
+        if self._inject_fault(raw_path, google=True):
+            return
+        version, _, rest = path[1:].partition("/")
+        if rest == "models" and method == "GET":
+            return self._send(
+                200, {"models": [_gemini_model("gemini-2.0-flash"), _gemini_model("gemini-2.5-flash")]}
+            )
+        m = re.fullmatch(r"models/([^/:]+)(?::(\w+))?", rest)
+        if not m:
+            return self._send(*_google_error(404, "Method not found."))
+        model_id, verb = m.groups()
+        if not _GEMINI_MODEL.match(model_id):
+            return self._send(
+                *_google_error(
+                    404,
+                    f"models/{model_id} is not found for API version {version}, or is not supported for "
+                    f"{verb or 'get'}. Call ListModels to see the list of available models and their "
+                    "supported methods.",
+                )
+            )
+        if verb is None and method == "GET":
+            return self._send(200, _gemini_model(model_id))
+        if method != "POST" or verb not in ("generateContent", "streamGenerateContent", "countTokens"):
+            return self._send(*_google_error(404, "Method not found."))
+        if not isinstance(body, dict) or not body.get("contents"):
+            return self._send(
+                *_google_error(400, "* GenerateContentRequest.contents: contents is not specified\n")
+            )
+        prompt = _prompt_text(body)
+        system = (body.get("systemInstruction") or body.get("system_instruction") or {}).get("parts") or []
+        prompt_tokens = _tokens(prompt) + sum(_tokens(p.get("text") or "") for p in system)
+        if verb == "countTokens":
+            return self._send(200, {"totalTokens": prompt_tokens})
+        answer = gemini_answer(prompt)
+        if verb == "generateContent":
+            return self._send(200, _gemini_response(model_id, answer, prompt_tokens))
+        # streamGenerateContent: two chunks, the last with finishReason and usage (SSE with alt=sse)
+        cut = len(answer) // 2
+        chunks = [
+            _gemini_response(model_id, answer[:cut], prompt_tokens, final=False),
+            _gemini_response(model_id, answer[cut:], prompt_tokens, answer_tokens=_tokens(answer)),
+        ]
+        if (query.get("alt") or [""])[0] != "sse":
+            return self._send(200, chunks)
+        data = "".join(f"data: {json.dumps(c, ensure_ascii=False)}\r\n\r\n" for c in chunks).encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     # ---- the API
     def _route(self, method, raw_path, q, body):
@@ -431,9 +665,15 @@ class EmulatorServer:
     """The server in a background thread of this process; a context manager for tests."""
 
     def __init__(
-        self, corpus, api_key: str, host: str = "127.0.0.1", port: int = 0, serve_embeddings: bool = False
+        self,
+        corpus,
+        api_key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        serve_embeddings: bool = False,
+        google_key: str = "",
     ):
-        self.state = _State(corpus, api_key, serve_embeddings)
+        self.state = _State(corpus, api_key, serve_embeddings, google_key)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -458,6 +698,11 @@ class EmulatorServer:
 
     def set_faults(self, **kw):
         self.state.set_faults(**kw)
+
+    def set_google_key(self, key: str):
+        """The key the Gemini stand-in accepts from now on ("" refuses every key)."""
+        with self.state.lock:
+            self.state.google_key = key
 
     def start(self):
         self.thread.start()
@@ -528,8 +773,10 @@ def start_subprocess(
     port: int = 0,
     embed_cache: str = "",
     serve_embeddings: bool = False,
+    google_key_env: str = "GOOGLE_API_KEY",
 ) -> SubprocessHandle:
-    """Start ``python -m runbook.cloud_emulator`` on a free loopback port; the key comes from the env."""
+    """Start ``python -m runbook.cloud_emulator`` on a free loopback port; the keys come from the env
+    (the Gemini stand-in accepts the value of ``google_key_env``, and refuses every key when it is unset)."""
     port = port or free_port()
     cmd = [
         sys.executable,
@@ -541,6 +788,8 @@ def start_subprocess(
         str(port),
         "--api-key-env",
         api_key_env,
+        "--google-key-env",
+        google_key_env,
     ]
     if embed_cache:
         cmd += ["--embed-cache", embed_cache]
@@ -574,6 +823,12 @@ def main(argv=None) -> int:
         help="environment variable holding the key clients must send (Bearer)",
     )
     ap.add_argument(
+        "--google-key-env",
+        default="GOOGLE_API_KEY",
+        help="environment variable holding the key Gemini clients must send (x-goog-api-key); "
+        "unset: the Gemini stand-in refuses every key",
+    )
+    ap.add_argument(
         "--embed-cache", default="", help="SQLite embedding cache (demo vectors are computed once)"
     )
     ap.add_argument(
@@ -591,10 +846,16 @@ def main(argv=None) -> int:
     cache = args.embed_cache or str(PROJECT_ROOT / "data" / "cache" / "embeddings.sqlite")
     t0 = time.time()
     corpus = corpus_mod.load(args.corpus, cache)
-    srv = EmulatorServer(corpus, key, args.host, args.port, args.serve_embeddings)
+    google_key = os.environ.get(args.google_key_env, "") if args.google_key_env else ""
+    srv = EmulatorServer(corpus, key, args.host, args.port, args.serve_embeddings, google_key)
     print(
         f"serving {corpus.total_documents()} documents / {corpus.total_chunks()} chunks of "
-        f"{corpus.pipeline['name']!r} at {srv.url} (loaded in {time.time() - t0:.1f} s)",
+        f"{corpus.pipeline['name']!r} at {srv.url} (loaded in {time.time() - t0:.1f} s); Gemini stand-in "
+        + (
+            f"at the same base URL, key from {args.google_key_env}"
+            if google_key
+            else f"refuses every key ({args.google_key_env or '--google-key-env'} is not set)"
+        ),
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -24,10 +24,16 @@ import numpy as np
 from . import atomic, credentials, embeddings
 
 TRUE = {"1", "true", "yes", "on"}
+GOOGLE_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
 
 class RagConfigError(ValueError):
     pass
+
+
+class GeminiUnavailable(RuntimeError):
+    """A Google key is set, so answers by Gemini are expected, and they cannot be had: never degrade
+    silently to retrieval only. The message names the model, the base URL and what to do (never the key)."""
 
 
 @dataclass
@@ -49,6 +55,7 @@ class RagConfig:
     similarity_cutoff: float = 0.0  # cosine, both arms
     llm_model: str = "gemini-2.0-flash"
     llm_key_env: str = "GOOGLE_API_KEY"
+    llm_base_url: str = ""  # GEMINI_BASE_URL: "" is Google's own endpoint; the rehearsal server stands in
     values: dict = field(default_factory=dict, repr=False)  # the file's other entries (may hold keys)
 
     @property
@@ -102,6 +109,7 @@ def load_config(path: str | os.PathLike) -> RagConfig:
         similarity_cutoff=float(v.get("SIMILARITY_CUTOFF") or 0.0),
         llm_model=v.get("GEMINI_MODEL", "gemini-2.0-flash"),
         llm_key_env=v.get("GEMINI_API_KEY_ENV", "GOOGLE_API_KEY"),
+        llm_base_url=v.get("GEMINI_BASE_URL", "").strip(),
         values=v,
     )
 
@@ -197,36 +205,123 @@ def build_retriever(cfg: RagConfig):
 
 @dataclass
 class Answerer:
-    """Retrieval plus, when a Google key is present, a Gemini answer; otherwise retrieval only (said so)."""
+    """Retrieval plus, when a Google key is present, a Gemini answer; otherwise retrieval only (said so).
+
+    The answer is synthesised from the very nodes returned (one retrieval per question). When Gemini fails
+    at ask time, ``ask`` raises ``GeminiUnavailable``: a missing answer never stands in for a broken LLM."""
 
     retriever: object
     llm: object | None
     note: str
+    cfg: RagConfig | None = field(default=None, repr=False)
 
     def ask(self, question: str) -> dict:
         nodes = self.retriever.retrieve(question)
         answer = None
         if self.llm is not None:
-            from llama_index.core.query_engine import RetrieverQueryEngine
+            from llama_index.core.response_synthesizers import get_response_synthesizer
 
-            answer = str(RetrieverQueryEngine.from_args(self.retriever, llm=self.llm).query(question))
+            # what RetrieverQueryEngine.query does after retrieving: the same "compact" synthesizer
+            synth = get_response_synthesizer(llm=self.llm)
+            try:
+                answer = str(_in_worker_thread(synth.synthesize, question, nodes))
+            except Exception as e:  # noqa: BLE001 - re-raised as a clear error without the key
+                if self.cfg is None:
+                    raise
+                raise GeminiUnavailable(gemini_error(self.cfg, e, "could not answer")) from None
         return {"question": question, "nodes": nodes, "answer": answer, "note": self.note}
 
 
+def _in_worker_thread(fn, *args):
+    """GoogleGenAI's sync chat runs ``asyncio.run``, which fails inside a running event loop (a Jupyter
+    kernel) and leaves the calling thread without an event loop (LlamaCloudIndex then complains): run it
+    in a worker thread, with the caller's context (LlamaIndex instrumentation lives in contextvars)."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="gemini") as pool:
+        return pool.submit(contextvars.copy_context().run, fn, *args).result()
+
+
+GEMINI_TIMEOUT_MS = 120_000  # per request: an endpoint that never answers must not hang the service
+
+
+def gemini_where(cfg: RagConfig) -> str:
+    return cfg.llm_base_url or f"{GOOGLE_DEFAULT_BASE_URL} (Google's default; GEMINI_BASE_URL is empty)"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    import httpx
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def gemini_error(cfg: RagConfig, exc: BaseException, doing: str) -> str:
+    """A clear message for a Gemini failure: model, base URL, what went wrong, what to do; keys scrubbed."""
+    code, status = getattr(exc, "code", None), getattr(exc, "status", None)
+    detail = getattr(exc, "message", None) or str(exc)
+    off = f"or unset {cfg.llm_key_env} for retrieval only"
+    if isinstance(code, int) and (code in (401, 403) or "API_KEY" in str(exc) or "API key" in detail):
+        why = f"the Google key in {cfg.llm_key_env} was refused ({code} {status}: {detail})"
+        fix = f"put a valid key for this endpoint in {cfg.llm_key_env}, {off}"
+    elif code == 404:
+        why = f"the model or route was not found ({code} {status}: {detail})"
+        fix = f"set GEMINI_MODEL to a model this endpoint serves and check GEMINI_BASE_URL, {off}"
+    elif isinstance(code, int):
+        why = f"the endpoint answered {code} {status}: {detail}"
+        fix = f"retry later or check the quota, GEMINI_MODEL and GEMINI_BASE_URL, {off}"
+    elif _unreachable(exc):
+        why = f"the endpoint cannot be reached ({type(exc).__name__}: {exc})"
+        fix = (
+            "check GEMINI_BASE_URL (empty means Google's own endpoint) and that this machine reaches it "
+            f"(a rehearsal needs the local server running), {off}"
+        )
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+        fix = f"check GEMINI_MODEL, GEMINI_BASE_URL and {cfg.llm_key_env}, {off}"
+    return credentials.scrub(
+        f"Gemini answers ({cfg.llm_key_env} is set): model {cfg.llm_model!r} at {gemini_where(cfg)} "
+        f"{doing}: {why}; {fix}"
+    )
+
+
+def build_llm(cfg: RagConfig, key: credentials.Secret):
+    """LlamaIndex's GoogleGenAI for ``cfg`` (base URL from GEMINI_BASE_URL). Its constructor reads the
+    model's metadata (``GET {base}/v1beta/models/{model}``), so a wrong key, URL or model fails here."""
+    try:
+        from llama_index.llms.google_genai import GoogleGenAI
+    except ImportError as e:
+        raise GeminiUnavailable(
+            f"Gemini answers ({cfg.llm_key_env} is set): model {cfg.llm_model!r} at {gemini_where(cfg)} "
+            f"needs llama-index-llms-google-genai, which cannot be imported ({e}): install the "
+            f"requirements (.venv/bin/pip install -r requirements.txt), or unset {cfg.llm_key_env} for "
+            "retrieval only"
+        ) from None
+    http_options = {"timeout": GEMINI_TIMEOUT_MS}
+    if cfg.llm_base_url:
+        http_options["base_url"] = cfg.llm_base_url
+    try:
+        return GoogleGenAI(model=cfg.llm_model, api_key=key.reveal(), http_options=http_options)
+    except Exception as e:  # noqa: BLE001 - re-raised as a clear error, scrubbed of keys
+        raise GeminiUnavailable(gemini_error(cfg, e, "could not be set up")) from None
+
+
 def build_query_engine(cfg: RagConfig) -> Answerer:
+    """The retriever of the flagged arm, plus Gemini answers when the Google key is set. With the key set,
+    Gemini must work (``GeminiUnavailable`` otherwise); without it, retrieval only, said in ``note``."""
     retriever = build_retriever(cfg)
     key = cfg.secret(cfg.llm_key_env, "Gemini answers", required=False)
     if not key:
         return Answerer(
             retriever, None, f"retrieval only: {cfg.llm_key_env} is not set, no answer is generated"
         )
-    try:
-        from llama_index.llms.google_genai import GoogleGenAI
-    except ImportError:
-        return Answerer(retriever, None, "retrieval only: llama-index-llms-google-genai is not installed")
-    return Answerer(
-        retriever, GoogleGenAI(model=cfg.llm_model, api_key=key.reveal()), f"answers by {cfg.llm_model}"
-    )
+    llm = build_llm(cfg, key)
+    return Answerer(retriever, llm, f"answers by {cfg.llm_model} at {gemini_where(cfg)}", cfg)
 
 
 class EmbeddingMismatch(RuntimeError):
@@ -315,8 +410,10 @@ def config_entries(
     cutoff: float,
     llm_model: str,
     llm_key_env: str,
+    gemini_base_url: str = "",
 ) -> dict:
-    """The settings of a config.env for the switch (names of key variables, never their values)."""
+    """The settings of a config.env for the switch (names of key variables, never their values).
+    ``gemini_base_url``: "" for Google's own endpoint, or the rehearsal server's URL."""
     return {
         "USE_LOCAL_VECTOR_DB": "true" if use_local else "false",
         "LOCAL_VECTOR_DB_PATH": chroma_path,
@@ -334,6 +431,7 @@ def config_entries(
         "SIMILARITY_CUTOFF": cutoff,
         "GEMINI_MODEL": llm_model,
         "GEMINI_API_KEY_ENV": llm_key_env,
+        "GEMINI_BASE_URL": gemini_base_url,
     }
 
 
@@ -359,3 +457,28 @@ def side_by_side(arms: dict, questions: list[str]) -> list[dict]:
                 row[f"{name}: answer"] = out["answer"]
         rows.append(row)
     return rows
+
+
+def health_report(cfg: RagConfig, collection=None) -> dict:
+    """What the backend's health route returns, so that a cutover can *prove* the switch: the live arm,
+    on the local arm the collection and its record count, and the model that embeds queries. In the
+    backend (FastAPI)::
+
+        cfg = rag_switch.load_config("backend/config.env")
+
+        @app.get("/health")
+        def health():
+            return rag_switch.health_report(cfg)
+    """
+    info = {"status": "ok", "arm": cfg.arm}
+    if cfg.use_local:
+        col = collection if collection is not None else open_local_collection(cfg)
+        info.update(
+            collection=col.name,
+            count=col.count(),
+            embedding_model=cfg.embed.model_id,
+            chroma=f"{cfg.chroma_host}:{cfg.chroma_port}" if cfg.chroma_host else cfg.local_path,
+        )
+    else:
+        info.update(index=cfg.cloud_index_id or cfg.cloud_index_name)
+    return info

@@ -245,6 +245,76 @@ def gates(
     return rows
 
 
+def gate_plan(
+    k: int,
+    min_recall: float,
+    max_empty: int,
+    local_p95_below_cloud: bool,
+    min_local_hit_rate: float = 0.0,
+) -> list[dict]:
+    """The gates ``gates`` would apply (same checks, same order), before any comparison: a dry run."""
+    rows = [
+        {"check": f"mean recall@{k} of the cloud's results", "gate": f">= {min_recall}"},
+        {"check": "queries with empty local results", "gate": f"<= {max_empty}"},
+    ]
+    if local_p95_below_cloud:
+        rows.append({"check": "local p95 latency below the cloud's", "gate": "local p95 < cloud p95"})
+    if min_local_hit_rate:
+        rows.append(
+            {
+                "check": f"local hit@{k} on labelled questions",
+                "gate": f">= {min_local_hit_rate} (when the question set is labelled)",
+            }
+        )
+    return rows
+
+
+def cloud_preset(src, pipeline_id: str) -> tuple[dict, bool]:
+    """The cloud index's preset retrieval parameters (read-only), and whether they are hybrid or reranked
+    (then a dense-only cloud arm shows how much of a difference that explains)."""
+    pipeline = src.client.pipelines.get(pipeline_id=pipeline_id).model_dump(mode="json")
+    preset = pipeline.get("preset_retrieval_parameters") or {}
+    hybrid = (preset.get("alpha") is not None and preset["alpha"] < 1) or bool(preset.get("enable_reranking"))
+    return preset, hybrid
+
+
+def plan(
+    questions: list[dict],
+    index_id: str,
+    preset: dict,
+    hybrid: bool,
+    collection: dict,
+    spec: embeddings.ModelSpec,
+    k: int,
+    gate_rows: list[dict],
+) -> dict:
+    """Dry run of phase 05: the question set, the arms it would compare and the gates; nothing is queried.
+    ``collection`` is ``handoff.verified_collection(...)``."""
+    where = (
+        collection.get("chroma_path")
+        if collection.get("chroma_mode") != "http"
+        else (f"{collection.get('chroma_host')}:{collection.get('chroma_port')}")
+    )
+    arms = [{"arm": "cloud as configured", "what": f"index {index_id} over HTTP, top {k}, preset {preset}"}]
+    if hybrid:
+        arms.append(
+            {"arm": "cloud dense-only", "what": "the same index with alpha 1, reranking off (ablation)"}
+        )
+    arms.append(
+        {
+            "arm": "local",
+            "what": f"collection {collection.get('collection')} ({collection.get('count')} records) at {where}, "
+            f"queries embedded with {spec.model_id}, top {k}",
+        }
+    )
+    return {
+        "questions": len(questions),
+        "labelled": sum(bool(q["expected_document_ids"]) for q in questions),
+        "arms": arms,
+        "gates": gate_rows,
+    }
+
+
 def cost_table(price_per_query: float, monthly_queries: int, local_monthly_cost: float = 0.0) -> dict:
     cloud = price_per_query * monthly_queries
     return {

@@ -113,3 +113,23 @@ def progress(*args, **kwargs):
     else:
         from tqdm.auto import tqdm
     return tqdm(*args, **kwargs)
+
+
+def banner(text: str, colour: str = "#fff3cd", border: str = "#856404") -> None:
+    """A coloured box across the page (DRY RUN, awaiting approval, an unverified switch...)."""
+    import html
+
+    from IPython.display import HTML, display
+
+    display(
+        HTML(
+            f'<div style="background:{colour};border:2px solid {border};padding:.6em 1em;'
+            f'font-size:1.15em;font-weight:bold">{html.escape(text)}</div>'
+        )
+    )
+
+
+def dry_run_banner(dry_run: bool, what: str = "") -> None:
+    """Every page of a dry run says so at the top: nothing under the base path is created or changed."""
+    if dry_run:
+        banner("DRY RUN — nothing is written or switched" + (f": {what}" if what else "."))

@@ -438,3 +438,91 @@ def sequential_export_count(src: Source, pipeline_id: str, page_size: int = 100)
             nodes = _fetch_chunks(src, pipeline_id, d["id"])
             n += len(nodes or [])
     return n
+
+
+def handoff_data(export_dir: str | os.PathLike, spec, vector_norms: dict | None = None) -> dict:
+    """What phase 01 records for later phases about a complete, verified export."""
+    exp = export_format.open_export(export_dir)
+    m = exp.manifest
+    return {
+        "export_dir": str(exp.path),
+        "export_id": m["export_id"],
+        "manifest_sha256": exp.manifest_sha256,
+        "index_id": m["index_id"],
+        "index_name": m["index_name"],
+        "total_documents": m["total_documents"],
+        "total_chunks": m["total_chunks"],
+        "embedding_dimension": m["embedding_dimension"],
+        "embedding_model": spec.model_id,
+        "embedding_spec": _spec_dict(spec),
+        "vectors": m["embeddings"],
+        "vector_norms": vector_norms,
+    }
+
+
+def _spec_dict(spec) -> dict:
+    return {
+        "provider": spec.provider,
+        "model_name": spec.model_name,
+        "dimension": spec.dimension,
+        "api_key_env": spec.api_key_env,
+    }
+
+
+def plan_export(
+    src: Source,
+    exports_dir: str | os.PathLike,
+    index_id: str = "",
+    index_name: str = "",
+    project_name: str = "Default",
+    organization_id: str = "",
+    export_id: str = "",
+    embed_provider: str = "auto",
+    embed_model: str = "",
+    embed_dimension: int = 0,
+    embed_api_key_env: str = "",
+    allow_embedding_spend: bool = False,
+) -> dict:
+    """Dry run of phase 01: the export it would write, from read-only requests (the pipeline, one listing
+    page, a sample's chunks). Nothing is written, not even the exports folder. The keys are those of
+    ``handoff_data``; what only the export can tell is estimated or a placeholder in angle brackets."""
+    from . import embeddings
+    from .preflight import PLANNED_MANIFEST_SHA256, describe_source
+
+    exports_dir = Path(exports_dir)
+    project, pipeline = find_pipeline(src, index_id, index_name, project_name, organization_id)
+    info = describe_source(src, project, pipeline)
+    if export_id:
+        path = exports_dir / export_id
+        if (path / "manifest.json").exists():
+            raise ExportError(f"export {path} is already complete; choose a new export_id or leave it empty")
+        action = "resume" if (path / "manifest.partial.json").exists() else "start"
+    else:
+        path = find_resumable(exports_dir, pipeline.id)
+        action = "resume" if path else "start"
+        path = path or exports_dir / f"<UTC start time of the real run>-{_slug(pipeline.name)}"
+    pipeline_embedding = pipeline.model_dump(mode="json", by_alias=True).get("embedding_config") or {}
+    spec = embeddings.spec_from_params(
+        embed_provider, embed_model, embed_dimension or None, embed_api_key_env, pipeline_embedding
+    )
+    vectors = f"from the cloud where served; otherwise computed with {spec.model_id}"
+    if spec.paid:
+        vectors += " (paid: a real run shows the cost first" + (
+            ")" if allow_embedding_spend else " and stops, allow_embedding_spend is false)"
+        )
+    return {
+        "action": f"{action} an export (GET requests only)",
+        "export_dir": str(path),
+        "export_id": path.name,
+        "manifest_sha256": PLANNED_MANIFEST_SHA256,
+        "index_id": pipeline.id,
+        "index_name": pipeline.name,
+        "project": project.name,
+        "total_documents": info["documents"],
+        "total_chunks": info["estimated chunks"],
+        "chunks per document (sample)": info["chunks per document (sample)"],
+        "embedding_dimension": spec.dimension,
+        "embedding_model": spec.model_id,
+        "embedding_spec": _spec_dict(spec),
+        "vectors": vectors,
+    }

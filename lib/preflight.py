@@ -1,8 +1,13 @@
-"""Phase 00: the directory layout, the migration log, versions, credentials, the source, the disk."""
+"""Phase 00: the directory layout, the migration log, versions, credentials, the source, the disk.
+
+Also what phases 02 and 03 would do in a dry run (``collection_plan``, ``load_plan``), read-only.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -55,6 +60,22 @@ def write_config(base_path: str, settings: dict, dry_run: bool) -> Path:
     return layout.config_json
 
 
+def config_settings(
+    base_path: str, collection_name: str, src_info: dict, source_api_key_env: str, openai_api_key_env: str
+) -> dict:
+    """The non-secret settings ``config.json`` holds (key variables by name only)."""
+    layout = Layout.from_params(base_path)
+    return {
+        "base_path": str(layout.base),
+        "chroma_db": str(layout.chroma_db),
+        "collection_name": collection_name,
+        "source_index_id": src_info["index id"],
+        "source_index_name": src_info["index"],
+        "source_api_key_env": source_api_key_env,
+        "openai_api_key_env": openai_api_key_env,
+    }
+
+
 def credentials_table(names: dict[str, str]) -> list[dict]:
     """Which needed environment variables are set: names and purposes only, never values."""
     return [
@@ -93,10 +114,16 @@ def source_check(
     src, index_id: str, index_name: str, project_name: str, organization_id: str = "", sample_docs: int = 20
 ) -> dict:
     """Reach the source index; count its documents; estimate chunks from a sample of documents."""
-    from .extract import _fetch_chunks, _list_pages
     from .source import find_pipeline
 
     project, pipeline = find_pipeline(src, index_id, index_name, project_name, organization_id)
+    return describe_source(src, project, pipeline, sample_docs)
+
+
+def describe_source(src, project, pipeline, sample_docs: int = 20) -> dict:
+    """``source_check`` for a pipeline already found (read-only: one listing page, a sample's chunks)."""
+    from .extract import _fetch_chunks, _list_pages
+
     docs, total = next(_list_pages(src, pipeline.id, max(1, sample_docs)))
     sizes = [len(_fetch_chunks(src, pipeline.id, d["id"]) or []) for d in docs]
     per_doc = (sum(sizes) / len(sizes)) if sizes else 0.0
@@ -111,4 +138,178 @@ def source_check(
         "estimated chunks": int(round((total or 0) * per_doc)),
         "embedding": emb.get("type"),
         "embedding model": (emb.get("component") or {}).get("model_name"),
+    }
+
+
+# ---------------------------------------------------------------- dry runs: what a phase would do
+# A dry run records its plan in the run folder (``handoff.record(..., dry_run=True)``) with the keys later
+# phases read. Values only a real run can know are placeholders in angle brackets, stated as such.
+PLANNED_EXPORT_ID = "<export id of the real run>"
+PLANNED_MANIFEST_SHA256 = "<sha256 of the real export's manifest>"
+
+
+def is_planned(value) -> bool:
+    """A placeholder a dry run recorded for a value only the real run will know."""
+    return isinstance(value, str) and re.search(r"<[^<>]+>", value) is not None
+
+
+def postgres_plan(dsn_env: str, tables: list[str], base_path: str, scratch_db: str = "") -> dict:
+    """Dry run of phase 00's PostgreSQL backup: what would be dumped where; nothing is connected to."""
+    if not dsn_env:
+        return {"status": "skipped", "reason": "no pg_dsn_env in the params: no PostgreSQL backup asked for"}
+    dest = Layout.from_params(base_path).backup / "postgres"
+    return {
+        "status": "planned (dry run)",
+        "DSN variable": dsn_env,
+        "DSN variable set": bool(os.environ.get(dsn_env)),
+        "tables": list(tables),
+        "would dump to": str(dest / "<database>-<UTC time>.dump") + " (pg_dump -Fc, 0600, sha256)",
+        "restore check": f"restore into {scratch_db}" if scratch_db else "pg_restore --list",
+    }
+
+
+def _complete_export(path: str):
+    """The export at ``path`` when it exists and is complete; None when a dry run only planned it."""
+    from . import export_format
+
+    if not path or is_planned(path) or not (Path(path) / "manifest.json").exists():
+        return None
+    return export_format.open_export(path)
+
+
+def _chroma_present(mode: str, base_path: str) -> bool:
+    """Whether Chroma may be opened in a dry run: a server, or an embedded directory that already exists
+    (``PersistentClient`` creates its directory, which a dry run must not)."""
+    return mode != "embedded" or Layout.from_params(base_path).chroma_db.exists()
+
+
+def collection_plan(
+    h01: dict | None,
+    export_dir: str,
+    collection_name: str,
+    versioned: bool,
+    hnsw,
+    chroma_mode: str = "embedded",
+    base_path: str = "",
+    chroma_host: str = "127.0.0.1",
+    chroma_port: int = 8000,
+) -> dict:
+    """Dry run of phase 02: the collection it would create or verify, with the keys of its hand-off.
+
+    Opens Chroma only where it already exists, and then only reads: an existing collection is checked
+    the way phase 02 checks it (and a mismatch stops the dry run, as it would stop the real one), but
+    nothing is modified (``ef_search`` is reported, not set)."""
+    from . import chroma_target
+
+    h01 = h01 or {}
+    path = export_dir or h01.get("export_dir", "")
+    exp = _complete_export(path)
+    if exp is not None:
+        model = h01.get("embedding_model") or ",".join(exp.manifest["embeddings"]["computed_with"]) or "cloud"
+        provenance = chroma_target.provenance(exp, model)
+        name = chroma_target.collection_name(collection_name, exp.manifest["export_id"], versioned)
+    else:
+        provenance = {
+            "source_index_id": h01.get("index_id"),
+            "source_index_name": h01.get("index_name"),
+            "export_id": PLANNED_EXPORT_ID,
+            "export_manifest_sha256": PLANNED_MANIFEST_SHA256,
+            "embedding_model": h01.get("embedding_model"),
+            "dimension": h01.get("embedding_dimension"),
+        }
+        name = f"{collection_name}__{PLANNED_EXPORT_ID}" if versioned else collection_name
+    layout = Layout.from_params(base_path)
+    status = "would create (and create chroma_db/)" if chroma_mode == "embedded" else "would create"
+    if _chroma_present(chroma_mode, base_path):
+        client = chroma_target.open_client(chroma_mode, base_path, chroma_host, chroma_port)
+        status = _check_existing(client, name, hnsw, provenance)
+    return {
+        "collection": name,
+        "status": status,
+        "chroma_mode": chroma_mode,
+        "chroma_host": chroma_host,
+        "chroma_port": chroma_port,
+        "chroma_path": str(layout.chroma_db),
+        "export_dir": str(path),
+        "hnsw": hnsw.configuration()["hnsw"],
+        "provenance": provenance,
+    }
+
+
+def _check_existing(client, name: str, hnsw, provenance: dict) -> str:
+    """``chroma_target.create_or_verify`` without writing: what phase 02 would do with ``name``."""
+    from . import chroma_target
+
+    existing = {c.name if hasattr(c, "name") else c for c in client.list_collections()}
+    if name not in existing:
+        return "would create"
+    col = client.get_collection(name, embedding_function=None)
+    cur = chroma_target._current_hnsw(col)
+    want = hnsw.configuration()["hnsw"]
+    diffs = [
+        f"{k}: existing {cur.get(k)!r}, wanted {want[k]!r}"
+        for k in chroma_target.IMMUTABLE_HNSW
+        if cur.get(k) is not None and cur.get(k) != want[k]
+    ]
+    meta = col.metadata or {}
+    unknown = [k for k, v in provenance.items() if is_planned(v)]
+    for k in ("source_index_id", "export_manifest_sha256", "embedding_model", "dimension"):
+        if k in provenance and k not in unknown and meta.get(k) != provenance[k]:
+            diffs.append(f"{k}: existing {meta.get(k)!r}, this load {provenance[k]!r}")
+    if diffs:
+        raise chroma_target.CollectionMismatch(
+            f"a real run would stop: collection {name!r} exists with a different configuration or source:"
+            "\n  - " + "\n  - ".join(diffs)
+        )
+    note = "would verify"
+    if cur.get("ef_search") != want["ef_search"]:
+        note += f" and set ef_search {cur.get('ef_search')} -> {want['ef_search']}"
+    if "export_manifest_sha256" in unknown:
+        note += (
+            " (exists: a real run compares it with the new export, whose checksum differs from any "
+            "earlier one; versioned_collection: true gives a new export its own collection)"
+        )
+    return note
+
+
+def load_plan(h02: dict, h01: dict | None, load_batch_size: int, base_path: str) -> dict:
+    """Dry run of phase 03: how many records it would load, in how many batches, into which collection;
+    with the keys of its hand-off (``handoff.verified_collection`` reads them), planned where unknown."""
+    from . import chroma_target
+
+    exp = _complete_export(h02["export_dir"])
+    records = exp.manifest["total_chunks"] if exp else int((h01 or {}).get("total_chunks") or 0)
+    sha = exp.manifest_sha256 if exp else h02["provenance"]["export_manifest_sha256"]
+    max_batch, now = None, None
+    if _chroma_present(h02["chroma_mode"], base_path) and not is_planned(h02["collection"]):
+        client = chroma_target.open_client(
+            h02["chroma_mode"], base_path, h02["chroma_host"], h02["chroma_port"]
+        )
+        max_batch = int(client.get_max_batch_size())
+        names = {c.name if hasattr(c, "name") else c for c in client.list_collections()}
+        now = (
+            client.get_collection(h02["collection"], embedding_function=None).count()
+            if h02["collection"] in names
+            else None
+        )
+    batch = max(1, min(int(load_batch_size), max_batch or int(load_batch_size)))
+    cp_path = Layout.from_params(base_path).state / f"load-{h02['collection']}.json"
+    cp = atomic.read_json(cp_path) if cp_path.exists() else {}
+    done = cp.get("loaded", 0) if cp.get("export_manifest_sha256") == sha and exp else 0
+    rows = [sh["rows"] for sh in exp.shards] if exp else [records]
+    if done:  # a resumed load starts at the checkpoint's shard and row
+        rows = [r - (cp["row"] if i == cp["shard"] else 0) for i, r in enumerate(rows) if i >= cp["shard"]]
+    batches = sum(math.ceil(r / batch) for r in rows if r > 0)
+    return {
+        "collection": h02["collection"],
+        "records in export": records if exp else f"{records} (estimated by phase 01's dry run)",
+        "records now in the collection": now,
+        "already loaded (checkpoint)": done,
+        "would load": records - done,
+        "batch size": batch if max_batch else f"{batch} (capped at Chroma's maximum once it is opened)",
+        "batches": batches,
+        "count": records,
+        "export_manifest_sha256": sha,
+        "export_dir": h02["export_dir"],
+        **{k: h02[k] for k in ("chroma_mode", "chroma_path", "chroma_host", "chroma_port")},
     }

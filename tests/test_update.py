@@ -1,6 +1,16 @@
-"""Phase 07 library: local documents (add, replace, delete, no-op), cloud delta sync, snapshot restore."""
+"""Phase 07: local documents (add, replace, delete, no-op), cloud delta sync, snapshot restore, and the
+embedded path: every change goes into a new collection version, the served collection is never written.
+Real Chroma, a real local LlamaCloud-compatible server, real subprocesses; nothing is mocked."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import chromadb
+import nbformat
 import pytest
 
 from runbook import (
@@ -10,14 +20,16 @@ from runbook import (
     embeddings,
     export_format,
     extract,
+    handoff,
     load,
     reembed,
+    runner,
     source,
     update,
 )
-from runbook.paths import Layout
+from runbook.paths import PACKAGE_DATA, PROJECT_ROOT, Layout
 
-from .conftest import API_KEY, CACHE
+from .conftest import API_KEY, CACHE, write_params
 
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
 DOC = "건강검진_결과_상담.md"
@@ -91,15 +103,13 @@ def test_local_documents_add_replace_delete_and_noop(migrated, tmp_path):
     assert col.get(where={"ref_doc_id": doc_id}, include=[])["ids"] == [] and col.count() == n0
 
 
-def test_cloud_add_edit_delete_are_mirrored_and_reconciled(migrated):
-    col, client, srv, layout = migrated["col"], migrated["client"], migrated["srv"], migrated["layout"]
-    c = srv.corpus
+def edit_the_cloud(c) -> dict:
+    """At the source: one document deleted, one edited, one added (Korean names). Returns their ids."""
     ids = list(c.documents)
     gone, edited = ids[1], ids[2]
     c.delete_document(gone)
     doc = dict(c.documents[edited], text=c.documents[edited]["text"] + "\nUpdated guidance 2026.")
-    chunks = [dict(x, text=x["text"] + " (2026)") for x in c.chunks[edited]]
-    c.put_document(doc, chunks, None)
+    c.put_document(doc, [dict(x, text=x["text"] + " (2026)") for x in c.chunks[edited]], None)
     new_doc = {
         "id": "건강검진/새문서/new.md",
         "text": "New document about 치매 예방.",
@@ -109,32 +119,36 @@ def test_cloud_add_edit_delete_are_mirrored_and_reconciled(migrated):
         "page_positions": None,
         "status_metadata": None,
     }
-    c.put_document(
-        new_doc,
-        [
-            corpus.node_json(
-                "new-chunk-1",
-                "Dementia prevention: exercise, hearing aids, blood pressure.",
-                {"file_name": "새문서.pdf"},
-                new_doc["id"],
-                {},
-                None,
-                None,
-                0,
-                60,
-            )
-        ],
+    node = corpus.node_json(
+        "new-chunk-1",
+        "Dementia prevention: exercise, hearing aids, blood pressure.",
+        {"file_name": "새문서.pdf"},
+        new_doc["id"],
+        {},
         None,
+        None,
+        0,
+        60,
     )
+    c.put_document(new_doc, [node], None)
+    return {"gone": gone, "edited": edited, "new": new_doc["id"]}
+
+
+def test_delta_sync_in_place_mirrors_add_edit_delete_and_reconciles(migrated):
+    """The in-place primitive (what chroma_mode http does to the live collection)."""
+    col, client, srv, layout = migrated["col"], migrated["client"], migrated["srv"], migrated["layout"]
+    c = srv.corpus
+    e = edit_the_cloud(c)
+    gone, edited = e["gone"], e["edited"]
     plan = update.delta_sync(
         migrated["src"], client, col, layout, migrated["export"], MINILM, CACHE, dry_run=True
     )["plan"]
-    assert plan == {"added": [new_doc["id"]], "deleted": [gone], "changed": [edited]}
+    assert plan == {"added": [e["new"]], "deleted": [gone], "changed": [edited]}
     before_requests = len(srv.requests)
     out = update.delta_sync(migrated["src"], client, col, layout, migrated["export"], MINILM, CACHE)
     chunk_requests = [r for r in srv.requests[before_requests:] if r[1].endswith("/chunks")]
     assert len(chunk_requests) == 2  # only the new and the edited document were fetched
-    assert out["reconciliation"]["clean"] and out["added"] == [new_doc["id"]] and out["deleted"] == [gone]
+    assert out["reconciliation"]["clean"] and out["added"] == [e["new"]] and out["deleted"] == [gone]
     assert col.get(where={"ref_doc_id": gone}, include=[])["ids"] == []
     assert all(
         d.endswith(" (2026)")
@@ -160,3 +174,346 @@ def test_restore_from_snapshot_returns_the_earlier_state(migrated, tmp_path):
     assert sorted(fresh.get(include=[])["ids"]) == before
     with pytest.raises(FileNotFoundError, match="no snapshot"):
         update.restore(layout, "nope")
+
+
+# ---------------------------------------------------------------- phase 07 on embedded Chroma: new versions
+NEW_DOCS = PACKAGE_DATA / "demo_new_documents"
+NEW_DOC_ID = "local:갑상선암_검진_안내.md"
+NAME = "welno_medical_knowledge"
+
+READER = r"""
+import hashlib, json, sys
+import chromadb
+from chromadb.config import Settings
+
+col = chromadb.PersistentClient(sys.argv[1], Settings(anonymized_telemetry=False)).get_collection(
+    sys.argv[2], embedding_function=None
+)
+
+def look():
+    got = col.get(include=["embeddings", "documents"])
+    order = sorted(range(len(got["ids"])), key=got["ids"].__getitem__)
+    h = hashlib.sha256()
+    for k in order:
+        h.update(got["ids"][k].encode() + got["embeddings"][k].astype("float32").tobytes())
+        h.update(got["documents"][k].encode())
+    q = col.query(query_embeddings=[got["embeddings"][order[0]].tolist()], n_results=5, include=[])
+    return {"count": col.count(), "digest": h.hexdigest(), "top5": q["ids"][0]}
+
+print(json.dumps(look()), flush=True)
+sys.stdin.readline()
+print(json.dumps(look()), flush=True)
+"""
+
+
+def record_migration(m) -> str:
+    """Phases 01-03 as they hand off (the fixture did their work): the collection is the verified one."""
+    base, col = str(m["layout"].base), m["col"]
+    exp = export_format.open_export(m["export"])
+    spec = {"provider": MINILM.provider, "model_name": MINILM.model_name, "dimension": MINILM.dimension}
+    handoff.record(
+        "01_extract",
+        {
+            "export_dir": str(exp.path),
+            "export_id": exp.manifest["export_id"],
+            "manifest_sha256": exp.manifest_sha256,
+            "index_id": exp.manifest["index_id"],
+            "index_name": exp.manifest["index_name"],
+            "embedding_model": MINILM.model_id,
+            "embedding_spec": {**spec, "api_key_env": ""},
+        },
+        base_path=base,
+    )
+    where = {
+        "collection": col.name,
+        "chroma_mode": "embedded",
+        "chroma_host": "127.0.0.1",
+        "chroma_port": 8000,
+        "chroma_path": str(m["layout"].chroma_db),
+    }
+    handoff.record("02_init_chroma", {**where, "export_dir": str(exp.path)}, base_path=base)
+    rec03 = {**where, "count": col.count(), "export_manifest_sha256": exp.manifest_sha256}
+    handoff.record("03_migrate", rec03, base_path=base)
+    time.sleep(1.1)  # hand-off times have one-second resolution; 07 comes later than 03
+    return base
+
+
+def whole(col) -> dict:
+    """Every id with its embedding and document, digested; the count."""
+    import hashlib
+
+    got = col.get(include=["embeddings", "documents", "metadatas"])
+    h = hashlib.sha256()
+    for k in sorted(range(len(got["ids"])), key=got["ids"].__getitem__):
+        h.update(got["ids"][k].encode() + got["embeddings"][k].astype("float32").tobytes())
+        h.update((got["documents"][k] + json.dumps(got["metadatas"][k], sort_keys=True)).encode())
+    return {"count": col.count(), "sha256": h.hexdigest()}
+
+
+def names(client) -> set[str]:
+    return {c.name for c in client.list_collections()}
+
+
+def fresh_client(layout):
+    """A client that reads the directory afresh (not this process's cached view of it)."""
+    chromadb.api.client.SharedSystemClient.clear_system_cache()
+    return chroma_target.open_client("embedded", str(layout.base))
+
+
+def test_embedded_update_builds_a_new_version_and_never_writes_the_served_collection(migrated):
+    m, layout = migrated, migrated["layout"]
+    base = record_migration(m)
+    before = whole(m["col"])
+    # a second process holds the original open and queries it, as the serving backend does
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(layout.chroma_db), NAME],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def seen():
+        line = reader.stdout.readline()
+        assert line, f"the reading process failed: {reader.communicate()[1][-600:]}"
+        return json.loads(line)
+
+    try:
+        seen_before = seen()
+        rec = update.run_update(
+            base, dry_run=False, documents_folder=str(NEW_DOCS), embedding_cache=str(CACHE)
+        )
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        seen_after = seen()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert seen_after == seen_before and seen_before["count"] == before["count"]
+    client = m["client"]
+    assert whole(client.get_collection(NAME)) == before  # the original: every record as it was
+    new_name = rec["collection"]
+    assert new_name.startswith(NAME + "__u") and names(client) == {NAME, new_name}
+    new = client.get_collection(new_name)
+    added = new.get(where={"ref_doc_id": NEW_DOC_ID}, include=[])["ids"]
+    assert added and new.count() == before["count"] + len(added) == rec["count"]
+    assert set(m["col"].get(include=[])["ids"]) <= set(new.get(include=[])["ids"])
+    assert not m["col"].get(where={"ref_doc_id": NEW_DOC_ID}, include=[])["ids"]
+    assert NEW_DOC_ID in top_docs(
+        new, "Is a neck ultrasound for thyroid cancer recommended without symptoms?"
+    )
+    assert chroma_target._current_hnsw(new)["space"] == "cosine" and new.metadata["built_from"] == NAME
+    exp = export_format.open_export(m["export"])
+    assert rec["export_manifest_sha256"] == exp.manifest_sha256 == new.metadata["export_manifest_sha256"]
+    assert rec["chroma_mode"] == "embedded" and rec["chroma_path"] == str(layout.chroma_db)
+    assert rec["local"]["added"]["documents"] == 1 and all(c["ok"] for c in rec["checks"])
+    vc = handoff.verified_collection(base_path=base)
+    assert (vc["collection"], vc["count"], vc["phase"]) == (new_name, rec["count"], "07_update_vectors")
+    assert f"next: phases 04 and 05 on {new_name}, then 06 with approval" in update.verdict(rec)
+    assert len(update.list_snapshots(layout)) == 1  # something changed: one snapshot, taken first
+    assert not update.state_path(layout, NAME).exists()  # the build is finished and recorded
+
+
+def test_a_run_with_nothing_to_do_makes_no_snapshot_and_no_collection(migrated, key_env):
+    m, layout = migrated, migrated["layout"]
+    base = record_migration(m)
+    kw = {"sync_from_cloud": True, "source_base_url": m["srv"].url, "source_api_key_env": key_env}
+    kw["embedding_cache"] = str(CACHE)
+    # the cloud has not changed since the export: nothing to do, and no collection is named
+    rec = update.run_update(base, dry_run=False, **kw)
+    assert not rec["changed"] and "collection" not in rec and rec["cloud"]["reconciliation"]["clean"]
+    assert names(m["client"]) == {NAME} and update.list_snapshots(layout) == []
+    assert handoff.verified_collection(base_path=base)["collection"] == NAME
+    # a real change builds one version; the same run again changes nothing
+    built = update.run_update(base, dry_run=False, documents_folder=str(NEW_DOCS), **kw)
+    snaps, colls = update.list_snapshots(layout), names(m["client"])
+    assert len(snaps) == 1 and colls == {NAME, built["collection"]}
+    again = update.run_update(base, dry_run=False, documents_folder=str(NEW_DOCS), **kw)
+    assert not again["changed"] and update.list_snapshots(layout) == snaps and names(m["client"]) == colls
+    assert not list(layout.state.glob("update-*.json")) and len(list(layout.exports.iterdir())) == 1
+    # the version built earlier stays the one phases 04-06 switch to
+    assert (again["collection"], again["count"]) == (built["collection"], built["count"])
+    assert handoff.verified_collection(base_path=base)["collection"] == built["collection"]
+    assert "Nothing to do" in update.verdict(again)
+
+
+def tree(root) -> dict:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.stat(p)
+            out[os.path.relpath(p, root)] = (st.st_size if n in filenames else -1, st.st_mtime_ns)
+    return out
+
+
+def test_dry_run_notebook_writes_nothing_under_the_base_path(migrated, tmp_path, outputs, key_env):
+    m, layout = migrated, migrated["layout"]
+    base = record_migration(m)
+    e = edit_the_cloud(m["srv"].corpus)
+    before = tree(layout.base)
+    p = write_params(
+        tmp_path,
+        base_path=base,
+        dry_run=True,
+        documents_folder=str(NEW_DOCS),
+        sync_from_cloud=True,
+        emulator_corpus="",
+        source_base_url=m["srv"].url,
+    )
+    res = runner.run(p, only=["07"])
+    assert tree(layout.base) == before  # no snapshot, collection, export generation, state file or log line
+    nb = nbformat.read(res.run_dir / "07_update_vectors.ipynb", as_version=4)
+    page = json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
+    assert "DRY RUN" in page and NEW_DOC_ID in page and e["gone"] in page
+    rec = json.loads((res.run_dir / "handoff" / "07_update_vectors.json").read_text(encoding="utf-8"))
+    assert rec["dry_run"] and rec["would_build"].startswith(NAME + "__u") and "collection" not in rec
+    assert rec["cloud"]["plan"] == {"added": [e["new"]], "deleted": [e["gone"]], "changed": [e["edited"]]}
+    assert not (layout.state / "handoff" / "07_update_vectors.json").exists()
+
+
+def test_cloud_delta_sync_goes_into_a_new_version_and_reconciles(migrated, key_env):
+    m, layout, srv = migrated, migrated["layout"], migrated["srv"]
+    base = record_migration(m)
+    h01_file = layout.state / "handoff" / "01_extract.json"
+    h01_before, before = h01_file.read_bytes(), whole(m["col"])
+    e = edit_the_cloud(srv.corpus)
+    n_requests = len(srv.requests)
+    rec = update.run_update(
+        base,
+        dry_run=False,
+        sync_from_cloud=True,
+        source_base_url=srv.url,
+        source_api_key_env=key_env,
+        embedding_cache=str(CACHE),
+    )
+    chunk_requests = [r for r in srv.requests[n_requests:] if r[1].endswith("/chunks")]
+    assert len(chunk_requests) == 2  # only the new and the edited document were fetched
+    client = m["client"]
+    assert whole(client.get_collection(NAME)) == before
+    new = client.get_collection(rec["collection"])
+    assert rec["cloud"]["reconciliation"]["clean"] and rec["cloud"]["added"] == [e["new"]]
+    assert new.get(where={"ref_doc_id": e["gone"]}, include=[])["ids"] == []
+    edited = new.get(where={"ref_doc_id": e["edited"]}, include=["documents"])["documents"]
+    assert edited and all(d.endswith(" (2026)") for d in edited)
+    assert new.get(ids=["new-chunk-1"], include=[])["ids"] == ["new-chunk-1"]
+    assert new.count() == srv.corpus.total_chunks() == rec["count"]
+    gen = export_format.open_export(rec["cloud"]["export"])
+    assert rec["export_manifest_sha256"] == gen.manifest_sha256 == new.metadata["export_manifest_sha256"]
+    assert rec["export_dir"] == str(gen.path) != str(m["export"])
+    assert h01_file.read_bytes() == h01_before  # another phase's hand-off is never rewritten
+    assert handoff.verified_collection(base_path=base)["export_manifest_sha256"] == gen.manifest_sha256
+
+
+KILLED_RUN = """
+import sys
+from runbook import update
+update.run_update(sys.argv[1], dry_run=False, documents_folder=sys.argv[2], sync_from_cloud=True,
+                  source_base_url=sys.argv[3], embedding_cache=sys.argv[4])
+"""
+
+
+def test_a_killed_build_is_finished_by_the_next_run_not_started_again(migrated, key_env):
+    m, layout, srv = migrated, migrated["layout"], migrated["srv"]
+    base = record_migration(m)
+    n_original = m["col"].count()
+    e = edit_the_cloud(srv.corpus)
+    srv.set_faults(slow_rate=1.0, slow_seconds=60, path_pattern="/chunks$")  # the fetch hangs: kill it there
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, base, str(NEW_DOCS), srv.url, str(CACHE)], cwd=PROJECT_ROOT
+    )
+    st = update.state_path(layout, NAME)
+    deadline = time.time() + 180
+    while not (st.exists() and "generation" in json.loads(st.read_text())) and time.time() < deadline:
+        assert proc.poll() is None, "the update ended before it could be killed"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    srv.set_faults()
+    state = json.loads(st.read_text())
+    half = state["target"]
+    client = fresh_client(layout)
+    assert names(client) == {NAME, half} and len(update.list_snapshots(layout)) == 1
+    rec = update.run_update(
+        base,
+        dry_run=False,
+        documents_folder=str(NEW_DOCS),
+        sync_from_cloud=True,
+        source_base_url=srv.url,
+        source_api_key_env=key_env,
+        embedding_cache=str(CACHE),
+    )
+    client = fresh_client(layout)
+    assert rec["collection"] == half and names(client) == {NAME, half}  # finished, not a third one
+    assert len(update.list_snapshots(layout)) == 1 and not st.exists()
+    assert rec["cloud"]["export"] == state["generation"] and rec["cloud"]["reconciliation"]["clean"]
+    new = client.get_collection(half)
+    local = new.get(where={"ref_doc_id": NEW_DOC_ID}, include=[])["ids"]
+    assert local and new.count() == srv.corpus.total_chunks() + len(local) == rec["count"]
+    assert new.get(where={"ref_doc_id": e["gone"]}, include=[])["ids"] == []
+    assert client.get_collection(NAME).count() == n_original
+
+
+def test_on_a_chroma_server_the_live_collection_changes_in_place_and_says_so(tmp_path, demo_export):
+    """chroma_mode http: concurrent access is the server's job; 07 writes in place, no snapshot, no version."""
+    import shutil
+
+    port = cloud_emulator.free_port()
+    chroma = shutil.which("chroma", path=os.path.dirname(sys.executable))
+    proc = subprocess.Popen(
+        [chroma, "run", "--path", str(tmp_path / "server_db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                client = chroma_target.open_client("http", host="127.0.0.1", port=port)
+                break
+            except ConnectionError:
+                assert time.time() < deadline and proc.poll() is None, "chroma run did not start"
+                time.sleep(0.3)
+        exp = export_format.open_export(demo_export)
+        prov = chroma_target.provenance(exp, MINILM.model_id)
+        col, _ = chroma_target.create_or_verify(client, NAME, chroma_target.HnswSettings(), prov)
+        load.load_export(client, col, demo_export, tmp_path / "cp.json", progress=False)
+        n0 = col.count()
+        layout = Layout.from_params(str(tmp_path / "base"))
+        m = {"layout": layout, "col": col, "export": demo_export}
+        base = record_migration(m)
+        where = {"chroma_mode": "http", "chroma_host": "127.0.0.1", "chroma_port": port, "collection": NAME}
+        handoff.record("02_init_chroma", {**where, "export_dir": str(demo_export)}, base_path=base)
+        handoff.record("03_migrate", {**where, "count": n0}, base_path=base)
+        time.sleep(1.1)
+        rec = update.run_update(
+            base, dry_run=False, documents_folder=str(NEW_DOCS), embedding_cache=str(CACHE)
+        )
+        added = col.get(where={"ref_doc_id": NEW_DOC_ID}, include=[])["ids"]
+        assert rec["in_place"] and rec["collection"] == NAME and names(client) == {NAME}
+        assert added and col.count() == n0 + len(added) == rec["count"]
+        assert rec["chroma_mode"] == "http" and rec["chroma_port"] == port
+        assert rec["export_manifest_sha256"] == exp.manifest_sha256
+        assert not rec["snapshot"] and update.list_snapshots(layout) == []
+        assert not list(layout.state.glob("update-*.json"))
+        assert "Phase 05 must be run again" in update.verdict(rec) and "changed in place" in update.verdict(
+            rec
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_restoring_the_snapshot_of_a_build_hands_back_what_was_verified_then(migrated):
+    m, layout = migrated, migrated["layout"]
+    base = record_migration(m)
+    built = update.run_update(base, dry_run=False, documents_folder=str(NEW_DOCS), embedding_cache=str(CACHE))
+    assert handoff.verified_collection(base_path=base)["collection"] == built["collection"]
+    (snap,) = update.list_snapshots(layout)
+    time.sleep(1.1)
+    rec = update.run_update(base, dry_run=False, restore_snapshot=snap)
+    assert rec["restored"]["restored"] == snap and "collection" not in rec and not rec["changed"]
+    assert names(fresh_client(layout)) == {NAME}  # the chroma_db/ of before the build
+    assert handoff.verified_collection(base_path=base)["collection"] == NAME  # 03's again, not a ghost
+    assert any(p.name.startswith("chroma_db.replaced-") for p in layout.base.iterdir())

@@ -1,33 +1,55 @@
-"""Phase 06: switch the RAG service to the local index, or back, without ever half-writing its config.
+"""Phase 06: switch the RAG service to the verified local collection, or back, and prove it.
 
-Steps: preconditions (phase 05's gates passed for the current export, disk below the limit, the cloud
-key still there for a rollback) -> back up ``config.env`` to ``config.env.backup`` (owner-only) -> write
-the new ``config.env`` atomically (temp file + rename) -> run the restart command with a timeout -> wait
-for health -> smoke queries. If any step after the backup fails: restore the backup byte for byte,
-restart, check the service answers again, and fail saying what happened.
+Preconditions (``plan``): a human go for this export, phase 05's gates passed for the very collection
+phases 03/07 verified, the collection on disk holding the verified count and provenance, hand-offs
+02-05 agreeing, the backend's ``config.env`` on the expected arm for the same index, health that can
+prove the switch, the cloud key kept for a rollback, disk below the limit. Any mismatch refuses, naming it.
+
+The switch (``Cutover.switch``): back up ``config.env`` to ``config.env.backup`` (owner-only) -> write
+every setting the switch factory needs (``USE_LOCAL_VECTOR_DB``, the collection, its path or server,
+the query embedder), leaving every other line and comment byte for byte, atomically -> run the restart
+command (its own process group, ended whole on a timeout) -> health must report the expected arm,
+collection and count -> smoke questions through the backend's query URL must return records of that
+collection. **Anything** that goes wrong after the first write -- a failed check, an exception, a
+timeout, Ctrl-C (SIGINT) or SIGTERM -- restores the backup byte for byte, restarts, checks health is
+back on the previous arm, and fails saying what failed and what was restored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, credentials, runlog
-from .paths import Layout
+from .paths import PROJECT_ROOT, Layout, resolve
 
 
 class CutoverFailed(RuntimeError):
     pass
+
+
+class RestartTimedOut(CutoverFailed):
+    pass
+
+
+class Terminated(BaseException):
+    """SIGTERM during a cutover: handled like Ctrl-C (roll back, then fail)."""
 
 
 def update_env_text(text: str, changes: dict) -> str:
@@ -55,6 +77,7 @@ def env_flag(path: Path) -> bool | None:
 
 
 def http_json(url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:
+    """(status, JSON body). A body that is not JSON raises ``ValueError`` naming what came back."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         url,
@@ -64,9 +87,90 @@ def http_json(url: str, body: dict | None = None, timeout: float = 10.0) -> tupl
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"{}")
+            raw = r.read()
+            status = r.status
     except urllib.error.HTTPError as e:
         return e.code, {"detail": e.read().decode("utf-8", "replace")[:300]}
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        raise ValueError(
+            f"{url} answered HTTP {status} with non-JSON: {raw[:60].decode('utf-8', 'replace')!r}"
+        ) from None
+
+
+def result_ids(body: dict) -> list[str]:
+    """Record ids in a backend's query answer: a list under ``results``, ``nodes`` or ``source_nodes``
+    whose items carry ``id``, ``id_`` or ``node_id`` (or a nested ``node``)."""
+    for key in ("results", "nodes", "source_nodes"):
+        items = body.get(key)
+        if isinstance(items, list):
+            out = []
+            for it in items:
+                it = it.get("node", it) if isinstance(it, dict) else {}
+                rid = it.get("id") or it.get("id_") or it.get("node_id")
+                if rid:
+                    out.append(str(rid))
+            return out
+    return []
+
+
+@dataclass
+class Expect:
+    """What health must report after a restart: the arm and, on the local arm, collection and count."""
+
+    arm: str
+    collection: str = ""
+    count: int | None = None
+
+    def describe(self) -> str:
+        if self.arm == "local" and self.collection:
+            return f"the local arm on {self.collection}" + (
+                f" ({self.count:,} records)" if self.count is not None else ""
+            )
+        return f"the {self.arm} arm"
+
+
+def describe_failure(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (SIGINT / Ctrl-C)"
+    if isinstance(e, Terminated):
+        return "terminated (SIGTERM)"
+    if isinstance(e, CutoverFailed):
+        return str(e)
+    return credentials.scrub(f"{type(e).__name__}: {e}")
+
+
+@contextlib.contextmanager
+def signals_as_exceptions():
+    """SIGTERM raises ``Terminated`` (SIGINT already raises KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Terminated("SIGTERM")
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """A restore is never cut short: SIGINT and SIGTERM are held off until it is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    old = {s: signal.signal(s, lambda n, f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -76,32 +180,29 @@ class Cutover:
     health_url: str
     query_url: str = ""
     smoke_questions: list = field(default_factory=list)
-    health_arm_key: str = "arm"
     restart_timeout_s: float = 60.0
     health_timeout_s: float = 90.0
+    smoke_timeout_s: float = 30.0
     layout: Layout | None = None
+    allow_unverified_health: bool = False
+    # the ids a smoke answer returned that the verified collection does not hold (local arm)
+    missing_ids: Callable[[list[str]], list[str]] | None = None
+    settle_s: float = 10.0  # a contradicting health answer must hold this long before it fails the switch
+    restore_timeout_s: float = 180.0  # after a restore, wait longer before saying the service is not back
     steps: list = field(default_factory=list)
+    restart_groups: list = field(default_factory=list)  # process groups of the restart commands run
 
     @property
     def backup_path(self) -> Path:
         return self.config_env.with_name(self.config_env.name + ".backup")
 
     def step(self, name: str, ok: bool, detail: str):
+        detail = credentials.scrub(detail)
         self.steps.append(
-            {
-                "step": name,
-                "ok": ok,
-                "detail": credentials.scrub(detail),
-                "at": dt.datetime.now(dt.UTC).strftime("%H:%M:%S"),
-            }
+            {"step": name, "ok": ok, "detail": detail, "at": dt.datetime.now(dt.UTC).strftime("%H:%M:%S")}
         )
         if self.layout:
-            runlog.log(
-                self.layout,
-                "06_cutover",
-                f"{name}: {'ok' if ok else 'FAILED'}",
-                detail=credentials.scrub(detail),
-            )
+            runlog.log(self.layout, "06_cutover", f"{name}: {'ok' if ok else 'FAILED'}", detail=detail)
 
     # --- the pieces
     def backup(self) -> bytes:
@@ -121,139 +222,445 @@ class Cutover:
         self.step("write config.env atomically", True, ", ".join(f"{k}={v}" for k, v in changes.items()))
 
     def restart(self):
-        try:
-            r = subprocess.run(
-                shlex.split(self.restart_command),
-                capture_output=True,
-                text=True,
-                timeout=self.restart_timeout_s,
-            )
-        except subprocess.TimeoutExpired:
-            raise CutoverFailed(f"restart command timed out after {self.restart_timeout_s:.0f} s") from None
-        except OSError as e:
-            raise CutoverFailed(f"restart command could not run: {e}") from None
-        if r.returncode != 0:
-            raise CutoverFailed(f"restart command exited {r.returncode}: {(r.stderr or r.stdout)[-300:]}")
-        self.step("restart", True, self.restart_command)
-
-    def wait_health(self, expected_local: bool) -> dict:
-        deadline = time.time() + self.health_timeout_s
-        last = "no answer"
-        while time.time() < deadline:
+        """Run the restart command in a process group of its own; on a timeout (or an interrupt) the
+        whole group is ended, so nothing it started in that group outlives it."""
+        with tempfile.TemporaryFile() as out:
             try:
-                status, body = http_json(self.health_url, timeout=3)
-                if status == 200:
-                    arm = body.get(self.health_arm_key) if self.health_arm_key else None
-                    want = "local" if expected_local else "cloud"
-                    if not self.health_arm_key or arm == want:
-                        self.step("health", True, json.dumps(body, ensure_ascii=False))
-                        return body
-                    last = f"healthy but serving the {arm} arm, expected {want}"
-                else:
-                    last = f"HTTP {status}"
+                proc = subprocess.Popen(
+                    shlex.split(self.restart_command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=PROJECT_ROOT,
+                    start_new_session=True,
+                )
             except OSError as e:
-                last = type(e).__name__
-            time.sleep(0.5)
-        raise CutoverFailed(f"service not healthy within {self.health_timeout_s:.0f} s ({last})")
+                raise CutoverFailed(f"restart command could not run: {e}") from None
+            self.restart_groups.append(proc.pid)
+            try:
+                rc = proc.wait(timeout=self.restart_timeout_s)
+            except subprocess.TimeoutExpired:
+                end_group(proc)
+                raise RestartTimedOut(
+                    f"restart command timed out after {self.restart_timeout_s:g} s; its process group "
+                    f"{proc.pid} was ended"
+                ) from None
+            except BaseException:
+                end_group(proc)
+                raise
+            out.seek(0)
+            text = out.read().decode("utf-8", "replace")
+        if rc != 0:
+            raise CutoverFailed(f"restart command exited {rc}: {text[-300:]}")
+        self.step("restart", True, f"{self.restart_command} (exit 0)")
 
-    def smoke(self, expected_local: bool):
+    def probe_health(self) -> tuple[bool, dict | None, str]:
+        """One look at health: (answered 200, JSON body or None, what was seen)."""
+        try:
+            status, body = http_json(self.health_url, timeout=3)
+        except ValueError as e:
+            return False, None, str(e)
+        except OSError as e:
+            return False, None, f"no answer ({type(e).__name__})"
+        if status != 200:
+            return False, None, f"HTTP {status}"
+        return True, body, json.dumps(body, ensure_ascii=False)[:300]
+
+    def health_matches(self, body: dict, expect: Expect) -> str:
+        """'' when health proves ``expect``; otherwise what differs."""
+        if "arm" not in body:
+            return "health does not report the arm (add rag_switch.health_report to the health route)"
+        if body.get("arm") != expect.arm:
+            return f"health reports the {body.get('arm')} arm, expected {expect.arm}"
+        if expect.arm == "local" and expect.collection:
+            if body.get("collection") != expect.collection:
+                return f"health reports collection {body.get('collection')!r}, expected {expect.collection!r}"
+            if expect.count is not None and body.get("count") != expect.count:
+                return f"health reports {body.get('count')} records, expected {expect.count}"
+        return ""
+
+    def wait_health(self, expect: Expect, timeout_s: float | None = None) -> dict:
+        """Wait for health to prove ``expect``. No answer: keep waiting (a backend takes a while to load)
+        up to the timeout. An answer that contradicts ``expect``: fail once it has held for ``settle_s``
+        (after a restart command returns, the answers come from the restarted process)."""
+        timeout_s = self.health_timeout_s if timeout_s is None else timeout_s
+        deadline = time.time() + timeout_s
+        last, contradicted_since = "no answer", None
+        while time.time() < deadline:
+            ok, body, seen = self.probe_health()
+            diff = self.health_matches(body, expect) if ok else ""
+            if ok and not diff:
+                self.step("health", True, f"{expect.describe()}: {seen}")
+                return body
+            if ok and self.allow_unverified_health and "arm" not in body:
+                self.step("health (UNVERIFIED)", True, f"HTTP 200, arm not reported: {seen}")
+                return body
+            answered = ok or "non-JSON" in seen  # HTTP 5xx or no answer: still starting
+            last = diff or seen
+            if answered:
+                contradicted_since = contradicted_since or time.time()
+                if time.time() - contradicted_since >= self.settle_s:
+                    break
+            else:
+                contradicted_since = None
+            time.sleep(0.5)
+        raise CutoverFailed(
+            f"health did not show {expect.describe()} (last: {last})"
+            + (
+                f" within {timeout_s:g} s"
+                if contradicted_since is None
+                else f", held for {self.settle_s:g} s"
+            )
+        )
+
+    def smoke(self, expect: Expect):
         if not self.query_url:
-            self.step("smoke queries", True, "no query_url: health only")
-            return
+            if self.allow_unverified_health:
+                self.step("smoke queries (UNVERIFIED)", True, "no query_url: no question was asked")
+                return
+            raise CutoverFailed("no query_url: smoke questions cannot prove the switch")
         for q in self.smoke_questions:
-            status, body = http_json(self.query_url, {"question": q}, timeout=30)
-            if status != 200 or not body.get("results"):
-                raise CutoverFailed(f"smoke query {q!r} failed: HTTP {status} {str(body)[:200]}")
-            if self.health_arm_key and body.get("arm") != ("local" if expected_local else "cloud"):
+            try:
+                status, body = http_json(self.query_url, {"question": q}, timeout=self.smoke_timeout_s)
+            except TimeoutError:
+                raise CutoverFailed(f"smoke query {q!r} timed out after {self.smoke_timeout_s:g} s") from None
+            except ValueError as e:
+                raise CutoverFailed(f"smoke query {q!r}: {e}") from None
+            except OSError as e:
+                if "timed out" in str(e):
+                    raise CutoverFailed(
+                        f"smoke query {q!r} timed out after {self.smoke_timeout_s:g} s"
+                    ) from None
+                raise CutoverFailed(f"smoke query {q!r} failed: {type(e).__name__}: {e}") from None
+            ids = result_ids(body) if status == 200 else []
+            if status != 200 or not ids:
+                raise CutoverFailed(f"smoke query {q!r} returned no records: HTTP {status} {str(body)[:200]}")
+            if body.get("arm") not in (None, expect.arm):
                 raise CutoverFailed(f"smoke query {q!r} answered from the {body.get('arm')} arm")
-        self.step("smoke queries", True, f"{len(self.smoke_questions)} answered")
+            if expect.arm == "local" and self.missing_ids is not None:
+                missing = self.missing_ids(ids)
+                if missing:
+                    raise CutoverFailed(
+                        f"smoke query {q!r} returned {len(missing)} record(s) that {expect.collection!r} "
+                        f"does not hold (e.g. {missing[0]!r}): the backend serves another collection"
+                    )
+        self.step("smoke queries", True, f"{len(self.smoke_questions)} answered from {expect.describe()}")
 
     # --- the whole move
-    def switch(self, to_local: bool) -> list:
+    def switch(self, changes: dict, expect: Expect, back: Expect) -> list:
+        """Back up, write ``changes``, restart, prove ``expect``; on any failure restore and prove ``back``."""
         original = self.backup()
-        try:
-            self.write({"USE_LOCAL_VECTOR_DB": "true" if to_local else "false"})
-            self.restart()
-            self.wait_health(to_local)
-            self.smoke(to_local)
-            return self.steps
-        except CutoverFailed as e:
-            self.step("switch", False, str(e))
-            rolled = self.restore(original)
-            raise CutoverFailed(
-                f"{'cutover' if to_local else 'rollback'} failed: {e}. Automatic rollback: {rolled}"
-            ) from None
+        with signals_as_exceptions():
+            try:
+                self.write(changes)
+                self.restart()
+                self.wait_health(expect)
+                self.smoke(expect)
+                return self.steps
+            except BaseException as e:  # noqa: BLE001 - whatever it was, the backup goes back first
+                cause = describe_failure(e)
+                self.step("switch", False, cause)
+                with signals_deferred():
+                    rolled = self.restore(original, back)
+                raise CutoverFailed(
+                    f"switch to {expect.describe()} failed: {cause}. Automatic rollback: {rolled}"
+                ) from None
 
-    def restore(self, original: bytes) -> str:
+    def restore(self, original: bytes, back: Expect) -> str:
         atomic.write_bytes(self.config_env, original, mode=self.config_env.stat().st_mode & 0o777)
+        same = self.config_env.read_bytes() == original
         self.step(
-            "restore config.env from backup", self.config_env.read_bytes() == original, "byte-identical"
+            "restore config.env from backup",
+            same,
+            "byte-identical to the backup"
+            if same
+            else f"DIFFERS from {self.backup_path}: copy the backup over it by hand",
         )
-        was_local = bool(env_flag(self.config_env))
+        restored = "config.env restored byte-identical" if same else "config.env NOT byte-identical"
         try:
             self.restart()
-            self.wait_health(was_local)
-            self.smoke(was_local)
+        except CutoverFailed as e:  # a hung or failing restart: look at the service before saying anything
+            self.step("restart after restore", False, f"{e}; probing health")
+        try:
+            self.wait_health(back, max(self.health_timeout_s, self.restore_timeout_s))
+            self.smoke(back)
         except CutoverFailed as e:
             self.step("service after restore", False, str(e))
-            return f"config.env restored byte-identical, BUT the service did not come back: {e}. Act now."
-        return f"config.env restored byte-identical; the service answers from the {'local' if was_local else 'cloud'} arm again"
+            return f"{restored}, BUT the service is not back on {back.describe()}: {e}. Act now."
+        return f"{restored}; health and smoke queries show {back.describe()} again"
 
 
-def preconditions(
-    base_path: str, config_env: Path, cloud_key_env: str, export_sha: str, max_disk_pct: float, direction: str
-) -> list[dict]:
+def end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group ``proc`` leads, then SIGKILL what is left after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + wait
+        while time.time() < deadline and group_alive(proc.pid):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)
+        if not group_alive(proc.pid):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # zombies of the group count as gone
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[2]) == pgid and stat[0] != "Z":
+            return True
+    return False
+
+
+# --- preconditions: what must agree before the first write ------------------------------------------
+@dataclass
+class Plan:
+    direction: str
+    rows: list = field(default_factory=list)  # check rows: check, ok, detail
+    changes: dict = field(default_factory=dict)
+    expect: Expect | None = None
+    back: Expect | None = None
+    diff: list = field(default_factory=list)  # config.env lines: key, now, after
+    verified: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r["ok"] for r in self.rows)
+
+    def check(self, name: str, ok: bool, detail: str):
+        self.rows.append({"check": name, "ok": bool(ok), "detail": detail})
+
+
+def switch_changes(verified: dict, spec: dict, current: dict) -> dict:
+    """Every setting the switch factory needs for the verified collection (nothing else)."""
+    ch = {"USE_LOCAL_VECTOR_DB": "true", "LOCAL_VECTOR_DB_COLLECTION": verified["collection"]}
+    if verified.get("chroma_mode") == "http":
+        ch["LOCAL_VECTOR_DB_HOST"] = verified.get("chroma_host") or "127.0.0.1"
+        ch["LOCAL_VECTOR_DB_PORT"] = verified.get("chroma_port") or 8000
+    else:
+        ch["LOCAL_VECTOR_DB_PATH"] = verified["chroma_path"]
+        if current.get("LOCAL_VECTOR_DB_HOST"):
+            ch["LOCAL_VECTOR_DB_HOST"] = ""  # an old server setting would win over the path
+    ch.update(
+        LOCAL_EMBED_PROVIDER=spec["provider"],
+        LOCAL_EMBED_MODEL=spec["model_name"],
+        LOCAL_EMBED_DIMENSION=spec.get("dimension") or "",
+        LOCAL_EMBED_API_KEY_ENV=spec.get("api_key_env") or "",
+    )
+    return {k: str(v) for k, v in ch.items()}
+
+
+def _open_verified(verified: dict, base_path: str):
+    from . import chroma_target
+
+    if verified.get("chroma_mode") == "http":
+        client = chroma_target.open_client("http", "", verified["chroma_host"], verified["chroma_port"])
+    else:
+        import chromadb
+        from chromadb.config import Settings
+
+        if not Path(verified["chroma_path"]).is_dir():
+            raise FileNotFoundError(f"{verified['chroma_path']} does not exist")
+        client = chromadb.PersistentClient(
+            path=verified["chroma_path"], settings=Settings(anonymized_telemetry=False)
+        )
+    return client.get_collection(verified["collection"], embedding_function=None)
+
+
+def plan(
+    *,
+    base_path: str,
+    run_dir: str,
+    dry_run: bool,
+    direction: str,
+    config_env: str,
+    health_url: str,
+    query_url: str,
+    approval: str,
+    allow_unverified_health: bool,
+    max_disk_pct: float,
+    cloud_key_env: str,
+) -> Plan:
+    """Everything that must agree before ``config.env`` is touched, and the switch it implies."""
     from dotenv import dotenv_values
 
     from . import handoff
 
-    rows = []
+    p = Plan(direction)
+    if direction not in ("cutover", "rollback"):
+        p.check("direction", False, f"direction is {direction!r}: cutover or rollback")
+        return p
+    cfg_path = Path(config_env) if config_env else None
+    if not config_env or str(config_env) == ".":
+        p.check("backend config.env", False, "config_env_path is empty: name the backend's config.env")
+    elif not cfg_path.is_file():
+        p.check("backend config.env", False, f"{config_env} is not a file: check config_env_path")
+    current = {k: (v or "") for k, v in dotenv_values(cfg_path).items()} if p.ok else {}
+    if current:
+        p.check("backend config.env", True, str(cfg_path))
+    live_local = env_flag(cfg_path) if current else None
+
+    read = {"base_path": base_path, "run_dir": run_dir, "dry_run": dry_run}
     if direction == "cutover":
-        h05 = handoff.read_optional("05_ab_compare", base_path=base_path)
-        rows.append(
-            {
-                "check": "phase 05 gates passed",
-                "ok": bool(h05 and h05.get("passed")),
-                "detail": "passed" if h05 and h05.get("passed") else "run phase 05 until its gates pass",
-            }
+        p.check(
+            "a human go for this cutover",
+            bool(approval) or dry_run,
+            approval
+            or (
+                "dry run: none needed"
+                if dry_run
+                else "none: python -m runbook run <params> --approve <run id>"
+            ),
         )
-        rows.append(
-            {
-                "check": "gates were for the current export",
-                "ok": bool(h05) and h05.get("export_manifest_sha256") == export_sha,
-                "detail": f"phase 05 export {str((h05 or {}).get('export_manifest_sha256'))[:12]}…, current {export_sha[:12]}…",
-            }
+        try:
+            h01 = handoff.read("01_extract", **read)
+            p.verified = v = handoff.verified_collection(**read)
+            h04 = handoff.read("04_rag_service", **read)
+        except handoff.MissingHandoffError as e:
+            p.check("hand-offs of 01-04", False, str(e))
+            return p
+        h05 = handoff.read_optional("05_ab_compare", **read)
+        name = v.get("collection")
+        p.check("a verified collection", bool(name), f"{name} (from {v.get('phase')})")
+        p.check(
+            "phase 05 gates passed",
+            bool(h05 and h05.get("passed")),
+            "passed" if h05 and h05.get("passed") else "run phase 05 until its gates pass",
         )
-    layout = Layout.from_params(base_path)
-    du = shutil.disk_usage(layout.base)
-    pct = du.used / du.total * 100
-    rows.append(
-        {"check": f"disk below {max_disk_pct}%", "ok": pct < max_disk_pct, "detail": f"{pct:.1f}% used"}
-    )
-    if str(config_env) in ("", "."):
-        detail = "config_env_path is empty: name the service's config.env (or service_mode: reference for the demo)"
-    elif not config_env.is_file():
-        detail = f"{config_env} is not a file: check config_env_path"
+        p.check(
+            "phase 05 compared this collection",
+            bool(h05) and h05.get("collection") == name,
+            f"phase 05 compared {(h05 or {}).get('collection')!r}; the verified collection is {name!r}",
+        )
+        p.check(
+            "phase 05 compared this export",
+            bool(h05) and h05.get("export_manifest_sha256") == v.get("export_manifest_sha256"),
+            f"phase 05 export {str((h05 or {}).get('export_manifest_sha256'))[:12]}…, verified "
+            f"{str(v.get('export_manifest_sha256'))[:12]}…",
+        )
+        p.check(
+            "phase 04 configured this collection",
+            h04.get("collection", name) == name,
+            f"phase 04 wrote config for {h04.get('collection')!r}",
+        )
+        if not dry_run and name:
+            try:
+                col = _open_verified(v, base_path)
+                count, prov = col.count(), col.metadata or {}
+                p.check(
+                    "collection on disk holds the verified count",
+                    count == v.get("count"),
+                    f"{name}: {count:,} records, verified {v.get('count')}",
+                )
+                p.check(
+                    "collection provenance names the verified export",
+                    prov.get("export_manifest_sha256") == v.get("export_manifest_sha256"),
+                    f"collection says {str(prov.get('export_manifest_sha256'))[:12]}…",
+                )
+            except Exception as e:  # noqa: BLE001 - any failure to open it is a refusal, named
+                p.check("collection on disk", False, f"cannot open {name!r}: {type(e).__name__}: {e}")
+        if current:
+            idx = current.get("LLAMACLOUD_INDEX_ID")
+            p.check(
+                "backend serves the exported index",
+                not idx or idx == h01.get("index_id"),
+                f"backend LLAMACLOUD_INDEX_ID {idx or '(not set)'}, exported {h01.get('index_id')}",
+            )
+            p.check(
+                "backend is on the cloud arm now",
+                live_local is False,
+                "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
+            )
+        if name and current:
+            p.changes = switch_changes(v, h01["embedding_spec"], current)
+        p.expect = Expect("local", name or "", v.get("count"))
+        p.back = Expect("cloud")
     else:
-        detail = str(config_env)
-    rows.append(
-        {
-            "check": "config.env exists",
-            "ok": config_env.is_file(),
-            "detail": detail,
-        }
-    )
-    in_file = bool(config_env.is_file() and (dotenv_values(config_env).get(cloud_key_env)))
+        if current:
+            p.check(
+                "backend is on the local arm now",
+                live_local is True,
+                "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
+            )
+        p.changes = {"USE_LOCAL_VECTOR_DB": "false"}
+        p.expect = Expect("cloud")
+        p.back = Expect("local", current.get("LOCAL_VECTOR_DB_COLLECTION", ""))
+    if current:
+        p.diff = [
+            {"setting": k, "now": current.get(k, "(absent)"), "after": val}
+            for k, val in p.changes.items()
+            if current.get(k) != val
+        ]
+    _health_checks(p, health_url, query_url, allow_unverified_health, live_local)
+    in_file = bool(current.get(cloud_key_env))
     in_env = bool(credentials.get_secret(cloud_key_env, required=False))
-    rows.append(
-        {
-            "check": "cloud key kept for rollback",
-            "ok": in_file or in_env,
-            "detail": f"{cloud_key_env} "
-            + ("in config.env" if in_file else "in the environment" if in_env else "missing"),
-        }
+    p.check(
+        "cloud key kept for rollback",
+        in_file or in_env,
+        f"{cloud_key_env} " + ("in config.env" if in_file else "in the environment" if in_env else "missing"),
     )
-    return rows
+    base = Layout.from_params(base_path).base
+    if base.exists():
+        du = shutil.disk_usage(base)
+        pct = du.used / du.total * 100
+        p.check(f"disk below {max_disk_pct}%", pct < max_disk_pct, f"{pct:.1f}% used")
+    else:
+        p.check(f"disk below {max_disk_pct}%", dry_run, f"{base} does not exist")
+    return p
+
+
+def _health_checks(p: Plan, health_url: str, query_url: str, allow_unverified: bool, live_local) -> None:
+    """Health must be able to prove the switch before anything is written: JSON naming the arm now."""
+    if not health_url:
+        p.check("health can prove the switch", False, "health_url is empty: name the backend's health URL")
+        return
+    probe = Cutover(Path("."), "", health_url)
+    ok, body, seen = probe.probe_health()
+    now = "local" if live_local else "cloud"
+    verifiable = ok and body is not None and "arm" in body
+    if verifiable:
+        p.check("health reports the live arm", body.get("arm") == now, f"{health_url}: {seen}")
+    else:
+        detail = f"{health_url}: {seen}" + (
+            "" if not ok else " (no 'arm': add rag_switch.health_report to the backend's health route)"
+        )
+        p.check(
+            "health can prove the switch"
+            + (" (UNVERIFIED: allowed by allow_unverified_health)" if allow_unverified else ""),
+            ok and allow_unverified,
+            detail,
+        )
+    p.check(
+        "smoke questions through the backend",
+        bool(query_url) or allow_unverified,
+        query_url or "query_url is empty: smoke questions cannot prove the switch",
+    )
+
+
+def missing_ids_checker(verified: dict, base_path: str) -> Callable[[list[str]], list[str]]:
+    """For smoke answers on the local arm: the ids the verified collection does not hold."""
+
+    def missing(ids: list[str]) -> list[str]:
+        col = _open_verified(verified, base_path)
+        have = set(col.get(ids=list(dict.fromkeys(ids)), include=[])["ids"])
+        return [i for i in ids if i not in have]
+
+    return missing
 
 
 def key_backup_check(config_env: Path, cloud_key_env: str) -> dict:
@@ -268,6 +675,111 @@ def key_backup_check(config_env: Path, cloud_key_env: str) -> dict:
         f"{cloud_key_env} present": present,
         "mode": oct(b.stat().st_mode & 0o777) if b.exists() else "",
     }
+
+
+# --- what phase 06's cells call ------------------------------------------------------------------
+def service_settings(
+    service_mode: str,
+    dry_run: bool,
+    direction: str,
+    base_path: str,
+    config_env_path: str,
+    restart_command: str,
+    health_url: str,
+    query_url: str,
+    pidfile: str = "",
+    port: int = 0,
+) -> dict:
+    """The backend phase 06 switches: from the params (external), or the demo's reference service."""
+    from . import handoff
+
+    svc = {  # relative paths are the project folder's, wherever the kernel runs
+        "config_env": str(resolve(config_env_path)) if config_env_path else "",
+        "restart_command": restart_command,
+        "health_url": health_url,
+        "query_url": query_url,
+        "pidfile": str(resolve(pidfile)) if pidfile else "",
+    }
+    if service_mode != "reference":
+        return svc
+    if direction == "rollback":
+        return {**svc, **handoff.read("06_cutover", base_path=base_path)["service"]}
+    if dry_run:
+        return {**svc, "note": "reference mode: a real run starts the demo's stand-in service here"}
+    from dotenv import dotenv_values
+
+    h04 = handoff.read("04_rag_service", base_path=base_path)
+    return reference_backend(
+        Layout.from_params(base_path), dotenv_values(h04["config_env"]), port or _free_port()
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def go_banners(direction: str, approval: str, auto_approve: bool, allow_unverified_health: bool) -> list:
+    """(text, colour) lines for the top of the page: who said go, and any switch that cannot be proven."""
+    out = []
+    if direction == "cutover" and approval:
+        red = auto_approve and approval.startswith("auto")
+        out.append(
+            (
+                ("AUTO-APPROVED by the params file — no human go: " if red else "GO: ") + approval,
+                "#f8d7da" if red else "#d4edda",
+            )
+        )
+    if allow_unverified_health:
+        out.append(
+            (
+                "UNVERIFIED SWITCH ALLOWED (allow_unverified_health): health and smoke questions may "
+                "not prove which collection the backend serves",
+                "#f8d7da",
+            )
+        )
+    return out
+
+
+def execute(
+    p: Plan,
+    svc: dict,
+    *,
+    base_path: str,
+    smoke_questions: list,
+    restart_timeout_s: float,
+    health_timeout_s: float,
+    smoke_timeout_s: float,
+    allow_unverified_health: bool,
+) -> Cutover:
+    """Run the switch the plan describes (phase 06 refuses before this unless every check passed)."""
+    if not p.ok:
+        raise CutoverFailed("preconditions failed: " + "; ".join(r["check"] for r in p.rows if not r["ok"]))
+    co = Cutover(
+        Path(svc["config_env"]),
+        svc["restart_command"],
+        svc["health_url"],
+        svc.get("query_url", ""),
+        smoke_questions,
+        restart_timeout_s,
+        health_timeout_s,
+        smoke_timeout_s,
+        Layout.from_params(base_path),
+        allow_unverified_health,
+        missing_ids_checker(p.verified, base_path) if p.direction == "cutover" else None,
+    )
+    from . import display
+
+    try:
+        co.switch(p.changes, p.expect, p.back)
+    finally:  # the steps, green and red, are on the page whatever happened
+        display.checks(
+            [{"check": s["step"], "ok": s["ok"], "detail": s["detail"]} for s in co.steps], fail=False
+        )
+    return co
 
 
 # --- the demo's stand-in backend (the reference service) -----------------------------------------
@@ -288,6 +800,7 @@ def reference_backend(layout: Layout, entries: dict, port: int) -> dict:
     )
     service_ctl.start(str(cfg), port, pidfile)
     base = f"http://127.0.0.1:{port}"
+    Cutover(cfg, "", base + "/health", health_timeout_s=120).wait_health(Expect("cloud"))
     atomic.write_json(d / "service.json", {"port": port, "pidfile": str(pidfile), "config_env": str(cfg)})
     return {
         "config_env": str(cfg),

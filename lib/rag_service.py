@@ -76,12 +76,7 @@ def create_app(config_path: str):
 
     @app.get("/health")
     def health():
-        info = {"status": "ok", "arm": cfg.arm, "config": str(config_path)}
-        if col is not None:
-            info.update(collection=col.name, count=col.count())
-        else:
-            info.update(index=cfg.cloud_index_id or cfg.cloud_index_name)
-        return info
+        return {**rag_switch.health_report(cfg, col), "config": str(config_path), "pid": os.getpid()}
 
     @app.post("/query")
     def query(q: Query):

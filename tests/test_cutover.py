@@ -1,102 +1,314 @@
-"""Phase 06 and 08 with a real reference service process on loopback (and a real local LlamaCloud server)."""
+"""Phase 06 against the Welno-like backend stand-in, restarted by the rehearsal supervisor the way pm2
+restarts the real one. Real processes throughout: the backend (FastAPI, switch factory, Gemini stand-in),
+the local LlamaCloud-compatible server, Chroma on disk. Every failure must end with the backend's
+config.env byte-identical to before and the backend back on the cloud arm."""
 
+import copy
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from dotenv import dotenv_values
 
-from runbook import cloud_emulator, cutover, rag_switch, service_ctl
+from runbook import cloud_emulator, cutover, handoff
 from runbook.paths import Layout
+from runbook.rehearsal.__main__ import SEED_CONFIG
+from runbook.rehearsal.supervisor import Supervisor
 
-from .conftest import write_params
+from .conftest import API_KEY
+
+GOOGLE_KEY = "google-key-for-gemini-stand-in"
+COLLECTION = "welno_medical_knowledge__rehearsal"
+SPEC = {
+    "provider": "huggingface",
+    "model_name": "sentence-transformers/all-MiniLM-L6-v2",
+    "dimension": 384,
+    "api_key_env": "",
+}
+QUESTION = "What should I eat before a colonoscopy?"
 
 LOAD = """
 import sys
 from runbook import chroma_target, export_format, load
 exp = export_format.open_export(sys.argv[2])
 client = chroma_target.open_client("embedded", sys.argv[1])
-prov = {"source_index_id": exp.manifest["index_id"], "export_manifest_sha256": exp.manifest_sha256,
-        "embedding_model": "huggingface:sentence-transformers/all-MiniLM-L6-v2", "dimension": 384}
-col, _ = chroma_target.create_or_verify(client, "welno_medical_knowledge", chroma_target.HnswSettings(), prov)
+prov = chroma_target.provenance(exp, "huggingface:sentence-transformers/all-MiniLM-L6-v2")
+col, _ = chroma_target.create_or_verify(client, sys.argv[3], chroma_target.HnswSettings(), prov)
 load.load_export(client, col, sys.argv[2], sys.argv[1] + "/cp.json", progress=False)
+print(exp.manifest_sha256)
 """
 
 
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory, demo_export, demo_corpus_master):
+    """The backend stand-in on the cloud arm, a verified local collection beside it."""
+    root = tmp_path_factory.mktemp("rehearsal")
+    base = root / "base"
+    sha = subprocess.run(
+        [sys.executable, "-c", LOAD, str(base), str(demo_export), COLLECTION],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()[-1]
+    with cloud_emulator.EmulatorServer(
+        copy.deepcopy(demo_corpus_master), API_KEY, google_key=GOOGLE_KEY
+    ) as srv:
+        port = cloud_emulator.free_port()
+        cfg = root / "backend" / "config.env"
+        cfg.parent.mkdir()
+        cfg.write_text(
+            SEED_CONFIG.format(
+                backend_port=port, google_key=GOOGLE_KEY, cloud_key=API_KEY, cloud_url=srv.url
+            ),
+            encoding="utf-8",
+        )
+        faults = root / "backend" / "faults.json"
+        faults.write_text("{}")
+        sup = Supervisor(root / "supervisor")
+        cmd = [
+            sys.executable,
+            "-m",
+            "runbook.rehearsal.welno_backend",
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+            "--faults",
+            str(faults),
+        ]
+        sup.start("WELLO_BE", cmd)
+        r = SimpleNamespace(
+            root=root,
+            base=base,
+            cfg=cfg,
+            faults=faults,
+            sup=sup,
+            server=srv,
+            health=f"http://127.0.0.1:{port}/health",
+            query=f"http://127.0.0.1:{port}/api/rag/query",
+            restart=f"{sys.executable} -m runbook.rehearsal.supervisor --home {sup.home} restart WELLO_BE",
+            verified={
+                "collection": COLLECTION,
+                "count": 257,
+                "export_manifest_sha256": sha,
+                "chroma_mode": "embedded",
+                "chroma_path": str(Layout.from_params(str(base)).chroma_db),
+            },
+        )
+        cutover.Cutover(cfg, "", r.health, health_timeout_s=180).wait_health(cutover.Expect("cloud"))
+        yield r
+        sup.stop("WELLO_BE")
+
+
 @pytest.fixture
-def backend(tmp_path, demo_export, server, key_env):
-    """The demo's stand-in backend: config.env on the cloud arm, the reference service started on it."""
-    base = tmp_path / "base"
-    subprocess.run([sys.executable, "-c", LOAD, str(base), str(demo_export)], check=True)
-    layout = Layout.from_params(str(base))
-    from runbook import embeddings
+def stand_in(rehearsal):
+    """Each test starts with no faults and the backend on the cloud arm, and ends the same way."""
+    rehearsal.faults.write_text("{}")
+    (rehearsal.sup.home / "WELLO_BE.faults.json").unlink(missing_ok=True)
+    before = rehearsal.cfg.read_bytes()
+    yield rehearsal
+    rehearsal.faults.write_text("{}")
+    (rehearsal.sup.home / "WELLO_BE.faults.json").unlink(missing_ok=True)
+    if rehearsal.cfg.read_bytes() != before:  # a test that switched on purpose: put the cloud back
+        rehearsal.cfg.write_bytes(before)
+        co = cutover.Cutover(rehearsal.cfg, rehearsal.restart, rehearsal.health, health_timeout_s=120)
+        co.restart()
+        co.wait_health(cutover.Expect("cloud"))
 
-    spec = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
-    entries = rag_switch.config_entries(
-        False,
-        str(layout.chroma_db),
-        "welno_medical_knowledge",
-        spec,
-        "Dr.Welno",
-        "",
-        "Default",
-        server.url,
-        key_env,
-        5,
-        0.0,
-        "gemini-2.0-flash",
-        "NO_GOOGLE_KEY",
+
+def make(r, **kw) -> cutover.Cutover:
+    kw = {"health_timeout_s": 120.0, "restart_timeout_s": 60.0, "smoke_timeout_s": 30.0, **kw}
+    return cutover.Cutover(
+        r.cfg,
+        r.restart,
+        r.health,
+        r.query,
+        [QUESTION],
+        layout=Layout.from_params(str(r.base)),
+        missing_ids=cutover.missing_ids_checker(r.verified, str(r.base)),
+        **kw,
     )
-    svc = cutover.reference_backend(layout, entries, cloud_emulator.free_port())
-    co = cutover.Cutover(
-        cutover.Path(svc["config_env"]),
-        svc["restart_command"],
-        svc["health_url"],
-        svc["query_url"],
-        ["What should I eat before a colonoscopy?"],
-        health_timeout_s=60,
-        layout=layout,
-    )
-    co.wait_health(expected_local=False)
-    yield svc, co, layout
-    service_ctl.stop(cutover.Path(svc["pidfile"]))
 
 
-def test_cutover_then_explicit_rollback(backend):
-    svc, co, layout = backend
-    co.switch(to_local=True)
-    status, body = cutover.http_json(svc["query_url"], {"question": "How is Helicobacter pylori treated?"})
-    assert status == 200 and body["arm"] == "local" and body["results"][0]["title"] == "헬리코박터"
-    assert cutover.http_json(svc["health_url"])[1]["count"] == 257
-    backup = co.backup_path
-    assert backup.exists() and backup.stat().st_mode & 0o777 == 0o600
-    assert dotenv_values(backup)["USE_LOCAL_VECTOR_DB"] == "false"
-    co.switch(to_local=False)  # direction: rollback, on purpose
-    assert cutover.http_json(svc["health_url"])[1]["arm"] == "cloud"
-    log = layout.migration_log.read_text(encoding="utf-8")
-    assert "[06_cutover] backup: ok" in log and "[06_cutover] smoke queries: ok" in log
+def changes(r) -> dict:
+    from dotenv import dotenv_values
+
+    return cutover.switch_changes(r.verified, SPEC, dotenv_values(r.cfg))
 
 
-def test_restart_into_a_broken_config_rolls_back_byte_identical(backend):
-    svc, co, _ = backend
-    cfg = cutover.Path(svc["config_env"])
-    # the local arm will not start: its collection does not exist
-    cfg.write_text(
-        cutover.update_env_text(cfg.read_text(), {"LOCAL_VECTOR_DB_COLLECTION": "no_such_collection"})
-    )
-    before = cfg.read_bytes()
-    co.health_timeout_s = 12
-    with pytest.raises(cutover.CutoverFailed) as e:
-        co.switch(to_local=True)
-    msg = str(e.value)
-    assert "not healthy" in msg and "restored byte-identical" in msg and "cloud arm" in msg
-    assert cfg.read_bytes() == before
-    status, body = cutover.http_json(svc["query_url"], {"question": "What is the FIT stool test for?"})
+EXPECT = cutover.Expect("local", COLLECTION, 257)
+BACK = cutover.Expect("cloud")
+
+
+def health(r) -> dict:
+    return cutover.http_json(r.health)[1]
+
+
+def assert_rolled_back(r, before: bytes, err: pytest.ExceptionInfo, *cause: str):
+    msg = str(err.value)
+    for c in cause:
+        assert c in msg, msg
+    assert "config.env restored byte-identical" in msg and "cloud arm again" in msg, msg
+    assert r.cfg.read_bytes() == before
+    assert health(r)["arm"] == "cloud"
+    status, body = cutover.http_json(r.query, {"question": QUESTION}, timeout=60)
     assert status == 200 and body["arm"] == "cloud" and body["results"]
+
+
+def test_cutover_writes_the_whole_switch_and_proves_it(stand_in):
+    r = stand_in
+    before = r.cfg.read_text(encoding="utf-8")
+    co = make(r)
+    co.switch(changes(r), EXPECT, BACK)
+    after = r.cfg.read_text(encoding="utf-8")
+    h = health(r)
+    assert (h["arm"], h["collection"], h["count"]) == ("local", COLLECTION, 257)
+    assert h["embedding_model"] == "huggingface:sentence-transformers/all-MiniLM-L6-v2"
+    # every setting the factory needs; every other line and comment byte for byte
+    assert f"LOCAL_VECTOR_DB_COLLECTION={COLLECTION}\n" in after
+    assert f"LOCAL_VECTOR_DB_PATH={r.verified['chroma_path']}\n" in after
+    assert "USE_LOCAL_VECTOR_DB=true  # true: 로컬, false: LlamaCloud\n" in after
+    changed = {"USE_LOCAL_VECTOR_DB", "LOCAL_VECTOR_DB_PATH", "LOCAL_VECTOR_DB_COLLECTION"}
+    kept_before = [ln for ln in before.splitlines() if ln.split("=", 1)[0] not in changed]
+    assert all(ln in after.splitlines() for ln in kept_before)
+    # the backend answers from the verified collection, with Gemini (the stand-in of its API)
+    status, body = cutover.http_json(r.query, {"question": "How is Helicobacter pylori treated?"}, timeout=60)
+    assert status == 200 and body["arm"] == "local" and body["results"][0]["title"] == "헬리코박터"
+    assert body["answer"] and "헬리코박터" in body["answer"], body["answer"]
+    assert any("generateContent" in path for _, path in r.server.requests)
+    assert Path(str(r.cfg) + ".backup").stat().st_mode & 0o777 == 0o600
+    # and back on purpose (direction: rollback)
+    co2 = make(r)
+    co2.switch({"USE_LOCAL_VECTOR_DB": "false"}, BACK, EXPECT)
+    assert health(r)["arm"] == "cloud"
+    log = Layout.from_params(str(r.base)).migration_log.read_text(encoding="utf-8")
+    assert "[06_cutover] health: ok" in log and "[06_cutover] smoke queries: ok" in log
+
+
+def test_restart_exits_0_but_the_backend_is_dead(stand_in):
+    r = stand_in
+    r.faults.write_text(json.dumps({"crash_on_start": {"when": "local"}}))
+    before = r.cfg.read_bytes()
+    with pytest.raises(cutover.CutoverFailed) as err:
+        make(r, health_timeout_s=45).switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, "health did not show the local arm", "no answer", "within 45 s")
+
+
+@pytest.mark.parametrize(
+    "lie, named",
+    [
+        ({"arm": "cloud"}, "health reports the cloud arm, expected local"),
+        ({"collection": "welno_medical_knowledge"}, "health reports collection 'welno_medical_knowledge'"),
+        ({"count": 12}, "health reports 12 records, expected 257"),
+    ],
+)
+def test_health_200_with_the_wrong_arm_collection_or_count(stand_in, lie, named):
+    r = stand_in
+    r.faults.write_text(json.dumps({"health_lie": {"when": "local", **lie}}))
+    before = r.cfg.read_bytes()
+    with pytest.raises(cutover.CutoverFailed) as err:
+        make(r).switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, named)
+
+
+def test_health_answers_plain_text(stand_in):
+    r = stand_in
+    r.faults.write_text(json.dumps({"health_plain_text": {"when": "local"}}))
+    before = r.cfg.read_bytes()
+    with pytest.raises(cutover.CutoverFailed) as err:
+        make(r).switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, "non-JSON", "'OK'")
+
+
+def test_restart_hangs_past_its_timeout(stand_in):
+    """The hung restart is ended with its whole process group, and after the restore's restart hangs too
+    the runbook looks at health before saying what state the backend is in (it is back on the cloud)."""
+    r = stand_in
+    (r.sup.home / "WELLO_BE.faults.json").write_text(json.dumps({"hang_s": 600, "times": 2}))
+    before = r.cfg.read_bytes()
+    co = make(r, restart_timeout_s=8)
+    with pytest.raises(cutover.CutoverFailed) as err:
+        co.switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, "restart command timed out after 8 s", "process group")
+    assert len(co.restart_groups) == 2
+    # no live process is left in either group (zombies waiting for init to reap them do not count)
+    assert not any(cutover.group_alive(g) for g in co.restart_groups), "a restart command's process survived"
+    steps = {s["step"]: s for s in co.steps}
+    assert (
+        not steps["restart after restore"]["ok"]
+        and "probing health" in steps["restart after restore"]["detail"]
+    )
+
+
+def test_smoke_query_times_out(stand_in):
+    r = stand_in
+    r.faults.write_text(json.dumps({"query_sleep_s": {"when": "local", "s": 20}}))
+    before = r.cfg.read_bytes()
+    with pytest.raises(cutover.CutoverFailed) as err:
+        make(r, smoke_timeout_s=3).switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, "timed out after 3 s")
+
+
+SWITCH = """
+import json, sys
+from pathlib import Path
+from runbook import cutover
+a = json.loads(sys.argv[1])
+co = cutover.Cutover(Path(a["cfg"]), a["restart"], a["health"], a["query"], ["q"], health_timeout_s=300)
+try:
+    co.switch(a["changes"], cutover.Expect("local", a["collection"], 257), cutover.Expect("cloud"))
+except cutover.CutoverFailed as e:
+    print("FAILED:", e, flush=True)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_cutover_rolls_back(stand_in, sig):
+    """Ctrl-C or SIGTERM while the switched backend is being waited for: restored, restarted, on the cloud."""
+    r = stand_in
+    r.faults.write_text(json.dumps({"crash_on_start": {"when": "local"}}))  # health never shows local
+    before = r.cfg.read_bytes()
+    args = {"cfg": str(r.cfg), "restart": r.restart, "health": r.health, "query": r.query}
+    args.update(changes=changes(r), collection=COLLECTION)
+    p = subprocess.Popen([sys.executable, "-c", SWITCH, json.dumps(args)], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while b"USE_LOCAL_VECTOR_DB=true" not in r.cfg.read_bytes() and time.time() < deadline:
+        time.sleep(0.1)
+    assert b"USE_LOCAL_VECTOR_DB=true" in r.cfg.read_bytes(), "the switch was written"
+    time.sleep(3)  # restart done, now waiting for health
+    p.send_signal(sig)
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 1, out
+    cause = "interrupted (SIGINT" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert cause in out and "config.env restored byte-identical" in out and "cloud arm again" in out, out
+    assert r.cfg.read_bytes() == before
+    assert health(r)["arm"] == "cloud"
+
+
+def test_restore_reports_what_its_comparison_found(tmp_path):
+    """The restore step is ok only when the bytes match, and says so either way."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    co = cutover.Cutover(cfg, "false", "http://127.0.0.1:9/health", health_timeout_s=1)
+    real = cutover.atomic.write_bytes
+
+    def tamper(path, data, mode=0o644):
+        real(path, data + b"# changed on the way\n", mode=mode)
+
+    cutover.atomic.write_bytes = tamper
+    try:
+        msg = co.restore(b"USE_LOCAL_VECTOR_DB=false\n", BACK)
+    finally:
+        cutover.atomic.write_bytes = real
+    step = next(s for s in co.steps if s["step"] == "restore config.env from backup")
+    assert not step["ok"] and "DIFFERS" in step["detail"]
+    assert "NOT byte-identical" in msg and "restored byte-identical" not in msg
 
 
 CRASH = """
@@ -132,7 +344,6 @@ def test_crash_between_backup_and_rename_leaves_config_whole(tmp_path):
     assert marker.exists(), "the writer reached the rename"
     assert cfg.read_bytes() == before  # never half-written: the old file until the rename
     assert (tmp_path / "config.env.backup").read_bytes() == before
-    # a finished write keeps every other line and comment
     co = cutover.Cutover(cfg, "true", "")
     co.write({"USE_LOCAL_VECTOR_DB": "true"})
     assert (
@@ -141,55 +352,100 @@ def test_crash_between_backup_and_rename_leaves_config_whole(tmp_path):
     )
 
 
-def test_monitor_notebook_fails_on_injected_error_rate(backend, tmp_path, outputs):
-    from runbook import runner
-
-    svc, co, layout = backend
-    co.switch(to_local=True)
-    cutover.http_json(svc["health_url"].replace("/health", "/_admin/faults"), {"error_rate": 0.6})
-    p = write_params(
-        tmp_path,
-        base_path=str(layout.base),
-        metrics_url=svc["metrics_url"],
-        query_url=svc["query_url"],
-        probe_questions=10,
-        max_error_rate=0.05,
+# --- preconditions: refusals before anything is written ------------------------------------------------
+def _state(base: str, *, h05_collection=COLLECTION, h05_sha="sha-A", passed=True, h04_collection=COLLECTION):
+    handoff.record(
+        "01_extract",
+        {
+            "index_id": "1bcef115-bb95-4d14-9c29-d38bb097a39c",
+            "embedding_spec": SPEC,
+            "manifest_sha256": "sha-A",
+        },
+        base_path=base,
     )
-    with pytest.raises(runner.RunFailed, match="error rate"):
-        runner.run(p, only=["08"])
-    hist = [json.loads(x) for x in (layout.logs / "monitor_history.jsonl").read_text().splitlines()]
-    assert hist[-1]["error rate"] > 0.05
-    cutover.http_json(svc["health_url"].replace("/health", "/_admin/faults"), {"error_rate": 0.0})
-    res = runner.run(p, only=["08"])  # healthy again: the next scheduled run passes
-    assert json.loads((res.run_dir / "manifest.json").read_text())["status"] == "ok"
+    handoff.record(
+        "03_migrate",
+        {
+            "collection": COLLECTION,
+            "count": 257,
+            "export_manifest_sha256": "sha-A",
+            "chroma_mode": "embedded",
+            "chroma_path": base + "/chroma_db",
+        },
+        base_path=base,
+    )
+    handoff.record("04_rag_service", {"collection": h04_collection}, base_path=base)
+    handoff.record(
+        "05_ab_compare",
+        {"passed": passed, "collection": h05_collection, "export_manifest_sha256": h05_sha},
+        base_path=base,
+    )
+
+
+def _plan(base, cfg, **kw):
+    args = dict(
+        base_path=base,
+        run_dir="",
+        dry_run=False,
+        direction="cutover",
+        config_env=str(cfg),
+        health_url="http://127.0.0.1:9/health",
+        query_url="",
+        approval="--approve run-x",
+        allow_unverified_health=False,
+        max_disk_pct=99.9,
+        cloud_key_env="CUTOVER_TEST_KEY",
+    )
+    args.update(kw)
+    return {r["check"]: r for r in cutover.plan(**args).rows}
+
+
+def test_cutover_refuses_a_collection_other_than_the_one_05_passed(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUTOVER_TEST_KEY", raising=False)
+    base = str(tmp_path / "base")
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\nCUTOVER_TEST_KEY=abc\n")
+    _state(base, h05_collection="welno_medical_knowledge__older")
+    rows = _plan(base, cfg)
+    row = rows["phase 05 compared this collection"]
+    assert not row["ok"] and "welno_medical_knowledge__older" in row["detail"] and COLLECTION in row["detail"]
+    _state(base, h05_sha="sha-B")
+    assert not _plan(base, cfg)["phase 05 compared this export"]["ok"]
+    _state(base, h04_collection="other")
+    assert not _plan(base, cfg)["phase 04 configured this collection"]["ok"]
+    _state(base, passed=False)
+    assert not _plan(base, cfg)["phase 05 gates passed"]["ok"]
+    _state(base)
+    rows = _plan(base, cfg, approval="")
+    assert (
+        not rows["a human go for this cutover"]["ok"]
+        and "--approve" in rows["a human go for this cutover"]["detail"]
+    )
+    # a backend that cannot prove the switch is refused unless allowed, and the allowance is named
+    rows = _plan(base, cfg)
+    assert not rows["health can prove the switch"]["ok"]
+    assert not rows["smoke questions through the backend"]["ok"]
+    rows = _plan(base, cfg, allow_unverified_health=True)
+    assert rows["smoke questions through the backend"]["ok"]
+    # the collection on disk must hold what 03 verified (here: nothing is there at all)
+    assert not _plan(base, cfg)["collection on disk"]["ok"]
 
 
 def test_preconditions_name_a_missing_config_and_key(tmp_path, monkeypatch):
-    """External mode with no config_env_path (or a folder) fails the check with a message saying what to set."""
     monkeypatch.delenv("CUTOVER_TEST_KEY", raising=False)
     base = str(tmp_path / "base")
     Layout.from_params(base).base.mkdir(parents=True)
-    rows = {
-        r["check"]: r
-        for r in cutover.preconditions(base, cutover.Path(""), "CUTOVER_TEST_KEY", "x", 99.9, "rollback")
-    }
+    rows = _plan(base, "", direction="rollback")
     assert (
-        not rows["config.env exists"]["ok"]
-        and "config_env_path is empty" in rows["config.env exists"]["detail"]
+        not rows["backend config.env"]["ok"]
+        and "config_env_path is empty" in rows["backend config.env"]["detail"]
     )
+    rows = _plan(base, tmp_path, direction="rollback")
+    assert "is not a file" in rows["backend config.env"]["detail"]
+    env = tmp_path / "config.env"
+    env.write_text("USE_LOCAL_VECTOR_DB=true\n", encoding="utf-8")
+    rows = _plan(base, env, direction="rollback")
     assert (
         not rows["cloud key kept for rollback"]["ok"]
         and "missing" in rows["cloud key kept for rollback"]["detail"]
     )
-    rows = {
-        r["check"]: r
-        for r in cutover.preconditions(base, tmp_path, "CUTOVER_TEST_KEY", "x", 99.9, "rollback")
-    }
-    assert not rows["config.env exists"]["ok"] and "is not a file" in rows["config.env exists"]["detail"]
-    env = tmp_path / "config.env"
-    env.write_text("USE_LOCAL_VECTOR_DB=false\nCUTOVER_TEST_KEY=abc\n", encoding="utf-8")
-    rows = cutover.preconditions(base, env, "CUTOVER_TEST_KEY", "x", 99.9, "rollback")
-    assert all(r["ok"] for r in rows), rows
-    # a cutover also needs phase 05's gates for this export: with no phase 05 hand-off it is refused
-    rows = {r["check"]: r for r in cutover.preconditions(base, env, "CUTOVER_TEST_KEY", "x", 99.9, "cutover")}
-    assert not rows["phase 05 gates passed"]["ok"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+# exit status of a run that stopped after phase 05 for a go / no-go: not a failure, not done either
+EXIT_AWAITING_APPROVAL = 3
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runbook", description=__doc__)
@@ -16,6 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--prepare-only", action="store_true", help="write parameterised notebooks, execute nothing"
     )
+    r.add_argument(
+        "--approve",
+        metavar="RUN_ID",
+        default="",
+        help="the go for a run that stopped at phase 05 awaiting approval: runs 06 onward",
+    )
+    r.add_argument(
+        "--rollback", action="store_true", help="phase 06 with direction: rollback (back to the cloud)"
+    )
     v = sub.add_parser("verify-export", help="verify an export folder (checksums, counts, vectors)")
     v.add_argument("export_dir")
     args = ap.parse_args(argv)
@@ -24,10 +36,23 @@ def main(argv: list[str] | None = None) -> int:
         from . import config, credentials, runner
 
         try:
-            res = runner.run(args.params, only=args.only, from_=args.from_, prepare_only=args.prepare_only)
+            res = runner.run(
+                args.params,
+                only=args.only,
+                from_=args.from_,
+                prepare_only=args.prepare_only,
+                approve=args.approve,
+                rollback=args.rollback,
+            )
         except (config.ParameterError, credentials.SecretParameterError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except runner.AwaitingApproval as e:
+            print(str(e))
+            return EXIT_AWAITING_APPROVAL
+        except runner.RunInterrupted as e:
+            print(f"interrupted: {e}", file=sys.stderr)
+            return 130
         except runner.RunFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -46,6 +46,24 @@ class RunFailed(RuntimeError):
         self.run_dir = run_dir
 
 
+class AwaitingApproval(RuntimeError):
+    """The run stopped after phase 05 on purpose: a person decides go / no-go (not a failure)."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class RunInterrupted(RuntimeError):
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+CUTOVER_PHASE = "06"
+DECISION_PHASE = "05"
+
+
 @dataclass
 class Phase:
     number: str
@@ -169,7 +187,7 @@ def scrub_file(path: Path, values: set[str]) -> int:
 def write_index(run_dir: Path, manifest: dict) -> Path:
     rows = []
     for ph in manifest["phases"]:
-        colour = {"ok": "#d4edda", "failed": "#f8d7da"}.get(ph["status"], "#eee")
+        colour = {"ok": "#d4edda", "failed": "#f8d7da", "interrupted": "#f8d7da"}.get(ph["status"], "#eee")
         link = f'<a href="{html.escape(ph["notebook"])}.html">{html.escape(ph["notebook"])}</a>'
         err = html.escape(ph.get("error") or "")
         rows.append(
@@ -182,11 +200,132 @@ def write_index(run_dir: Path, manifest: dict) -> Path:
 <p>Params: <code>{html.escape(manifest["params_file"])}</code> (sha256 {manifest["params_sha256"][:12]}…),
 commit <code>{html.escape(str(manifest["git"].get("commit")))}</code>, status <b>{manifest["status"]}</b>,
 started {manifest["started_at"]}, finished {manifest.get("finished_at", "")}.</p>
+{_decision_html(manifest)}
 <table><tr><th>phase</th><th>status</th><th>seconds</th><th>error</th></tr>{"".join(rows)}</table>
 <p><a href="manifest.json">manifest.json</a></p></body></html>"""
     out = run_dir / "index.html"
     atomic.write_text(out, page)
     return out
+
+
+def _decision_html(manifest: dict) -> str:
+    d = manifest.get("decision")
+    if not d:
+        return ""
+    colour = "#fff3cd" if manifest["status"] == "awaiting approval" else "#d4edda"
+    rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in d.items()
+    )
+    return f'<div style="background:{colour};padding:.6em 1em"><h2>Go / no-go</h2><table>{rows}</table></div>'
+
+
+def _approval_for(
+    params: dict, params_path: Path, approve: str, phases: list[Phase], dry_run: bool
+) -> tuple[str, list[Phase], bool]:
+    """(approval text, phases to run, stop after 05 for a decision). A cutover needs a human go."""
+    cutting = (
+        any(p.number == CUTOVER_PHASE for p in phases)
+        and not dry_run
+        and params.get("direction", "cutover") == "cutover"
+    )
+    if approve:
+        text = check_approval(approve, params)
+        return text, [p for p in phases if p.number >= CUTOVER_PHASE], False
+    if not cutting:
+        return "", phases, False
+    if params.get("auto_approve"):
+        return f"auto-approved by the params file {params_path.name} (auto_approve: true)", phases, False
+    if any(p.number == DECISION_PHASE for p in phases):
+        return "", phases, True
+    raise config.ParameterError(
+        f"phase {CUTOVER_PHASE} switches the backend: it runs only with a go, "
+        "python -m runbook run <params> --approve <run id of a run whose phase 05 passed>"
+    )
+
+
+def check_approval(run_id: str, params: dict) -> str:
+    """A go is valid for a run whose phase 05 passed for the collection and export verified now."""
+    import getpass
+
+    from . import handoff
+
+    run_dir = outputs_root() / run_id
+    if not run_id or "/" in run_id or not (run_dir / "manifest.json").exists():
+        raise config.ParameterError(f"--approve {run_id}: no such run under {outputs_root()}")
+    m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    rec = run_dir / "handoff" / f"{DECISION_PHASE}_ab_compare.json"
+    if not rec.exists():
+        raise config.ParameterError(f"--approve {run_id}: that run has no phase 05 record to approve")
+    h05 = json.loads(rec.read_text(encoding="utf-8"))
+    if h05.get("dry_run"):
+        raise config.ParameterError(f"--approve {run_id}: that run was a dry run")
+    if not h05.get("passed"):
+        raise config.ParameterError(f"--approve {run_id}: phase 05 of that run did not pass its gates")
+    if resolve(str(m["parameters"].get("base_path", ""))) != resolve(str(params.get("base_path", ""))):
+        raise config.ParameterError(
+            f"--approve {run_id}: that run migrated {m['parameters'].get('base_path')}, "
+            f"these params {params.get('base_path')}"
+        )
+    try:
+        v = handoff.verified_collection(base_path=params["base_path"])
+    except handoff.MissingHandoffError as e:
+        raise config.ParameterError(f"--approve {run_id}: {e}") from None
+    diffs = [
+        f"{what}: approved {h05.get(key)}, now {v.get(key)}"
+        for what, key in (("collection", "collection"), ("export sha256", "export_manifest_sha256"))
+        if h05.get(key) != v.get(key)
+    ]
+    if diffs:
+        raise config.ParameterError(
+            f"--approve {run_id}: that run's phase 05 was for something else than what is verified now ("
+            + "; ".join(diffs)
+            + "): run phase 05 again and approve that run"
+        )
+    who = os.environ.get("SUDO_USER") or getpass.getuser()
+    at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return (
+        f"--approve {run_id} by {who} at {at}: phase 05 passed for {h05['collection']} "
+        f"(export {h05['export_manifest_sha256'][:12]}…)"
+    )
+
+
+class _Interrupts:
+    """Ctrl-C / SIGTERM during a phase: the kernel is interrupted (so a cutover rolls back in its cell)
+    and the run stops after that phase, recorded as interrupted. A second signal stops at once."""
+
+    def __init__(self):
+        self.signals: list[str] = []
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+    def _on_signal(self, signum, frame):
+        import signal
+
+        self.signals.append(signal.Signals(signum).name)
+        if len(self.signals) > 1:
+            raise KeyboardInterrupt
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if any("ipykernel" in part for part in child.cmdline()):
+                    child.send_signal(signal.SIGINT)
+            except psutil.Error:
+                pass
 
 
 def _emulator_for(params: dict, env: dict):
@@ -197,11 +336,14 @@ def _emulator_for(params: dict, env: dict):
     from . import cloud_emulator
 
     key_env = params.get("source_api_key_env") or "LLAMA_CLOUD_API_KEY"
-    if not os.environ.get(key_env):
-        os.environ[key_env] = "emu-" + _pysecrets.token_urlsafe(24)
+    google_env = params.get("google_api_key_env") or "GOOGLE_API_KEY"
+    for name in (key_env, google_env):  # the stand-ins accept whatever these hold; a fresh key otherwise
+        if not os.environ.get(name):
+            os.environ[name] = "emu-" + _pysecrets.token_urlsafe(24)
     handle = cloud_emulator.start_subprocess(
         corpus=corpus,
         api_key_env=key_env,
+        google_key_env=google_env,
         embed_cache=str(resolve(params["embedding_cache"])) if params.get("embedding_cache") else "",
         serve_embeddings=bool(params.get("emulator_serve_embeddings", False)),
     )
@@ -222,9 +364,18 @@ def run(
     prepare_only: bool = False,
     notebooks_dir: Path = NOTEBOOKS_DIR,
     log=print,
+    approve: str = "",
+    rollback: bool = False,
 ) -> RunResult:
     params_path = resolve(params_path)
     params = config.load_params(params_path)
+    if "approval" in params:
+        raise config.ParameterError(
+            f"{params_path}: approval is set by the runner from --approve <run id>; remove it from the params file"
+        )
+    if rollback:
+        params["direction"] = "rollback"
+        only, from_ = [CUTOVER_PHASE], None
     credentials.check_parameters(params)
     all_phases = discover(notebooks_dir)
     if not all_phases:
@@ -236,6 +387,10 @@ def run(
             raise RunFailed(f"{stem}.ipynb: its parameters cell must declare {', '.join(missing)}")
     per_nb = config.split_by_notebook(params, declared)
     phases = select(all_phases, only, from_)
+    dry_run = params.get("dry_run") is True
+    approval, phases, decide_after_05 = _approval_for(params, params_path, approve, phases, dry_run)
+    if not phases:
+        raise config.ParameterError("no phase left to run")
 
     run_dir = new_run_dir(params_path.stem)
     log(f"run folder: {run_dir}")
@@ -250,6 +405,7 @@ def run(
         "packages": package_versions(),
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "prepare_only": prepare_only,
+        "approval": approval,
         "status": "running",
         "phases": [{"notebook": p.stem, "status": "pending"} for p in phases],
     }
@@ -264,7 +420,11 @@ def run(
             papermill.execute_notebook(
                 str(ph.path),
                 str(out),
-                parameters={**per_nb[ph.stem], "run_dir": str(run_dir)},
+                parameters={
+                    **per_nb[ph.stem],
+                    "run_dir": str(run_dir),
+                    **({"approval": approval} if "approval" in declared[ph.stem] else {}),
+                },
                 prepare_only=True,
                 kernel_name=KERNEL_NAME,
             )
@@ -284,10 +444,15 @@ def run(
     env_names = {v for k, v in params.items() if k.endswith("_env") and isinstance(v, str) and v}
     emulator = _emulator_for(params, os.environ)
     failure = None
+    stopped = ""  # "awaiting approval" | "interrupted"
+    layout = _migration_layout(params, dry_run)
+    interrupts = _Interrupts()
     try:
-        extra = {}
+        interrupts.__enter__()
+        extra = {"approval": approval}
         if emulator is not None:
             extra["source_base_url"] = emulator.url
+            extra["gemini_base_url"] = params.get("gemini_base_url") or emulator.url  # Gemini's stand-in too
             manifest["emulator"] = {"url": emulator.url, "corpus": params.get("emulator_corpus")}
         for i, ph in enumerate(phases):
             entry = manifest["phases"][i]
@@ -310,10 +475,14 @@ def run(
                 )
                 entry["status"] = "ok"
             except PapermillExecutionError as e:
-                entry["status"] = "failed"
+                entry["status"] = "interrupted" if e.ename == "KeyboardInterrupt" else "failed"
                 evalue = credentials.scrub(str(e.evalue), credentials.secret_env_values(env_names))
                 entry["error"] = f"cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {evalue}"
-                failure = f"phase {ph.stem} failed in {out.name}, {entry['error']}"
+                failure = f"phase {ph.stem} {entry['status']} in {out.name}, {entry['error']}"
+            except KeyboardInterrupt:
+                entry["status"] = "interrupted"
+                entry["error"] = "interrupted twice: stopped at once"
+                failure = f"phase {ph.stem} interrupted"
             except Exception as e:  # kernel died, notebook unreadable, ...
                 entry["status"] = "failed"
                 entry["error"] = credentials.scrub(
@@ -330,12 +499,30 @@ def run(
             handoff_file = run_dir / "handoff" / f"{ph.stem}.json"
             if handoff_file.exists():
                 entry["handoff"] = f"handoff/{handoff_file.name}"
+            if interrupts.signals and entry["status"] == "ok":
+                failure = f"{' and '.join(interrupts.signals)} during {ph.stem}: the run stopped after it"
+            if interrupts.signals:
+                stopped = "interrupted"
+                entry["interrupted_by"] = interrupts.signals[0]
+            _log_phase_end(layout, ph.stem, entry)
             result.phases.append(entry)
             atomic.write_json(run_dir / "manifest.json", manifest)
             log(f"[{ph.number}] {entry['status']} in {entry['duration_s']} s")
             if failure:
                 break
+            if decide_after_05 and ph.number == DECISION_PHASE:
+                stopped = "awaiting approval"
+                manifest["decision"] = _decision(run_dir, params_path)
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        failure = failure or "interrupted"
+        for entry in manifest["phases"]:
+            if entry["status"] == "running":
+                entry.update(status="interrupted", error="interrupted twice: stopped at once")
+                _log_phase_end(layout, entry["notebook"], entry)
     finally:
+        interrupts.__exit__()
         if params.get("service_mode") == "reference" and params.get("base_path"):
             from . import service_ctl
             from .paths import Layout
@@ -343,7 +530,7 @@ def run(
             service_ctl.stop(Layout.from_params(params["base_path"]).base / "service" / "service.pid")
         if emulator is not None:
             emulator.stop()
-        manifest["status"] = "failed" if failure else "ok"
+        manifest["status"] = stopped or ("failed" if failure else "ok")
         manifest["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         manifest["duration_s"] = round(
             (
@@ -354,10 +541,55 @@ def run(
         )
         atomic.write_json(run_dir / "manifest.json", manifest)
         write_index(run_dir, manifest)
+    if stopped == "interrupted":
+        result.ok = False
+        raise RunInterrupted(f"run interrupted: {failure}\nsee {run_dir / 'index.html'}", run_dir)
     if failure:
         result.ok = False
         raise RunFailed(failure + f"\nsee {run_dir / 'index.html'}", run_dir)
+    if stopped == "awaiting approval":
+        d = manifest["decision"]
+        raise AwaitingApproval(
+            f"awaiting approval: phase 05 passed for {d['collection']}; nothing was switched.\n"
+            f"Read {run_dir / 'index.html'}, then say go with:\n  {d['approve with']}",
+            run_dir,
+        )
     return result
+
+
+def _migration_layout(params: dict, dry_run: bool):
+    """Where phase ends are logged: the migration's own log, never in a dry run (it touches nothing)."""
+    from .paths import Layout
+
+    if dry_run or not params.get("base_path"):
+        return None
+    return Layout.from_params(str(params["base_path"]))
+
+
+def _log_phase_end(layout, stem: str, entry: dict) -> None:
+    """``migration.log`` records every phase's end: ok, failed (with the message), rolled back, interrupted."""
+    from . import runlog
+
+    if layout is None or not layout.base.exists():
+        return
+    status = entry["status"]
+    if status == "failed" and "Automatic rollback" in (entry.get("error") or ""):
+        status = "failed, rolled back"
+    runlog.log(
+        layout, stem, f"phase end: {status}", seconds=entry.get("duration_s"), error=entry.get("error", "")
+    )
+
+
+def _decision(run_dir: Path, params_path: Path) -> dict:
+    h05 = atomic.read_json(run_dir / "handoff" / f"{DECISION_PHASE}_ab_compare.json")
+    rel = params_path.relative_to(PROJECT_ROOT) if params_path.is_relative_to(PROJECT_ROOT) else params_path
+    return {
+        "status": "awaiting approval: nothing was switched",
+        "phase 05 gates": "passed" if h05.get("passed") else "FAILED",
+        "collection": h05.get("collection"),
+        "export sha256": h05.get("export_manifest_sha256"),
+        "approve with": f"python -m runbook run {rel} --approve {run_dir.name}",
+    }
 
 
 def phase_summary(run_dir: Path) -> str:

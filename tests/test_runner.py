@@ -104,7 +104,9 @@ def test_prepare_only_writes_parameterised_notebooks(tmp_path, outputs):
 def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch):
     """The demo params run every phase; a canary key in the environment appears in no file of the run."""
     canary = "canary-KEY-d41d8cd98f00b204e980"
+    google_canary = "canary-GOOGLE-5b8e1c0d9a7f"  # answers come from the Gemini stand-in with this key
     monkeypatch.setenv("LLAMA_CLOUD_API_KEY", canary)
+    monkeypatch.setenv("GOOGLE_API_KEY", google_canary)
     # the shipped demo params, as `make demo` runs them; only the base path moves under tmp_path
     demo = yaml.safe_load((PROJECT_ROOT / "runbook_params" / "demo.yaml").read_text(encoding="utf-8"))
     p = write_params(tmp_path, **{**demo, "base_path": str(tmp_path / "base"), "embedding_cache": str(CACHE)})
@@ -133,9 +135,81 @@ def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch)
     log = (tmp_path / "base" / "logs" / "migration.log").read_text(encoding="utf-8")
     assert "[03_migrate] verification passed" in log and "[06_cutover] cutover complete" in log
     # every file of the run folder and the migration log: no canary
-    assert credentials.scan_for_values(res.run_dir, [canary]) == []
-    assert credentials.scan_for_values(tmp_path / "base" / "logs", [canary]) == []
+    assert credentials.scan_for_values(res.run_dir, [canary, google_canary]) == []
+    assert credentials.scan_for_values(tmp_path / "base" / "logs", [canary, google_canary]) == []
+    assert "Based on" in (res.run_dir / "04_rag_service.html").read_text(encoding="utf-8")  # Gemini answered
     # a second run is a new folder; the first is untouched
     before = sorted(p.name for p in res.run_dir.iterdir())
     res2 = runner.run(p, only=["00"])
     assert res2.run_dir != res.run_dir and sorted(p.name for p in res.run_dir.iterdir()) == before
+
+
+INTERRUPTIBLE = """
+import sys
+from pathlib import Path
+from runbook import runner
+try:
+    runner.run(Path(sys.argv[1]), notebooks_dir=Path(sys.argv[2]))
+except runner.RunInterrupted as e:
+    print("INTERRUPTED:", e, flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_is_recorded_as_interrupted(tmp_path, outputs, sig):
+    """Ctrl-C or SIGTERM mid-phase: the phase and the run say 'interrupted' (never 'ok'), in the manifest,
+    the index and the migration log, and no later phase runs."""
+    import signal
+    import time
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    marker = tmp_path / "in-phase-01"
+    _notebook(nbs / "00_ok.ipynb", ["print('fine')"])
+    _notebook(
+        nbs / "01_slow.ipynb",
+        [f"import time; open({str(marker)!r}, 'w').write('x'); time.sleep(120)"],
+    )
+    _notebook(nbs / "02_never.ipynb", ["print('must not run')"])
+    base = tmp_path / "base"
+    (base / "logs").mkdir(parents=True)
+    p = tmp_path / "p.yaml"
+    p.write_text(json.dumps({"base_path": str(base)}))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE, str(p), str(nbs)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "RUNBOOK_OUTPUTS": str(outputs)},
+    )
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "phase 01 started"
+    proc.send_signal(getattr(signal, sig))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "INTERRUPTED" in out, out
+    run_dir = next(outputs.iterdir())
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "interrupted"
+    assert [ph["status"] for ph in m["phases"]] == ["ok", "interrupted", "pending"]
+    assert m["phases"][1]["interrupted_by"] == sig
+    assert "interrupted" in (run_dir / "index.html").read_text(encoding="utf-8")
+    log = (base / "logs" / "migration.log").read_text(encoding="utf-8")
+    assert "[00_ok] phase end: ok" in log and "[01_slow] phase end: interrupted" in log
+    assert not (run_dir / "02_never.ipynb").exists()
+
+
+def test_a_failed_phase_is_logged_with_its_message(tmp_path, outputs):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_broken.ipynb", ["raise RuntimeError('the export is short by 3 chunks')"])
+    base = tmp_path / "base"
+    (base / "logs").mkdir(parents=True)
+    p = tmp_path / "p.yaml"
+    p.write_text(json.dumps({"base_path": str(base)}))
+    with pytest.raises(runner.RunFailed):
+        runner.run(p, notebooks_dir=nbs)
+    log = (base / "logs" / "migration.log").read_text(encoding="utf-8")
+    assert "[00_broken] phase end: failed" in log and "short by 3 chunks" in log

@@ -190,7 +190,9 @@ class EmbeddingCache:
     """SQLite cache of vectors by (model id, sha256 of the text). Safe for threads of one process."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        from .paths import resolve
+
+        self.path = resolve(path)  # relative to the project, not to wherever a kernel runs (notebooks/)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)

@@ -268,7 +268,7 @@ except cutover.CutoverFailed as e:
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_cutover_rolls_back(stand_in, sig):
     """Ctrl-C or SIGTERM while the switched backend is being waited for: restored, restarted, on the cloud."""
     r = stand_in

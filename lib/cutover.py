@@ -586,7 +586,7 @@ def plan(
                 live_local is False,
                 "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
             )
-        if name and current:
+        if name:
             p.changes = switch_changes(v, h01["embedding_spec"], current)
         p.expect = Expect("local", name or "", v.get("count"))
         p.back = Expect("cloud")
@@ -600,12 +600,15 @@ def plan(
         p.changes = {"USE_LOCAL_VECTOR_DB": "false"}
         p.expect = Expect("cloud")
         p.back = Expect("local", current.get("LOCAL_VECTOR_DB_COLLECTION", ""))
-    if current:
-        p.diff = [
-            {"setting": k, "now": current.get(k, "(absent)"), "after": val}
-            for k, val in p.changes.items()
-            if current.get(k) != val
-        ]
+    p.diff = [
+        {
+            "setting": k,
+            "now": current.get(k, "(absent)") if current else "(config.env not read)",
+            "after": val,
+        }
+        for k, val in p.changes.items()
+        if current.get(k) != val
+    ]
     _health_checks(p, health_url, query_url, allow_unverified_health, live_local)
     in_file = bool(current.get(cloud_key_env))
     in_env = bool(credentials.get_secret(cloud_key_env, required=False))

@@ -184,7 +184,11 @@ def plan_checks(target: Target, base_path: str) -> list[dict]:
                 else "set query_url (the backend's query endpoint) or config_env_path, or run phase 06 first"
             ),
         },
-        {"check": "base path exists", "ok": base.is_dir(), "detail": str(base)},
+        {  # a dry run of the whole chain plans the layout; phase 00 creates it
+            "check": "base path",
+            "ok": True,
+            "detail": f"{base}" + ("" if base.is_dir() else " does not exist yet: phase 00 creates it"),
+        },
     ]
     if not target.query_url and target.config_env:
         p = resolve(target.config_env)

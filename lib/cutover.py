@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.client
 import json
 import os
 import re
@@ -53,7 +54,8 @@ class Terminated(BaseException):
 
 
 def update_env_text(text: str, changes: dict) -> str:
-    """Set KEY=value lines, keeping every other line (comments, keys, order) as it was."""
+    """Set KEY=value lines, keeping every other line (comments, keys, order, line endings) as it was."""
+    eol = "\r\n" if "\r\n" in text else "\n"
     lines = text.splitlines()
     done = set()
     for i, line in enumerate(lines):
@@ -66,7 +68,7 @@ def update_env_text(text: str, changes: dict) -> str:
             lines[i] = f"{m.group(1) or ''}{m.group(2)}={changes[m.group(2)]}{comment}"
             done.add(m.group(2))
     lines += [f"{k}={v}" for k, v in changes.items() if k not in done]
-    return "\n".join(lines) + "\n"
+    return eol.join(lines) + eol
 
 
 def env_flag(path: Path) -> bool | None:
@@ -91,8 +93,13 @@ def http_json(url: str, body: dict | None = None, timeout: float = 10.0) -> tupl
             status = r.status
     except urllib.error.HTTPError as e:
         return e.code, {"detail": e.read().decode("utf-8", "replace")[:300]}
+    except http.client.HTTPException as e:  # a broken answer (IncompleteRead, BadStatusLine...)
+        raise ConnectionError(f"{url}: broken HTTP answer ({type(e).__name__})") from None
     try:
-        return status, json.loads(raw or b"{}")
+        body = json.loads(raw or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError
+        return status, body
     except ValueError:
         raise ValueError(
             f"{url} answered HTTP {status} with non-JSON: {raw[:60].decode('utf-8', 'replace')!r}"
@@ -187,6 +194,7 @@ class Cutover:
     allow_unverified_health: bool = False
     # the ids a smoke answer returned that the verified collection does not hold (local arm)
     missing_ids: Callable[[list[str]], list[str]] | None = None
+    stop_file: Path | None = None  # <run folder>/STOP, written by the runner on Ctrl-C / SIGTERM
     settle_s: float = 10.0  # a contradicting health answer must hold this long before it fails the switch
     restore_timeout_s: float = 180.0  # after a restore, wait longer before saying the service is not back
     steps: list = field(default_factory=list)
@@ -202,7 +210,10 @@ class Cutover:
             {"step": name, "ok": ok, "detail": detail, "at": dt.datetime.now(dt.UTC).strftime("%H:%M:%S")}
         )
         if self.layout:
-            runlog.log(self.layout, "06_cutover", f"{name}: {'ok' if ok else 'FAILED'}", detail=detail)
+            try:  # best effort: a log that cannot be written never stops a switch or a restore
+                runlog.log(self.layout, "06_cutover", f"{name}: {'ok' if ok else 'FAILED'}", detail=detail)
+            except Exception:  # noqa: BLE001
+                self.steps[-1]["detail"] += " (not logged: migration.log could not be written)"
 
     # --- the pieces
     def backup(self) -> bytes:
@@ -216,25 +227,37 @@ class Cutover:
         return original
 
     def write(self, changes: dict):
-        mode = self.config_env.stat().st_mode & 0o777
-        new = update_env_text(self.config_env.read_text(encoding="utf-8"), changes)
-        atomic.write_text(self.config_env, new, mode=mode)
+        new = update_env_text(self.config_env.read_bytes().decode("utf-8"), changes)
+        self._replace(new.encode("utf-8"))
         self.step("write config.env atomically", True, ", ".join(f"{k}={v}" for k, v in changes.items()))
+
+    def _replace(self, data: bytes) -> None:
+        """Atomically replace the real file behind ``config_env`` (through a symlink), keeping its mode,
+        owner and group (a backend that runs as another user must still read it)."""
+        real = self.config_env.resolve()
+        st = real.stat()
+        with atomic.atomic_path(real, st.st_mode & 0o777) as tmp:
+            tmp.write_bytes(data)
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, st.st_uid, st.st_gid)
 
     def restart(self):
         """Run the restart command in a process group of its own; on a timeout (or an interrupt) the
         whole group is ended, so nothing it started in that group outlives it."""
         with tempfile.TemporaryFile() as out:
             try:
+                argv = shlex.split(self.restart_command)
+                if not argv:
+                    raise ValueError("restart_command is empty")
                 proc = subprocess.Popen(
-                    shlex.split(self.restart_command),
+                    argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=PROJECT_ROOT,
                     start_new_session=True,
                 )
-            except OSError as e:
+            except (OSError, ValueError) as e:
                 raise CutoverFailed(f"restart command could not run: {e}") from None
             self.restart_groups.append(proc.pid)
             try:
@@ -349,26 +372,41 @@ class Cutover:
     # --- the whole move
     def switch(self, changes: dict, expect: Expect, back: Expect) -> list:
         """Back up, write ``changes``, restart, prove ``expect``; on any failure restore and prove ``back``."""
+        try:
+            self.check_stop()
+        except Terminated as e:
+            raise CutoverFailed(f"{e}: nothing was written") from None
         original = self.backup()
         with signals_as_exceptions():
             try:
                 self.write(changes)
-                self.restart()
-                self.wait_health(expect)
-                self.smoke(expect)
+                for step in (self.restart, lambda: self.wait_health(expect), lambda: self.smoke(expect)):
+                    self.check_stop()
+                    step()
                 return self.steps
             except BaseException as e:  # noqa: BLE001 - whatever it was, the backup goes back first
-                cause = describe_failure(e)
-                self.step("switch", False, cause)
-                with signals_deferred():
+                with signals_deferred():  # from here on a signal waits: the restore is never cut short
+                    cause = describe_failure(e)
+                    self.step("switch", False, cause)
                     rolled = self.restore(original, back)
                 raise CutoverFailed(
                     f"switch to {expect.describe()} failed: {cause}. Automatic rollback: {rolled}"
                 ) from None
 
+    def check_stop(self) -> None:
+        """The runner drops a stop file into the run folder on Ctrl-C / SIGTERM (the kernel may be
+        between cells or starting when the signal comes): honour it before each step."""
+        if self.stop_file is not None and self.stop_file.exists():
+            raise Terminated(f"stop requested by the runner ({self.stop_file.read_text().strip()})")
+
     def restore(self, original: bytes, back: Expect) -> str:
-        atomic.write_bytes(self.config_env, original, mode=self.config_env.stat().st_mode & 0o777)
-        same = self.config_env.read_bytes() == original
+        """Put the backup back, restart, prove ``back``. Never raises: it says what it did and did not."""
+        try:
+            self._replace(original)
+            same = self.config_env.read_bytes() == original
+        except Exception as e:  # noqa: BLE001 - say so, and still try to bring the service back
+            same = False
+            self.step("restore config.env from backup", False, f"could not write it: {describe_failure(e)}")
         self.step(
             "restore config.env from backup",
             same,
@@ -379,14 +417,18 @@ class Cutover:
         restored = "config.env restored byte-identical" if same else "config.env NOT byte-identical"
         try:
             self.restart()
-        except CutoverFailed as e:  # a hung or failing restart: look at the service before saying anything
-            self.step("restart after restore", False, f"{e}; probing health")
+        except Exception as e:  # noqa: BLE001 - a hung or failing restart: look at the service anyway
+            self.step("restart after restore", False, f"{describe_failure(e)}; probing health")
         try:
-            self.wait_health(back, max(self.health_timeout_s, self.restore_timeout_s))
-            self.smoke(back)
-        except CutoverFailed as e:
-            self.step("service after restore", False, str(e))
-            return f"{restored}, BUT the service is not back on {back.describe()}: {e}. Act now."
+            body = self.wait_health(back, max(self.health_timeout_s, self.restore_timeout_s))
+            if self.query_url:
+                self.smoke(back)
+        except Exception as e:  # noqa: BLE001
+            cause = describe_failure(e)
+            self.step("service after restore", False, cause)
+            return f"{restored}, BUT the service is not back on {back.describe()}: {cause}. Act now."
+        if "arm" not in body or not self.query_url:
+            return f"{restored}; the service answers again (UNVERIFIED: it cannot show which arm it serves)"
         return f"{restored}; health and smoke queries show {back.describe()} again"
 
 
@@ -495,8 +537,11 @@ def plan(
     allow_unverified_health: bool,
     max_disk_pct: float,
     cloud_key_env: str,
+    restart_command: str = "",
+    auto_approve: bool = False,
 ) -> Plan:
-    """Everything that must agree before ``config.env`` is touched, and the switch it implies."""
+    """Everything that must agree before ``config.env`` is touched, and the switch it implies.
+    A check that cannot be made (a value missing on either side) is a refusal, never a pass."""
     from dotenv import dotenv_values
 
     from . import handoff
@@ -506,27 +551,33 @@ def plan(
         p.check("direction", False, f"direction is {direction!r}: cutover or rollback")
         return p
     cfg_path = Path(config_env) if config_env else None
+    current: dict = {}
     if not config_env or str(config_env) == ".":
         p.check("backend config.env", False, "config_env_path is empty: name the backend's config.env")
     elif not cfg_path.is_file():
         p.check("backend config.env", False, f"{config_env} is not a file: check config_env_path")
-    current = {k: (v or "") for k, v in dotenv_values(cfg_path).items()} if p.ok else {}
-    if current:
-        p.check("backend config.env", True, str(cfg_path))
+    else:
+        current = {k: (v or "") for k, v in dotenv_values(cfg_path).items()}
+        p.check(
+            "backend config.env",
+            "USE_LOCAL_VECTOR_DB" in current,
+            str(cfg_path)
+            + (
+                ""
+                if "USE_LOCAL_VECTOR_DB" in current
+                else ": no USE_LOCAL_VECTOR_DB line (is it the backend's?)"
+            ),
+        )
     live_local = env_flag(cfg_path) if current else None
+    p.check(
+        "restart command",
+        bool(restart_command.strip()),
+        restart_command or "restart_command is empty: name the command that restarts the backend",
+    )
 
     read = {"base_path": base_path, "run_dir": run_dir, "dry_run": dry_run}
     if direction == "cutover":
-        p.check(
-            "a human go for this cutover",
-            bool(approval) or dry_run,
-            approval
-            or (
-                "dry run: none needed"
-                if dry_run
-                else "none: python -m runbook run <params> --approve <run id>"
-            ),
-        )
+        _go_check(p, approval, auto_approve, dry_run, base_path)
         try:
             h01 = handoff.read("01_extract", **read)
             p.verified = v = handoff.verified_collection(**read)
@@ -534,28 +585,27 @@ def plan(
         except handoff.MissingHandoffError as e:
             p.check("hand-offs of 01-04", False, str(e))
             return p
-        h05 = handoff.read_optional("05_ab_compare", **read)
-        name = v.get("collection")
-        p.check("a verified collection", bool(name), f"{name} (from {v.get('phase')})")
+        h05 = handoff.read_optional("05_ab_compare", **read) or {}
+        name, sha = v.get("collection"), v.get("export_manifest_sha256")
+        p.check("a verified collection", bool(name and sha), f"{name} (from {v.get('phase')}), export {sha}")
         p.check(
             "phase 05 gates passed",
-            bool(h05 and h05.get("passed")),
-            "passed" if h05 and h05.get("passed") else "run phase 05 until its gates pass",
+            h05.get("passed") is True,
+            "passed" if h05.get("passed") is True else "run phase 05 until its gates pass",
         )
         p.check(
             "phase 05 compared this collection",
-            bool(h05) and h05.get("collection") == name,
-            f"phase 05 compared {(h05 or {}).get('collection')!r}; the verified collection is {name!r}",
+            bool(name) and h05.get("collection") == name,
+            f"phase 05 compared {h05.get('collection')!r}; the verified collection is {name!r}",
         )
         p.check(
             "phase 05 compared this export",
-            bool(h05) and h05.get("export_manifest_sha256") == v.get("export_manifest_sha256"),
-            f"phase 05 export {str((h05 or {}).get('export_manifest_sha256'))[:12]}…, verified "
-            f"{str(v.get('export_manifest_sha256'))[:12]}…",
+            bool(sha) and h05.get("export_manifest_sha256") == sha,
+            f"phase 05 export {str(h05.get('export_manifest_sha256'))[:12]}…, verified {str(sha)[:12]}…",
         )
         p.check(
             "phase 04 configured this collection",
-            h04.get("collection", name) == name,
+            bool(name) and h04.get("collection") == name,
             f"phase 04 wrote config for {h04.get('collection')!r}",
         )
         if not dry_run and name:
@@ -569,25 +619,20 @@ def plan(
                 )
                 p.check(
                     "collection provenance names the verified export",
-                    prov.get("export_manifest_sha256") == v.get("export_manifest_sha256"),
+                    prov.get("export_manifest_sha256") == sha,
                     f"collection says {str(prov.get('export_manifest_sha256'))[:12]}…",
                 )
             except Exception as e:  # noqa: BLE001 - any failure to open it is a refusal, named
                 p.check("collection on disk", False, f"cannot open {name!r}: {type(e).__name__}: {e}")
         if current:
-            idx = current.get("LLAMACLOUD_INDEX_ID")
-            p.check(
-                "backend serves the exported index",
-                not idx or idx == h01.get("index_id"),
-                f"backend LLAMACLOUD_INDEX_ID {idx or '(not set)'}, exported {h01.get('index_id')}",
-            )
+            _index_check(p, current, h01)
             p.check(
                 "backend is on the cloud arm now",
                 live_local is False,
                 "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
             )
         if name:
-            p.changes = switch_changes(v, h01["embedding_spec"], current)
+            p.changes = switch_changes(v, _tested_embedder(h04, h01), current)
         p.expect = Expect("local", name or "", v.get("count"))
         p.back = Expect("cloud")
     else:
@@ -609,35 +654,104 @@ def plan(
         for k, val in p.changes.items()
         if current.get(k) != val
     ]
-    _health_checks(p, health_url, query_url, allow_unverified_health, live_local)
-    in_file = bool(current.get(cloud_key_env))
-    in_env = bool(credentials.get_secret(cloud_key_env, required=False))
+    p.check("something to switch", bool(p.diff) or dry_run, f"{len(p.diff)} setting(s) change")
+    # a rollback is what one runs when the local arm is broken or the disk is full: those never block it
+    informational = direction == "rollback"
+    _health_checks(p, health_url, query_url, allow_unverified_health, live_local, informational)
+    key_name = current.get("LLAMACLOUD_API_KEY_ENV") or cloud_key_env
+    in_file = bool(current.get(key_name))
+    in_env = bool(credentials.get_secret(key_name, required=False))
     p.check(
         "cloud key kept for rollback",
         in_file or in_env,
-        f"{cloud_key_env} " + ("in config.env" if in_file else "in the environment" if in_env else "missing"),
+        f"{key_name} " + ("in config.env" if in_file else "in the environment" if in_env else "missing"),
     )
     base = Layout.from_params(base_path).base
     if base.exists():
         du = shutil.disk_usage(base)
         pct = du.used / du.total * 100
-        p.check(f"disk below {max_disk_pct}%", pct < max_disk_pct, f"{pct:.1f}% used")
+        note = " (a rollback goes ahead regardless)" if informational and pct >= max_disk_pct else ""
+        p.check(f"disk below {max_disk_pct}%", pct < max_disk_pct or informational, f"{pct:.1f}% used{note}")
     else:
-        p.check(f"disk below {max_disk_pct}%", dry_run, f"{base} does not exist")
+        p.check(f"disk below {max_disk_pct}%", dry_run or informational, f"{base} does not exist")
     return p
 
 
-def _health_checks(p: Plan, health_url: str, query_url: str, allow_unverified: bool, live_local) -> None:
-    """Health must be able to prove the switch before anything is written: JSON naming the arm now."""
+def _go_check(p: Plan, approval: str, auto_approve: bool, dry_run: bool, base_path: str) -> None:
+    """The go is checked here again (plain papermill or JupyterLab bypass the runner): a runner's
+    ``--approve <run id>`` still valid now, or the params' own ``auto_approve: true``."""
+    if dry_run:
+        p.check("a human go for this cutover", True, "dry run: none needed")
+        return
+    if approval.startswith("--approve "):
+        from . import config, runner
+
+        run_id = approval.split()[1]
+        try:
+            runner.check_approval(run_id, {"base_path": base_path})
+            p.check("a human go for this cutover", True, approval)
+        except config.ParameterError as e:
+            p.check("a human go for this cutover", False, str(e))
+        return
+    if approval.startswith("auto-approved"):
+        p.check("a human go for this cutover", auto_approve is True, approval)
+        return
+    p.check(
+        "a human go for this cutover",
+        False,
+        (f"{approval!r} is not a go the runner gave; " if approval else "none: ")
+        + "python -m runbook run <params> --approve <run id>",
+    )
+
+
+def _index_check(p: Plan, current: dict, h01: dict) -> None:
+    idx, name = current.get("LLAMACLOUD_INDEX_ID"), current.get("LLAMACLOUD_INDEX_NAME")
+    if idx:
+        ok, detail = idx == h01.get("index_id"), f"backend LLAMACLOUD_INDEX_ID {idx}"
+    elif name:
+        ok, detail = name == h01.get("index_name"), f"backend LLAMACLOUD_INDEX_NAME {name}"
+    else:
+        ok, detail = False, "the backend's config.env names no LLAMACLOUD_INDEX_ID or _NAME"
+    p.check(
+        "backend serves the exported index",
+        ok,
+        f"{detail}; exported {h01.get('index_name')} ({h01.get('index_id')})",
+    )
+
+
+def _tested_embedder(h04: dict, h01: dict) -> dict:
+    """The query embedder phase 04 checked for parity and 05 compared with (else the export's)."""
+    e = h04.get("entries") or {}
+    if e.get("LOCAL_EMBED_PROVIDER"):
+        return {
+            "provider": e["LOCAL_EMBED_PROVIDER"],
+            "model_name": e.get("LOCAL_EMBED_MODEL", ""),
+            "dimension": e.get("LOCAL_EMBED_DIMENSION") or "",
+            "api_key_env": e.get("LOCAL_EMBED_API_KEY_ENV", ""),
+        }
+    return h01["embedding_spec"]
+
+
+def _health_checks(
+    p: Plan, health_url: str, query_url: str, allow_unverified: bool, live_local, informational: bool = False
+) -> None:
+    """Health must be able to prove the switch before anything is written: JSON naming the arm now.
+    (For a rollback these checks inform; they never block going back to the cloud.)"""
     if not health_url:
-        p.check("health can prove the switch", False, "health_url is empty: name the backend's health URL")
+        p.check(
+            "health can prove the switch",
+            informational,
+            "health_url is empty: name the backend's health URL",
+        )
         return
     probe = Cutover(Path("."), "", health_url)
     ok, body, seen = probe.probe_health()
     now = "local" if live_local else "cloud"
     verifiable = ok and body is not None and "arm" in body
     if verifiable:
-        p.check("health reports the live arm", body.get("arm") == now, f"{health_url}: {seen}")
+        p.check(
+            "health reports the live arm", body.get("arm") == now or informational, f"{health_url}: {seen}"
+        )
     else:
         detail = f"{health_url}: {seen}" + (
             "" if not ok else " (no 'arm': add rag_switch.health_report to the backend's health route)"
@@ -645,12 +759,12 @@ def _health_checks(p: Plan, health_url: str, query_url: str, allow_unverified: b
         p.check(
             "health can prove the switch"
             + (" (UNVERIFIED: allowed by allow_unverified_health)" if allow_unverified else ""),
-            ok and allow_unverified,
+            (ok and allow_unverified) or informational,
             detail,
         )
     p.check(
         "smoke questions through the backend",
-        bool(query_url) or allow_unverified,
+        bool(query_url) or allow_unverified or informational,
         query_url or "query_url is empty: smoke questions cannot prove the switch",
     )
 
@@ -706,7 +820,8 @@ def service_settings(
     if service_mode != "reference":
         return svc
     if direction == "rollback":
-        return {**svc, **handoff.read("06_cutover", base_path=base_path)["service"]}
+        h06 = handoff.read_optional("06_cutover", base_path=base_path)
+        return {**svc, **(h06 or {}).get("service", {})}
     if dry_run:
         return {**svc, "note": "reference mode: a real run starts the demo's stand-in service here"}
     from dotenv import dotenv_values
@@ -757,6 +872,7 @@ def execute(
     health_timeout_s: float,
     smoke_timeout_s: float,
     allow_unverified_health: bool,
+    run_dir: str = "",
 ) -> Cutover:
     """Run the switch the plan describes (phase 06 refuses before this unless every check passed)."""
     if not p.ok:
@@ -773,6 +889,7 @@ def execute(
         Layout.from_params(base_path),
         allow_unverified_health,
         missing_ids_checker(p.verified, base_path) if p.direction == "cutover" else None,
+        stop_file=resolve(run_dir) / "STOP" if run_dir else None,
     )
     from . import display
 

@@ -233,7 +233,7 @@ def _approval_for(
         return text, [p for p in phases if p.number >= CUTOVER_PHASE], False
     if not cutting:
         return "", phases, False
-    if params.get("auto_approve"):
+    if params.get("auto_approve") is True:
         return f"auto-approved by the params file {params_path.name} (auto_approve: true)", phases, False
     if any(p.number == DECISION_PHASE for p in phases):
         return "", phases, True
@@ -259,8 +259,10 @@ def check_approval(run_id: str, params: dict) -> str:
     h05 = json.loads(rec.read_text(encoding="utf-8"))
     if h05.get("dry_run"):
         raise config.ParameterError(f"--approve {run_id}: that run was a dry run")
-    if not h05.get("passed"):
+    if h05.get("passed") is not True:
         raise config.ParameterError(f"--approve {run_id}: phase 05 of that run did not pass its gates")
+    if not (h05.get("collection") and h05.get("export_manifest_sha256")):
+        raise config.ParameterError(f"--approve {run_id}: that run's phase 05 names no collection or export")
     if resolve(str(m["parameters"].get("base_path", ""))) != resolve(str(params.get("base_path", ""))):
         raise config.ParameterError(
             f"--approve {run_id}: that run migrated {m['parameters'].get('base_path')}, "
@@ -290,12 +292,15 @@ def check_approval(run_id: str, params: dict) -> str:
 
 
 class _Interrupts:
-    """Ctrl-C / SIGTERM during a phase: the kernel is interrupted (so a cutover rolls back in its cell)
-    and the run stops after that phase, recorded as interrupted. A second signal stops at once."""
+    """Ctrl-C / SIGTERM during a phase: the kernel is interrupted (so a cutover rolls back in its cell),
+    a STOP file in the run folder tells phase 06 not to start a step (the kernel ignores SIGINT while it
+    starts or between cells), and the run stops after that phase, recorded as interrupted. Only a third
+    signal stops at once: a rollback in progress is not cut short by an impatient second Ctrl-C."""
 
-    def __init__(self):
+    def __init__(self, run_dir: Path | None = None):
         self.signals: list[str] = []
         self._old = {}
+        self.run_dir = run_dir
 
     def __enter__(self):
         import signal
@@ -316,8 +321,15 @@ class _Interrupts:
         import signal
 
         self.signals.append(signal.Signals(signum).name)
-        if len(self.signals) > 1:
+        if len(self.signals) > 2:
             raise KeyboardInterrupt
+        if self.run_dir is not None:
+            (self.run_dir / "STOP").write_text(self.signals[0] + "\n", encoding="utf-8")
+        if len(self.signals) > 1:
+            print(
+                "[runner] still finishing the phase (a rollback is never cut short); a third signal abandons it"
+            )
+            return
         import psutil
 
         for child in psutil.Process().children(recursive=True):
@@ -446,7 +458,7 @@ def run(
     failure = None
     stopped = ""  # "awaiting approval" | "interrupted"
     layout = _migration_layout(params, dry_run)
-    interrupts = _Interrupts()
+    interrupts = _Interrupts(run_dir)
     try:
         interrupts.__enter__()
         extra = {"approval": approval}
@@ -456,6 +468,9 @@ def run(
             manifest["emulator"] = {"url": emulator.url, "corpus": params.get("emulator_corpus")}
         for i, ph in enumerate(phases):
             entry = manifest["phases"][i]
+            if interrupts.signals:  # a signal between phases: the next one never starts
+                stopped, failure = "interrupted", failure or f"{interrupts.signals[0]} before {ph.stem}"
+                break
             nb_params = {**per_nb[ph.stem], "run_dir": str(run_dir)}
             nb_params.update({k: v for k, v in extra.items() if k in declared[ph.stem]})
             out = run_dir / f"{ph.stem}.ipynb"
@@ -481,7 +496,7 @@ def run(
                 failure = f"phase {ph.stem} {entry['status']} in {out.name}, {entry['error']}"
             except KeyboardInterrupt:
                 entry["status"] = "interrupted"
-                entry["error"] = "interrupted twice: stopped at once"
+                entry["error"] = "interrupted three times: stopped at once"
                 failure = f"phase {ph.stem} interrupted"
             except Exception as e:  # kernel died, notebook unreadable, ...
                 entry["status"] = "failed"
@@ -519,7 +534,7 @@ def run(
         failure = failure or "interrupted"
         for entry in manifest["phases"]:
             if entry["status"] == "running":
-                entry.update(status="interrupted", error="interrupted twice: stopped at once")
+                entry.update(status="interrupted", error="interrupted three times: stopped at once")
                 _log_phase_end(layout, entry["notebook"], entry)
     finally:
         interrupts.__exit__()
@@ -572,9 +587,10 @@ def _log_phase_end(layout, stem: str, entry: dict) -> None:
 
     if layout is None or not layout.base.exists():
         return
-    status = entry["status"]
-    if status == "failed" and "Automatic rollback" in (entry.get("error") or ""):
-        status = "failed, rolled back"
+    status, error = entry["status"], entry.get("error") or ""
+    if status == "failed" and "Automatic rollback" in error:
+        incomplete = "Act now" in error or "NOT byte-identical" in error or "UNVERIFIED" in error
+        status = "failed, rollback INCOMPLETE" if incomplete else "failed, rolled back"
     runlog.log(
         layout, stem, f"phase end: {status}", seconds=entry.get("duration_s"), error=entry.get("error", "")
     )

@@ -82,27 +82,34 @@ def rehearsal(tmp_path_factory, demo_export, demo_corpus_master):
             str(faults),
         ]
         sup.start("WELLO_BE", cmd)
-        r = SimpleNamespace(
-            root=root,
-            base=base,
-            cfg=cfg,
-            faults=faults,
-            sup=sup,
-            server=srv,
-            health=f"http://127.0.0.1:{port}/health",
-            query=f"http://127.0.0.1:{port}/api/rag/query",
-            restart=f"{sys.executable} -m runbook.rehearsal.supervisor --home {sup.home} restart WELLO_BE",
-            verified={
-                "collection": COLLECTION,
-                "count": 257,
-                "export_manifest_sha256": sha,
-                "chroma_mode": "embedded",
-                "chroma_path": str(Layout.from_params(str(base)).chroma_db),
-            },
-        )
-        cutover.Cutover(cfg, "", r.health, health_timeout_s=180).wait_health(cutover.Expect("cloud"))
-        yield r
-        sup.stop("WELLO_BE")
+        try:
+            yield _ready(root, base, cfg, faults, sup, srv, port, sha)
+        finally:
+            sup.stop("WELLO_BE")
+
+
+def _ready(root, base, cfg, faults, sup, srv, port, sha) -> SimpleNamespace:
+    """The stand-in's handles, once its health answers on the cloud arm."""
+    r = SimpleNamespace(
+        root=root,
+        base=base,
+        cfg=cfg,
+        faults=faults,
+        sup=sup,
+        server=srv,
+        health=f"http://127.0.0.1:{port}/health",
+        query=f"http://127.0.0.1:{port}/api/rag/query",
+        restart=f"{sys.executable} -m runbook.rehearsal.supervisor --home {sup.home} restart WELLO_BE",
+        verified={
+            "collection": COLLECTION,
+            "count": 257,
+            "export_manifest_sha256": sha,
+            "chroma_mode": "embedded",
+            "chroma_path": str(Layout.from_params(str(base)).chroma_db),
+        },
+    )
+    cutover.Cutover(cfg, "", r.health, health_timeout_s=180).wait_health(cutover.Expect("cloud"))
+    return r
 
 
 @pytest.fixture
@@ -295,17 +302,13 @@ def test_restore_reports_what_its_comparison_found(tmp_path):
     """The restore step is ok only when the bytes match, and says so either way."""
     cfg = tmp_path / "config.env"
     cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
-    co = cutover.Cutover(cfg, "false", "http://127.0.0.1:9/health", health_timeout_s=1)
-    real = cutover.atomic.write_bytes
+    co = cutover.Cutover(cfg, "false", "http://127.0.0.1:9/health", health_timeout_s=1, restore_timeout_s=1)
 
-    def tamper(path, data, mode=0o644):
-        real(path, data + b"# changed on the way\n", mode=mode)
+    def tamper(data):  # a write that does not put back what it was given
+        cfg.write_bytes(data + b"# changed on the way\n")
 
-    cutover.atomic.write_bytes = tamper
-    try:
-        msg = co.restore(b"USE_LOCAL_VECTOR_DB=false\n", BACK)
-    finally:
-        cutover.atomic.write_bytes = real
+    co._replace = tamper
+    msg = co.restore(b"USE_LOCAL_VECTOR_DB=false\n", BACK)
     step = next(s for s in co.steps if s["step"] == "restore config.env from backup")
     assert not step["ok"] and "DIFFERS" in step["detail"]
     assert "NOT byte-identical" in msg and "restored byte-identical" not in msg
@@ -395,6 +398,7 @@ def _plan(base, cfg, **kw):
         allow_unverified_health=False,
         max_disk_pct=99.9,
         cloud_key_env="CUTOVER_TEST_KEY",
+        restart_command="true",
     )
     args.update(kw)
     return {r["check"]: r for r in cutover.plan(**args).rows}
@@ -449,3 +453,73 @@ def test_preconditions_name_a_missing_config_and_key(tmp_path, monkeypatch):
         not rows["cloud key kept for rollback"]["ok"]
         and "missing" in rows["cloud key kept for rollback"]["detail"]
     )
+
+
+def test_a_go_is_checked_again_outside_the_runner(tmp_path, monkeypatch):
+    """Plain papermill or JupyterLab can set any approval text: only a valid --approve or the params' own
+    auto_approve count."""
+    monkeypatch.setenv("RUNBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    base = str(tmp_path / "base")
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\nCUTOVER_TEST_KEY=abc\n")
+    _state(base)
+    go = "a human go for this cutover"
+    assert not _plan(base, cfg, approval="yes")[go]["ok"]
+    assert "no such run" in _plan(base, cfg, approval="--approve 20260101T000000Z-x by me")[go]["detail"]
+    auto = "auto-approved by the params file demo.yaml (auto_approve: true)"
+    assert not _plan(base, cfg, approval=auto)[go]["ok"]
+    assert _plan(base, cfg, approval=auto, auto_approve=True)[go]["ok"]
+    assert _plan(base, cfg, approval="", dry_run=True)[go]["ok"]
+
+
+def test_an_empty_or_foreign_config_refuses_instead_of_passing(tmp_path):
+    base = str(tmp_path / "base")
+    _state(base)
+    cfg = tmp_path / "config.env"
+    cfg.write_text("# comments only\n")
+    rows = _plan(base, cfg)
+    assert (
+        not rows["backend config.env"]["ok"]
+        and "no USE_LOCAL_VECTOR_DB" in rows["backend config.env"]["detail"]
+    )
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    assert not _plan(base, cfg)["backend serves the exported index"]["ok"]  # names no index at all
+    assert not _plan(base, cfg, restart_command=" ")["restart command"]["ok"]
+
+
+def test_a_rollback_is_not_blocked_by_a_dead_local_arm(tmp_path, monkeypatch):
+    """When the local arm crash-loops (no health, no answers) going back to the cloud must still be allowed."""
+    monkeypatch.setenv("CUTOVER_TEST_KEY", "abc")
+    base = str(tmp_path / "base")
+    Layout.from_params(base).base.mkdir(parents=True)
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=true\n")
+    rows = _plan(base, cfg, direction="rollback", max_disk_pct=0.001)
+    assert all(r["ok"] for r in rows.values()), rows
+    assert (
+        "a rollback goes ahead regardless"
+        in next(r for k, r in rows.items() if k.startswith("disk"))["detail"]
+    )
+    assert not all(r["ok"] for r in _plan(base, cfg, direction="cutover").values())
+
+
+def test_a_stop_request_before_the_first_write_writes_nothing(tmp_path):
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    (tmp_path / "STOP").write_text("SIGINT\n")
+    co = cutover.Cutover(cfg, "true", "http://127.0.0.1:9/health", stop_file=tmp_path / "STOP")
+    with pytest.raises(cutover.CutoverFailed, match="nothing was written"):
+        co.switch({"USE_LOCAL_VECTOR_DB": "true"}, EXPECT, BACK)
+    assert cfg.read_text() == "USE_LOCAL_VECTOR_DB=false\n" and not co.backup_path.exists()
+
+
+def test_the_write_keeps_line_endings_and_writes_through_a_symlink(tmp_path):
+    real = tmp_path / "backend" / "config.env"
+    real.parent.mkdir()
+    real.write_bytes(b"# settings\r\nUSE_LOCAL_VECTOR_DB=false\r\nOTHER=1\r\n")
+    os.chmod(real, 0o640)
+    link = tmp_path / "config.env"
+    link.symlink_to(real)
+    cutover.Cutover(link, "true", "").write({"USE_LOCAL_VECTOR_DB": "true"})
+    assert link.is_symlink() and real.stat().st_mode & 0o777 == 0o640
+    assert real.read_bytes() == b"# settings\r\nUSE_LOCAL_VECTOR_DB=true\r\nOTHER=1\r\n"

@@ -28,30 +28,30 @@ def stage(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in (*KEYS, "RUNBOOK_OUTPUTS")}
     os.environ.update(KEYS)
     os.environ["RUNBOOK_OUTPUTS"] = str(home / "outputs")
-    info = rehearsal.up(
-        home=str(home),
-        cloud_port=cloud_emulator.free_port(),
-        backend_port=cloud_emulator.free_port(),
-        query_latency_ms=250,
-    )
-    params = yaml.safe_load((PARAMS_DIR / "rehearsal.yaml").read_text(encoding="utf-8"))
-    params.update(
-        base_path=str(home / "vector_db"),
-        source_base_url=info["cloud_url"],
-        gemini_base_url=info["cloud_url"],
-        config_env_path=info["config_env"],
-        restart_command=info["restart_command"],
-        health_url=info["health_url"],
-        query_url=info["query_url"],
-        service_pidfile=info["service_pidfile"],
-        embedding_cache=str(CACHE),
-        verify_sample=30,
-    )
-    p = home / "rehearsal.yaml"
-    p.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     try:
+        info = rehearsal.up(
+            home=str(home),
+            cloud_port=cloud_emulator.free_port(),
+            backend_port=cloud_emulator.free_port(),
+            query_latency_ms=250,
+        )
+        params = yaml.safe_load((PARAMS_DIR / "rehearsal.yaml").read_text(encoding="utf-8"))
+        params.update(
+            base_path=str(home / "vector_db"),
+            source_base_url=info["cloud_url"],
+            gemini_base_url=info["cloud_url"],
+            config_env_path=info["config_env"],
+            restart_command=info["restart_command"],
+            health_url=info["health_url"],
+            query_url=info["query_url"],
+            service_pidfile=info["service_pidfile"],
+            embedding_cache=str(CACHE),
+            verify_sample=30,
+        )
+        p = home / "rehearsal.yaml"
+        p.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
         yield {"home": home, "params": p, "info": info, "runs": {}}
-    finally:
+    finally:  # whatever came up is stopped, even when `up` itself failed half way
         rehearsal.down(str(home))
         for k, v in saved.items():
             if v is None:

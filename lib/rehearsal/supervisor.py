@@ -64,7 +64,9 @@ class Supervisor:
 
     def start(self, name: str, command: list[str], cwd: str = "") -> int:
         self.home.mkdir(parents=True, exist_ok=True)
-        spec = {"name": name, "command": command, "cwd": cwd or os.getcwd()}
+        # like pm2, a restart keeps the environment the process was started with (no variable exported
+        # since then reaches it); only the names are kept on disk, never a value
+        spec = {"name": name, "command": command, "cwd": cwd or os.getcwd(), "env_names": sorted(os.environ)}
         tmp = self._spec_path(name).with_suffix(".json.tmp")
         tmp.write_text(json.dumps(spec, ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(tmp, self._spec_path(name))
@@ -80,15 +82,15 @@ class Supervisor:
                 stdout=out,
                 stderr=out,
                 start_new_session=True,  # detached: outlives this command, as pm2's children do
-                env=os.environ.copy(),
+                env={k: v for k, v in os.environ.items() if k in set(spec.get("env_names") or os.environ)},
             )
         self.pidfile(spec["name"]).write_text(str(proc.pid))
         return proc.pid
 
     def stop(self, name: str, timeout: float = 10.0) -> bool:
         pid = self.pid(name)
-        self.pidfile(name).unlink(missing_ok=True)
         if pid is None:
+            self.pidfile(name).unlink(missing_ok=True)
             return False
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -102,6 +104,7 @@ class Supervisor:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        self.pidfile(name).unlink(missing_ok=True)  # only once the process is gone
         return True
 
     def restart(self, name: str) -> int:

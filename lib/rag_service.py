@@ -89,20 +89,7 @@ def create_app(config_path: str):
             metrics.observe((time.perf_counter() - t) * 1000, True)
             raise HTTPException(status_code=500, detail=f"{type(e).__name__}") from None
         metrics.observe((time.perf_counter() - t) * 1000, False)
-        return {
-            "arm": cfg.arm,
-            "answer": out["answer"],
-            "note": out["note"],
-            "results": [
-                {
-                    "id": n.node.node_id,
-                    "score": n.score,
-                    "title": (n.node.metadata or {}).get("title"),
-                    "text": n.node.get_content()[:300],
-                }
-                for n in out["nodes"]
-            ],
-        }
+        return rag_switch.query_answer(cfg, out)
 
     @app.get("/metrics")
     def get_metrics():

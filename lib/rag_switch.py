@@ -482,3 +482,22 @@ def health_report(cfg: RagConfig, collection=None) -> dict:
     else:
         info.update(index=cfg.cloud_index_id or cfg.cloud_index_name)
     return info
+
+
+def query_answer(cfg: RagConfig, out: dict) -> dict:
+    """What a backend's query route returns for ``Answerer.ask``'s result: the arm, the answer and the
+    records it used (ids first: phase 06's smoke questions check them against the verified collection)."""
+    return {
+        "arm": cfg.arm,
+        "answer": out["answer"],
+        "note": out["note"],
+        "results": [
+            {
+                "id": n.node.node_id,
+                "score": n.score,
+                "title": (n.node.metadata or {}).get("title"),
+                "text": n.node.get_content()[:300],
+            }
+            for n in out["nodes"]
+        ],
+    }

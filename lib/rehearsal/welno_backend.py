@@ -83,20 +83,7 @@ def create_app(config_path: str, faults_path: str = ""):
             from ..credentials import scrub
 
             raise HTTPException(status_code=500, detail=scrub(f"{type(e).__name__}: {e}")[:300]) from None
-        return {
-            "arm": cfg.arm,
-            "answer": out["answer"],
-            "note": out["note"],
-            "results": [
-                {
-                    "id": n.node.node_id,
-                    "score": n.score,
-                    "title": (n.node.metadata or {}).get("title"),
-                    "text": n.node.get_content()[:300],
-                }
-                for n in out["nodes"]
-            ],
-        }
+        return rag_switch.query_answer(cfg, out)
 
     return app
 

@@ -199,6 +199,7 @@ class Cutover:
     restore_timeout_s: float = 180.0  # after a restore, wait longer before saying the service is not back
     steps: list = field(default_factory=list)
     restart_groups: list = field(default_factory=list)  # process groups of the restart commands run
+    handoff: dict = field(default_factory=dict)  # phase 06's record, once the switch succeeded
 
     @property
     def backup_path(self) -> Path:
@@ -780,6 +781,34 @@ def missing_ids_checker(verified: dict, base_path: str) -> Callable[[list[str]],
     return missing
 
 
+def record(
+    p: Plan, svc: dict, approval: str, steps: list, *, base_path: str, run_dir: str, dry_run: bool = False
+) -> dict:
+    """Phase 06's hand-off (and, for a real switch, its line in migration.log)."""
+    from . import handoff
+
+    rec = handoff.record(
+        "06_cutover",
+        {
+            "direction": p.direction,
+            "approval": approval,
+            "service": svc,
+            "collection": p.expect.collection if p.expect else "",
+            "changes": p.changes,
+            "steps": steps,
+        },
+        base_path=base_path,
+        run_dir=run_dir,
+        dry_run=dry_run,
+    )
+    if not dry_run:
+        with contextlib.suppress(Exception):  # the record is what counts; the log line is best effort
+            runlog.log(
+                Layout.from_params(base_path), "06_cutover", f"{p.direction} complete: {p.expect.describe()}"
+            )
+    return rec
+
+
 def key_backup_check(config_env: Path, cloud_key_env: str) -> dict:
     """The cloud key stays in config.env.backup (never printed): presence and file mode only."""
     from dotenv import dotenv_values
@@ -873,8 +902,10 @@ def execute(
     smoke_timeout_s: float,
     allow_unverified_health: bool,
     run_dir: str = "",
+    approval: str = "",
 ) -> Cutover:
-    """Run the switch the plan describes (phase 06 refuses before this unless every check passed)."""
+    """Run the switch the plan describes (phase 06 refuses before this unless every check passed) and
+    record its hand-off the moment it succeeds (an interrupt after that cannot lose the record)."""
     if not p.ok:
         raise CutoverFailed("preconditions failed: " + "; ".join(r["check"] for r in p.rows if not r["ok"]))
     co = Cutover(
@@ -895,6 +926,8 @@ def execute(
 
     try:
         co.switch(p.changes, p.expect, p.back)
+        with signals_deferred():
+            co.handoff = record(p, svc, approval, co.steps, base_path=base_path, run_dir=run_dir)
     finally:  # the steps, green and red, are on the page whatever happened
         display.checks(
             [{"check": s["step"], "ok": s["ok"], "detail": s["detail"]} for s in co.steps], fail=False

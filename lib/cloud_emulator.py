@@ -57,6 +57,8 @@ class Faults:
     max_page_size: int = 0
     # corpus change between two listings: after this many paginated listing requests, apply `change`
     change_after_listings: int = 0
+    # or after this many chunk requests were answered (a change that lands after those documents were fetched)
+    change_after_chunks: int = 0
     change: dict = field(default_factory=dict)  # {"action": "delete"|"add", "document_id": ...}
     seed: int | None = None
 
@@ -71,6 +73,7 @@ class _State:
         self.rng = random.Random()
         self.requests: list[tuple[str, str]] = []
         self.listings = 0
+        self.chunk_requests = 0
         self.injected: dict[str, int] = {}
         self.lock = threading.Lock()
 
@@ -79,6 +82,7 @@ class _State:
             self.faults = Faults(**kw)
             self.rng = random.Random(self.faults.seed)
             self.listings = 0
+            self.chunk_requests = 0
 
 
 def _unquote_segments(path: str) -> list[str]:
@@ -578,6 +582,7 @@ class Handler(BaseHTTPRequestHandler):
             return (200, doc) if doc else (404, {"detail": f"Document {rest[1]} not found"})
         if len(rest) == 3 and rest[0] == "documents" and rest[2] == "chunks":
             chunks = c.get_chunks(rest[1], st.serve_embeddings)
+            self._maybe_change(chunks=True)
             return (200, chunks) if chunks is not None else (404, {"detail": f"Document {rest[1]} not found"})
         if rest == ["files2"]:
             limit, err = _int_param(q, "limit", 100, 1, 10_000)
@@ -603,12 +608,16 @@ class Handler(BaseHTTPRequestHandler):
             return self._retrieve(body or {})
         return 404, {"detail": "Not Found"}
 
-    def _maybe_change(self):
+    def _maybe_change(self, chunks: bool = False):
         st = self.state
         f = st.faults
         with st.lock:
-            st.listings += 1
-            fire = f.change_after_listings and st.listings == f.change_after_listings and f.change
+            if chunks:
+                st.chunk_requests += 1
+                fire = f.change_after_chunks and st.chunk_requests == f.change_after_chunks and f.change
+            else:
+                st.listings += 1
+                fire = f.change_after_listings and st.listings == f.change_after_listings and f.change
         if fire:
             if f.change.get("action") == "delete":
                 st.corpus.delete_document(f.change["document_id"])

@@ -15,6 +15,7 @@ Point the client at it with ``http_options={"base_url": url}`` (``GEMINI_BASE_UR
 
     python -m runbook.cloud_emulator --corpus demo --port 8787   # Gemini key from GOOGLE_API_KEY
     python -m runbook.cloud_emulator --corpus /data/vector_db/welno/backup/exports/<id> --port 8787
+    python -m runbook.cloud_emulator --corpus hostile --serve-embeddings   # every awkward case at once
 """
 
 from __future__ import annotations
@@ -86,7 +87,23 @@ class _State:
 
 
 def _unquote_segments(path: str) -> list[str]:
-    return [urllib.parse.unquote(s) for s in path.split("/")]
+    """The path's segments, each percent-decoded exactly once (``%2F`` inside an id stays in that id,
+    ``%2541`` is the id ``%41``)."""
+    return [urllib.parse.unquote(s, errors="strict") for s in path.split("/")]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_bytes(body) -> bytes:
+    """A response body as Python's ``json`` writes it (``NaN``, ``Infinity``, ``-Infinity``, integers of any
+    size, control characters such as NUL as ``\\u0000``), UTF-8 with non-ASCII as it is. A lone surrogate
+    (a str that is not valid Unicode) cannot be UTF-8: it is written as its ``\\udXXX`` escape, which
+    Python's ``json`` (and so httpx's ``.json()``) reads back as the same lone surrogate."""
+    text = json.dumps(body, ensure_ascii=False)
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text.encode("utf-8")
 
 
 def _validation_error(loc, msg, typ="value_error"):
@@ -309,7 +326,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- plumbing
     def _send(self, status: int, body, headers: dict | None = None):
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        data = json_bytes(body)
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
@@ -531,7 +548,10 @@ class Handler(BaseHTTPRequestHandler):
         c = st.corpus
         if not raw_path.startswith(API + "/"):
             return 404, {"detail": "Not Found"}
-        seg = _unquote_segments(raw_path[len(API) + 1 :])
+        try:
+            seg = _unquote_segments(raw_path[len(API) + 1 :])
+        except UnicodeDecodeError:  # percent-escapes that are not UTF-8 name nothing served here
+            return 404, {"detail": "Not Found: the path's percent-escapes are not UTF-8"}
         project, pipeline = c.project, c.pipeline
         if seg == ["projects"]:
             items = [project]
@@ -646,6 +666,12 @@ class Handler(BaseHTTPRequestHandler):
             return 501, {"detail": str(e)}
         dense_ms = (time.perf_counter() - t0) * 1000
         meta = {"search": "exact dense cosine (local LlamaCloud-compatible server)"}
+        skipped = getattr(st.corpus, "unsearchable", None)
+        if skipped:
+            meta["unsearchable_chunks"] = (
+                f"{len(skipped)} chunk(s) left out of search: their vectors have the wrong dimension, "
+                "non-finite elements or a zero norm"
+            )
         alpha = body.get("alpha", preset.get("alpha"))
         if alpha is not None and float(alpha) < 1.0:
             meta["sparse"] = (
@@ -822,7 +848,9 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
-        "--corpus", default="demo", help="demo | synthetic:N[:D[:chunks_per_doc]] | an export folder"
+        "--corpus",
+        default="demo",
+        help="demo | hostile | synthetic:N[:D[:chunks_per_doc]] | an export folder",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8787)

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import threading
+import unicodedata
 import uuid
 from pathlib import Path
 
@@ -132,7 +133,15 @@ def node_json(
 
 
 class StaticCorpus:
-    """Documents and chunks held in memory, with a vector per chunk for exact cosine search."""
+    """Documents and chunks held in memory, with a vector per chunk for exact cosine search.
+
+    Each chunk's vector is kept exactly as it was given (float32: same values, NaN and infinite elements,
+    zero vectors and any dimension as they are), keyed by (document id, chunk id) so two documents that
+    share a chunk id keep their own vectors; ``/chunks`` serves it unchanged. Search uses a separate
+    unit-normalised copy of the vectors that can be searched: those of the query model's dimension with
+    finite elements and a finite, non-zero norm. The others are left out of search (``unsearchable``
+    says which and why) instead of poisoning every score.
+    """
 
     def __init__(self, project: dict, pipeline: dict, query_spec: embeddings.ModelSpec | None):
         self.project = project
@@ -141,8 +150,8 @@ class StaticCorpus:
         self._lock = threading.RLock()
         self.documents: dict[str, dict] = {}  # insertion-ordered
         self.chunks: dict[str, list[dict]] = {}
-        self._vectors: dict[str, np.ndarray] = {}  # chunk id -> unit vector
-        self._matrix = None  # (ids, matrix, metas) built lazily
+        self._vectors: dict[tuple[str, str], np.ndarray] = {}  # (doc id, chunk id) -> vector as given
+        self._matrix = None  # (nodes, unit matrix, unsearchable) built lazily
 
     def __deepcopy__(self, memo):
         """An independent copy (tests change corpora; vectors are shared read-only arrays)."""
@@ -154,25 +163,35 @@ class StaticCorpus:
         return new
 
     # --- mutation (also used by tests to change the corpus mid-export) ---
-    def put_document(self, doc: dict, chunks: list[dict], vectors: np.ndarray | None) -> None:
+    def put_document(self, doc: dict, chunks: list[dict], vectors=None) -> None:
+        """Add or replace a document with its chunks. ``vectors``: None, or one vector per chunk (a 2-D
+        array, or a sequence whose items are array-likes of any length, or None for a chunk without one)."""
+        if vectors is not None and len(vectors) != len(chunks):
+            raise ValueError(f"document {doc['id']!r}: {len(chunks)} chunks but {len(vectors)} vectors")
         with self._lock:
-            old = self.chunks.get(doc["id"], [])
-            for c in old:
-                self._vectors.pop(c["id_"], None)
+            self._drop_vectors(doc["id"])
             self.documents.pop(doc["id"], None)
             self.documents[doc["id"]] = doc
             self.chunks[doc["id"]] = chunks
             if vectors is not None:
                 for c, v in zip(chunks, vectors, strict=True):
-                    self._vectors[c["id_"]] = np.asarray(v, dtype=np.float32) / (np.linalg.norm(v) or 1.0)
+                    if v is None:
+                        continue
+                    arr = np.array(v, dtype=np.float32).reshape(-1)  # a copy: same float32 values, NaN too
+                    arr.flags.writeable = False
+                    self._vectors[(doc["id"], c["id_"])] = arr
             self._matrix = None
+
+    def _drop_vectors(self, doc_id: str) -> None:
+        for c in self.chunks.get(doc_id, []):
+            self._vectors.pop((doc_id, c["id_"]), None)
 
     def delete_document(self, doc_id: str) -> bool:
         with self._lock:
             if doc_id not in self.documents:
                 return False
-            for c in self.chunks.pop(doc_id, []):
-                self._vectors.pop(c["id_"], None)
+            self._drop_vectors(doc_id)
+            self.chunks.pop(doc_id, None)
             del self.documents[doc_id]
             self._matrix = None
             return True
@@ -192,6 +211,10 @@ class StaticCorpus:
     def get_document(self, doc_id: str) -> dict | None:
         return self.documents.get(doc_id)
 
+    def vector(self, doc_id: str, chunk_id: str) -> np.ndarray | None:
+        """The chunk's vector exactly as it was given (read-only), or None."""
+        return self._vectors.get((doc_id, chunk_id))
+
     def get_chunks(self, doc_id: str, with_embeddings: bool) -> list[dict] | None:
         with self._lock:
             chunks = self.chunks.get(doc_id)
@@ -200,34 +223,55 @@ class StaticCorpus:
             out = []
             for c in chunks:
                 c = dict(c)
-                v = self._vectors.get(c["id_"])
+                v = self._vectors.get((doc_id, c["id_"]))
+                # float32 -> Python float is exact, and JSON writes floats so they read back the same
                 c["embedding"] = v.tolist() if (with_embeddings and v is not None) else None
                 out.append(c)
             return out
 
+    def search_dimension(self) -> int | None:
+        """The dimension a searchable vector has: the query model's, else the most common one."""
+        if self.query_spec is not None and self.query_spec.dimension:
+            return int(self.query_spec.dimension)
+        dims: dict[int, int] = {}
+        for v in self._vectors.values():
+            dims[v.shape[0]] = dims.get(v.shape[0], 0) + 1
+        return max(dims, key=dims.get) if dims else None
+
+    @property
+    def unsearchable(self) -> list[tuple[str, str, str]]:
+        """(document id, chunk id, reason) of every chunk whose vector search leaves out."""
+        return list(self._search_matrix()[2])
+
     def _search_matrix(self):
         with self._lock:
             if self._matrix is None:
-                ids, rows, nodes = [], [], []
-                for chunks in self.chunks.values():
+                dim = self.search_dimension()
+                rows, nodes, skipped = [], [], []
+                for doc_id, chunks in self.chunks.items():
                     for c in chunks:
-                        v = self._vectors.get(c["id_"])
-                        if v is not None:
-                            ids.append(c["id_"])
-                            rows.append(v)
-                            nodes.append(c)
-                mat = np.stack(rows) if rows else np.zeros((0, 1), dtype=np.float32)
-                self._matrix = (ids, mat, nodes)
+                        v = self._vectors.get((doc_id, c["id_"]))
+                        if v is None:
+                            continue
+                        why = _unsearchable_reason(v, dim)
+                        if why:
+                            skipped.append((doc_id, c["id_"], why))
+                            continue
+                        v64 = v.astype(np.float64)
+                        rows.append((v64 / np.linalg.norm(v64)).astype(np.float32))
+                        nodes.append(c)
+                mat = np.stack(rows) if rows else np.zeros((0, dim or 1), dtype=np.float32)
+                self._matrix = (nodes, mat, skipped)
             return self._matrix
 
     def search(self, query: str, top_k: int, cutoff: float, predicate) -> list[tuple[dict, float]]:
         if self.query_spec is None:
             raise NotImplementedError("this corpus has no query embedding model")
-        ids, mat, nodes = self._search_matrix()
-        if not ids:
+        nodes, mat, _ = self._search_matrix()
+        if not nodes:
             return []
-        q = embeddings.embed_query(query, self.query_spec)
-        q = q / (np.linalg.norm(q) or 1.0)
+        q = embeddings.embed_query(query, self.query_spec).astype(np.float64)
+        q = (q / (np.linalg.norm(q) or 1.0)).astype(np.float32)
         scores = mat @ q
         order = np.argsort(-scores, kind="stable")
         out = []
@@ -240,6 +284,18 @@ class StaticCorpus:
                 if len(out) >= top_k:
                     break
         return out
+
+
+def _unsearchable_reason(v: np.ndarray, dim: int | None) -> str:
+    """Why a vector cannot be searched ("" when it can)."""
+    if dim is not None and v.shape[0] != dim:
+        return f"dimension {v.shape[0]}, not {dim}"
+    if not np.all(np.isfinite(v)):
+        return "non-finite element(s)"
+    norm = float(np.linalg.norm(v.astype(np.float64)))
+    if not np.isfinite(norm) or norm == 0.0:
+        return "zero vector" if norm == 0.0 else "norm overflows"
+    return ""
 
 
 # ---------------------------------------------------------------- demo corpus
@@ -428,8 +484,8 @@ def corpus_from_export(
     for doc_id, d in docs.items():
         rows = sorted(by_doc.get(doc_id, []), key=lambda r: r["seq"])
         chunks = [export_format.row_to_node_json(r) for r in rows]
-        vecs = [r["embedding"] for r in rows]
-        v = np.asarray(vecs, dtype=np.float32) if rows and all(x is not None for x in vecs) else None
+        # each row's vector as exported (float32, any length, NaN kept); None where the export has none
+        v = [r["embedding"] for r in rows]
         doc = {
             "id": doc_id,
             "text": d["text"],
@@ -440,6 +496,300 @@ def corpus_from_export(
             "status_metadata": None,
         }
         corpus.put_document(doc, chunks, v)
+    return corpus
+
+
+# ---------------------------------------------------------------- hostile corpus
+HOSTILE_PIPELINE_ID = "5e0a7d3c-9b1f-4c2e-8a6d-0f4b3e2d1c0a"
+HOSTILE_DIM = 384
+HOSTILE_SEED = 20251102
+HOSTILE_SPEC = embeddings.ModelSpec("hash", "hash", HOSTILE_DIM)
+_LONG_ID = "긴-아이디/" + "long id ?#%2F 검진 " * 18 + "end"  # 300+ characters, every awkward character
+_NFC = unicodedata.normalize("NFC", "한글 건강검진 결과")
+_NFD = unicodedata.normalize("NFD", _NFC)
+
+HOSTILE_CASES: dict[str, str] = {
+    "id_korean_emoji": "document and chunk ids in Korean with emoji (multi-byte UTF-8 in the URL path)",
+    "id_slash": "ids with '/' (one path segment only when the client encodes it as %2F)",
+    "id_percent": "ids with a bare '%' and '%41' (decoded twice, '%41' would become 'A')",
+    "id_encoded_slash": "ids containing the literal text '%2F' (decoded twice it would become '/')",
+    "id_hash": "ids with '#' (a fragment when sent unencoded: the rest of the path is lost)",
+    "id_question": "ids with '?', '=' and '&' (a query string when sent unencoded)",
+    "id_spaces": "ids with inner, leading and trailing spaces",
+    "id_long": "a 300+ character id (Korean, spaces, '/', '?', '#', '%2F') for the document and its chunks",
+    "id_nfc_nfd": "two documents whose ids look the same: one NFC Korean, one NFD (combining jamo)",
+    "id_dot_segments": "document ids '.' and '..' (dot segments: URL libraries drop them from paths)",
+    "id_control_chars": "ids with a tab and a newline (not allowed raw in a URL: must be percent-encoded)",
+    "meta_structures": "nested dicts, lists (empty, mixed types, nested), null, booleans, -0.0",
+    "meta_nonfinite": "NaN, Infinity, -Infinity (also inside lists and nested dicts), 1e308, 5e-324",
+    "meta_big_ints": "integers beyond 64 bits (2**70, -2**70, 2**64) and the int64 bounds",
+    "meta_long_string": "a 100 KB string value",
+    "meta_marker_strings": "strings that look like encoding markers: 'json:{\"a\":1}', 'json:', 'meta_x'",
+    "meta_nul_string": "a string value with a NUL character",
+    "meta_korean": "Korean keys and values, and two keys that differ only by NFC/NFD",
+    "key_reserved": "keys '$where', '#doc', 'chroma:document', 'meta_where' next to '$where', 'meta_$where'",
+    "key_llamaindex": "keys LlamaIndex uses itself: '_node_content', 'document_id', 'doc_id', 'ref_doc_id'",
+    "key_empty": "an empty metadata key ''",
+    "text_empty": "a chunk and a document with empty text ''",
+    "text_whitespace": "text of whitespace only: '  \\n\\t'",
+    "text_nul": "text with a NUL in the middle: 'before\\x00after'",
+    "text_lone_surrogate": "text with a lone surrogate '\\ud800' (not valid UTF-8: JSON carries it as an escape)",
+    "text_long": "a 200 KB chunk text",
+    "text_nfd_nfc": "the same Korean words in NFC and NFD (combining jamo) in two chunks: never normalise",
+    "vec_zero": "a zero vector (cannot be normalised or searched)",
+    "vec_nan_element": "a vector with one NaN element",
+    "vec_inf_element": "vectors with one +Infinity and one -Infinity element",
+    "vec_wrong_dim": "a 383-dimensional vector in a 384-dimensional index",
+    "vec_non_unit": "a vector of norm 7.5 (not unit length)",
+    "vec_identical": "two chunks with identical vectors",
+    "dup_chunk_id": "the same chunk id in two different documents (different text and vectors)",
+    "zero_chunks": "a document with no chunks",
+}
+
+
+def _unit(seed: tuple, dim: int = HOSTILE_DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _hostile_records() -> list[dict]:
+    """One dict per document: ``case``, ``id``, ``text`` (None: its chunks' texts joined), ``meta`` (extra
+    document metadata) and ``chunks`` [(chunk id, text, extra chunk metadata, vector or None for a seeded
+    unit vector)]."""
+    recs = []
+
+    def rec(case, doc_id, chunks, meta=None, text=None):
+        recs.append({"case": case, "id": doc_id, "chunks": chunks, "meta": meta or {}, "text": text})
+
+    def plain(n, prefix, words="Plain chunk"):
+        return [(f"{prefix}{k}", f"{words} {k} of a hostile document.", {}, None) for k in range(n)]
+
+    rec(
+        "id_korean_emoji",
+        "건강검진-결과-🩺😀",
+        [(f"청크-{k}-🧪", f"한국어 청크 {k} 🩺", {}, None) for k in range(2)],
+    )
+    rec(
+        "id_slash",
+        "reports/2024/혈액검사.md",
+        [(f"reports/2024/혈액검사.md/chunk/{k}", f"slash {k}", {}, None) for k in range(2)],
+    )
+    rec("id_slash", "/leading/and/trailing/", plain(1, "/chunk/"))
+    rec("id_percent", "100% sure %41%zz", [("50% %41 chunk", "percent chunk", {}, None)])
+    rec(
+        "id_encoded_slash",
+        "a%2Fb%2fc%252F",
+        [("x%2Fy-0", "encoded slash 0", {}, None), ("x%2Fy-1", "encoded slash 1", {}, None)],
+    )
+    rec("id_hash", "notes#section-2", [("notes#section-2#c0", "hash chunk", {}, None)])
+    rec("id_question", "what?x=1&y=2", [("what?x=1&y=2&chunk=0", "question chunk", {}, None)])
+    rec("id_spaces", "  spaced id with  double  spaces ", [(" chunk with spaces ", "spaces chunk", {}, None)])
+    rec("id_long", _LONG_ID, [(f"{_LONG_ID}#chunk-{k}", f"long id chunk {k}", {}, None) for k in range(3)])
+    rec(
+        "id_nfc_nfd", unicodedata.normalize("NFC", "검진결과"), [("nfc-chunk-0", "NFC id document", {}, None)]
+    )
+    rec(
+        "id_nfc_nfd", unicodedata.normalize("NFD", "검진결과"), [("nfd-chunk-0", "NFD id document", {}, None)]
+    )
+    rec("id_dot_segments", ".", [(".", "a document and chunk named '.'", {}, None)])
+    rec("id_dot_segments", "..", [("..", "a document and chunk named '..'", {}, None)])
+    rec("id_control_chars", "tab\there\nnewline", [("tab\tchunk\n0", "control characters in ids", {}, None)])
+
+    structures = {
+        "nested": {"a": {"b": {"c": [1, {"d": None}]}}, "empty": {}},
+        "list_empty": [],
+        "list_mixed": [1, "two", 3.5, None, True, {"k": "v"}, [1, [2, []]]],
+        "list_nested": [[1, 2], [], [[3]]],
+        "null": None,
+        "true": True,
+        "false": False,
+        "zero": 0,
+        "neg_zero": -0.0,
+        "float_int": 1.0,
+    }
+    rec("meta_structures", "meta-structures", plain(2, "meta-structures-"), structures)
+    nonfinite = {
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "ninf": float("-inf"),
+        "in_list": [float("nan"), 1.0, float("inf"), float("-inf")],
+        "in_dict": {"x": float("nan")},
+        "max": 1e308,
+        "tiny": 5e-324,
+    }
+    rec("meta_nonfinite", "meta-nonfinite", plain(2, "meta-nonfinite-"), nonfinite)
+    big = {
+        "pow70": 2**70,
+        "neg_pow70": -(2**70),
+        "pow64": 2**64,
+        "uint64_max": 2**64 - 1,
+        "int64_max": 2**63 - 1,
+        "int64_min": -(2**63),
+        "int64_max_plus_1": 2**63,
+        "in_list": [2**70, -(2**63)],
+    }
+    rec("meta_big_ints", "meta-big-ints", plain(1, "meta-big-ints-"), big)
+    long_value = ("건강검진 long metadata value " * 4096)[: 100 * 1024]
+    rec("meta_long_string", "meta-long-string", plain(1, "meta-long-string-"), {"long": long_value})
+    markers = {
+        "marker_json": 'json:{"a":1}',
+        "marker_json_empty": "json:",
+        "marker_meta": "meta_x",
+        "list": ["json:[]"],
+    }
+    rec("meta_marker_strings", "meta-marker-strings", plain(1, "meta-marker-strings-"), markers)
+    rec(
+        "meta_nul_string",
+        "meta-nul-string",
+        plain(1, "meta-nul-string-"),
+        {"nul": "a\x00b", "nul_only": "\x00"},
+    )
+    korean = {
+        "검진항목": "혈압",
+        "결과": ["정상", "주의"],
+        "담당의": {"이름": "김의사", "과": "내과"},
+        unicodedata.normalize("NFC", "한글키"): "NFC key",
+        unicodedata.normalize("NFD", "한글키"): "NFD key",
+    }
+    rec(
+        "meta_korean",
+        "meta-korean",
+        [("meta-korean-0", "한국어 메타데이터", {"청크키": "청크값"}, None)],
+        korean,
+    )
+
+    reserved = {
+        "$where": "dollar",
+        "#doc": "hash",
+        "chroma:document": "colon",
+        "meta_where": "the real key meta_where",
+        "meta_$where": "dollar after meta_",
+        "$and": [{"x": 1}],
+    }
+    rec("key_reserved", "key-reserved", plain(2, "key-reserved-"), reserved)
+    llama_keys = {
+        "_node_content": '{"id_": "forged", "text": "not this chunk"}',
+        "document_id": "some-other-document",
+        "doc_id": "yet-another-document",
+        "ref_doc_id": "a-third-document",
+        "_node_type": "TextNode",
+    }
+    rec("key_llamaindex", "key-llamaindex", plain(1, "key-llamaindex-"), llama_keys)
+    rec("key_empty", "key-empty", plain(1, "key-empty-"), {"": "empty key", " ": "space key"})
+
+    rec("text_empty", "text-empty", [("text-empty-0", "", {}, None)], text="")
+    rec("text_whitespace", "text-whitespace", [("text-whitespace-0", "  \n\t", {}, None)], text="  \n\t")
+    rec("text_nul", "text-nul", [("text-nul-0", "before\x00after", {}, None)])
+    rec(
+        "text_lone_surrogate",
+        "text-lone-surrogate",
+        [
+            ("text-lone-surrogate-0", "before \ud800 after", {}, None),
+            ("text-lone-surrogate-1", "low \udc80 too", {}, None),
+        ],
+    )
+    long_text = ("건강검진 결과를 해석하는 긴 문서. A long chunk of text. " * 5000)[: 200 * 1024]
+    rec("text_long", "text-long", [("text-long-0", long_text, {}, None)])
+    rec(
+        "text_nfd_nfc",
+        "text-nfd-nfc",
+        [("text-nfc-0", _NFC, {"form": "NFC"}, None), ("text-nfd-1", _NFD, {"form": "NFD"}, None)],
+    )
+
+    def with_vec(prefix, vectors):
+        return [(f"{prefix}{k}", f"{prefix} chunk {k}", {}, v) for k, v in enumerate(vectors)]
+
+    nan_v = _unit((HOSTILE_SEED, 1001))
+    nan_v[17] = np.nan
+    inf_v, ninf_v = _unit((HOSTILE_SEED, 1002)), _unit((HOSTILE_SEED, 1003))
+    inf_v[3], ninf_v[200] = np.inf, -np.inf
+    same = _unit((HOSTILE_SEED, 1004))
+    rec("vec_zero", "vec-zero", with_vec("vec-zero-", [np.zeros(HOSTILE_DIM, np.float32), None]))
+    rec("vec_nan_element", "vec-nan-element", with_vec("vec-nan-", [nan_v, None]))
+    rec("vec_inf_element", "vec-inf-element", with_vec("vec-inf-", [inf_v, ninf_v, None]))
+    rec(
+        "vec_wrong_dim",
+        "vec-wrong-dim",
+        with_vec("vec-wrong-dim-", [_unit((HOSTILE_SEED, 1005), HOSTILE_DIM - 1), None]),
+    )
+    rec(
+        "vec_non_unit",
+        "vec-non-unit",
+        with_vec(
+            "vec-non-unit-", [(_unit((HOSTILE_SEED, 1006)).astype(np.float64) * 7.5).astype(np.float32)]
+        ),
+    )
+    rec("vec_identical", "vec-identical", with_vec("vec-identical-", [same, same.copy(), None, None]))
+
+    rec(
+        "dup_chunk_id",
+        "dup-chunk-a",
+        [("shared-chunk-id", "the shared id in document A", {"side": "A"}, None)],
+    )
+    rec(
+        "dup_chunk_id",
+        "dup-chunk-b",
+        [("shared-chunk-id", "the shared id in document B (different)", {"side": "B"}, None)],
+    )
+    rec("zero_chunks", "zero-chunks", [], text="A document that has no chunks at all.")
+    return recs
+
+
+def build_hostile_corpus(seed: int = HOSTILE_SEED) -> StaticCorpus:
+    """A small corpus of everything an exporter must carry exactly (see ``HOSTILE_CASES``): awkward ids,
+    metadata that JSON, Parquet and Chroma each struggle with, odd texts and unusable vectors. Every
+    document's metadata names its case under ``case``. Vectors are 384-d, seeded, unit length unless the
+    case says otherwise; the query model is the ``hash`` embedding, so retrieval works offline."""
+    project = copy.deepcopy(DEMO_PROJECT)
+    pipeline = _pipeline(
+        HOSTILE_PIPELINE_ID,
+        "hostile",
+        project["id"],
+        {"type": "HASH_EMBEDDING", "component": {"model_name": "hash", "dimensions": HOSTILE_DIM}},
+        {"mode": "auto", "chunk_size": 1024, "chunk_overlap": 200},
+    )
+    corpus = StaticCorpus(project, pipeline, HOSTILE_SPEC)
+    for d_i, r in enumerate(_hostile_records()):
+        doc_id, texts = r["id"], [c[1] for c in r["chunks"]]
+        text = r["text"] if r["text"] is not None else "\n\n".join(texts)
+        doc_meta = {
+            "case": r["case"],
+            "file_name": f"hostile-{d_i:02d}.txt",
+            "pipeline_id": HOSTILE_PIPELINE_ID,
+            **r["meta"],
+        }
+        doc = {
+            "id": doc_id,
+            "text": text,
+            "metadata": doc_meta,
+            "excluded_embed_metadata_keys": [],
+            "excluded_llm_metadata_keys": [],
+            "page_positions": None,
+            "status_metadata": None,
+        }
+        ids = [c[0] for c in r["chunks"]]
+        chunks, vectors, pos = [], [], 0
+        for k, (cid, ctext, extra, vec) in enumerate(r["chunks"]):
+            start = text.find(ctext, pos) if ctext else pos
+            start = start if start >= 0 else None
+            end = start + len(ctext) if start is not None else None
+            pos = end if end is not None else pos
+            meta = {"document_id": doc_id, **doc_meta, "chunk_index": k, **extra}
+            chunks.append(
+                node_json(
+                    cid,
+                    ctext,
+                    meta,
+                    doc_id,
+                    doc_meta,
+                    ids[k - 1] if k else None,
+                    ids[k + 1] if k + 1 < len(ids) else None,
+                    start,
+                    end,
+                )
+            )
+            vectors.append(_unit((seed, d_i, k)) if vec is None else np.asarray(vec, dtype=np.float32))
+        corpus.put_document(doc, chunks, vectors)
     return corpus
 
 
@@ -584,9 +934,11 @@ class SyntheticCorpus:
 
 
 def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_export: bool = False):
-    """``demo``, ``synthetic:N[:D[:chunks_per_doc]]`` or the path of an export folder."""
+    """``demo``, ``hostile``, ``synthetic:N[:D[:chunks_per_doc]]`` or the path of an export folder."""
     if corpus == "demo":
         return build_demo_corpus(embed_cache)
+    if corpus == "hostile":
+        return build_hostile_corpus()
     if corpus.startswith("synthetic:"):
         parts = [int(x) for x in corpus.split(":")[1:]]
         return SyntheticCorpus(*parts)
@@ -594,5 +946,5 @@ def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_e
     if (p / "manifest.json").exists():
         return corpus_from_export(p)
     raise ValueError(
-        f"corpus {corpus!r}: use 'demo', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json"
+        f"corpus {corpus!r}: use 'demo', 'hostile', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json"
     )

@@ -18,9 +18,12 @@ class SourceError(RuntimeError):
 
 
 def path_id(value: str) -> str:
-    """An id for a URL path segment. llama-cloud 1.x puts ids into paths as they are, so an id with
-    ``/ ? # %`` would change the path: such ids are percent-encoded here (others are left to httpx)."""
-    return urllib.parse.quote(value, safe="") if any(ch in value for ch in "/?#%") else value
+    """An id for a URL path segment. llama-cloud 1.x puts ids into paths as they are, so ``/ ? # %`` would
+    change the path, control characters are refused by httpx and ``.``/``..`` are removed as dot segments:
+    every id is percent-encoded whole (dots too when the id is only dots)."""
+    if value and set(value) == {"."}:
+        return "%2E" * len(value)
+    return urllib.parse.quote(value, safe="")
 
 
 @dataclass
@@ -39,9 +42,11 @@ def ensure_emulator(
     api_key_env: str,
     embed_cache: str = "",
     query_latency_ms: float = 0.0,
+    serve_embeddings: bool = False,
 ) -> str:
     """Rehearsal mode outside the runner (plain papermill, JupyterLab): start the local server if
-    nothing answers at ``base_url``. Returns the URL to use."""
+    nothing answers at ``base_url``. Returns the URL to use. ``serve_embeddings``: the server fills
+    ``embedding`` in its /chunks answers (real LlamaCloud does not), so phase 01 needs no re-embedding."""
     from . import cloud_emulator
 
     if base_url:
@@ -55,7 +60,9 @@ def ensure_emulator(
         raise SourceError(
             f"rehearsal mode: set {api_key_env} to any value; the local server accepts that key"
         )
-    handle = cloud_emulator.start_subprocess(emulator_corpus, api_key_env, port, embed_cache)
+    handle = cloud_emulator.start_subprocess(
+        emulator_corpus, api_key_env, port, embed_cache, serve_embeddings=serve_embeddings
+    )
     if query_latency_ms:
         cloud_emulator.set_faults_remote(
             handle.url, os.environ[api_key_env], latency_ms=query_latency_ms, path_pattern="/retrieve$"
@@ -74,12 +81,18 @@ def open_source(
     emulator_corpus: str = "",
     embed_cache: str = "",
     emulator_query_latency_ms: float = 0.0,
+    emulator_serve_embeddings: bool = False,
 ) -> Source:
     from llama_cloud import LlamaCloud
 
     if emulator_corpus:
         base_url = ensure_emulator(
-            base_url, emulator_corpus, api_key_env, embed_cache, emulator_query_latency_ms
+            base_url,
+            emulator_corpus,
+            api_key_env,
+            embed_cache,
+            emulator_query_latency_ms,
+            serve_embeddings=emulator_serve_embeddings,
         )
     key = credentials.get_secret(api_key_env, purpose="LlamaCloud API key")
     client = LlamaCloud(

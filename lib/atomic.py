@@ -51,9 +51,12 @@ def write_text(target: str | os.PathLike, text: str, mode: int | None = None) ->
 
 
 def write_json(target: str | os.PathLike, obj, mode: int | None = None) -> None:
-    write_text(
-        target, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False, default=str) + "\n", mode
-    )
+    text = json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (named in a refusal): \u escapes, read back exactly
+        text = json.dumps(obj, indent=2, sort_keys=False, default=str)
+    write_text(target, text + "\n", mode)
 
 
 def read_json(path: str | os.PathLike):

@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     v = sub.add_parser("verify-export", help="verify an export folder (checksums, counts, vectors)")
     v.add_argument("export_dir")
+    v.add_argument("--empty-texts", default="load", help="load | skip (as phase 03's empty_texts)")
+    v.add_argument(
+        "--duplicate-chunk-ids",
+        default="qualify",
+        help="qualify | refuse (as phase 03's duplicate_chunk_ids)",
+    )
     args = ap.parse_args(argv)
 
     if args.cmd == "run":
@@ -59,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run complete: {res.run_dir}/index.html")
         return 0
     if args.cmd == "verify-export":
-        from . import verify
+        from . import records, verify
 
-        report = verify.verify_export(args.export_dir)
+        try:
+            policy = records.Policy(args.empty_texts, args.duplicate_chunk_ids)
+        except records.PolicyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        report = verify.verify_export(args.export_dir, policy=policy)
         print(report.to_string())
         return 0 if report.ok else 1
     return 2

@@ -24,15 +24,43 @@ class ParameterError(ValueError):
     pass
 
 
-def _read_yaml(path: Path) -> dict:
+_WHAT_TO_PUT = (
+    "put the parameters of this migration in it, one 'name: value' per line -- at least base_path and the "
+    "source (index_name or index_id; emulator_corpus: demo for a rehearsal); runbook_params/demo.yaml and "
+    "runbook_params/welno.yaml are examples, and each notebook's parameters cell lists what it takes"
+)
+
+
+def _read_yaml(path: Path, required: bool = False) -> dict:
+    """The mapping in a params file. ``required``: a file with no parameters (empty, only comments) is an
+    error, not "the defaults" -- the defaults alone would run a real migration under a made-up base path."""
     if not path.exists():
         raise ParameterError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ParameterError(
+            f"{path}: cannot read the params file: not UTF-8 text ({e.reason}); save it as UTF-8 and "
+            + _WHAT_TO_PUT
+        ) from None
+    except OSError as e:
+        raise ParameterError(
+            f"{path}: cannot read the params file ({e.strerror or e}): make it readable and " + _WHAT_TO_PUT
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ParameterError(f"{path}: not valid YAML: {e}") from None
+    if data is None or data == {}:
+        if required:
+            raise ParameterError(
+                f"{path}: the params file holds no parameters (it is empty or only comments); {_WHAT_TO_PUT}"
+            )
+        return {}
     if not isinstance(data, dict):
-        raise ParameterError(f"{path}: must be a mapping of parameter names to values")
+        raise ParameterError(
+            f"{path}: must be a mapping of parameter names to values, not a {type(data).__name__}; {_WHAT_TO_PUT}"
+        )
     return data
 
 
@@ -41,10 +69,13 @@ def load_defaults() -> dict:
 
 
 def load_params(path: str | Path) -> dict:
-    """Shared defaults, then the params file over them."""
+    """Shared defaults, then the params file over them. A params file must set something: refused
+    empty (or only comments), unreadable or not a mapping before anything is created."""
     path = resolve(path)
+    if path.is_dir():
+        raise ParameterError(f"{path}: is a folder, not a params file; {_WHAT_TO_PUT}")
     params = load_defaults() if path != DEFAULTS_FILE else {}
-    own = _read_yaml(path)
+    own = _read_yaml(path, required=True)
     for name in RUNNER_PARAMETERS:
         if name in own:
             raise ParameterError(f"{path}: {name} is set by the runner; remove it from the params file")

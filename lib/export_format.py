@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import atomic
+from . import atomic, records
 
 FORMAT = "welno-runbook-export/1"
 CHUNK_SCHEMA = pa.schema(
@@ -69,12 +68,22 @@ class ExportError(RuntimeError):
 
 
 def dumps(obj) -> str:
-    """Canonical JSON: sorted keys, compact, UTF-8 as it is (Korean stays Korean)."""
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode("utf-8")
+    """Canonical JSON: sorted keys, compact, UTF-8 as it is (Korean stays Korean); NaN, Infinity, integers
+    of any size and lone surrogates are kept (``records.dumps``), never turned into null or an error."""
+    return records.dumps(obj)
 
 
 def sha256_text(s: str) -> str:
-    return hashlib.sha256(s.encode("utf-8")).hexdigest()
+    return hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def unstorable(row: dict) -> str | None:
+    """Why an export row cannot be written at all (Parquet holds UTF-8 text only), or None."""
+    for name in ("chunk_id", "document_id", "text"):
+        v = row.get(name)
+        if isinstance(v, str) and not records._utf8(v):
+            return f"{name} has a lone surrogate (not valid Unicode text)"
+    return None
 
 
 def document_hash(text: str, metadata: dict) -> str:
@@ -94,7 +103,9 @@ def node_to_row(document_id: str, seq: int, node: dict) -> dict:
     text = node.get("text") or ""
     emb = node.get("embedding")
     return {
-        "chunk_id": node.get("id_") or node.get("id"),
+        "chunk_id": node["id_"]
+        if node.get("id_") is not None
+        else node.get("id"),  # "" stays "" (refused at load)
         "document_id": document_id,
         "seq": seq,
         "text": text,
@@ -222,6 +233,21 @@ def open_export(path: str | os.PathLike) -> Export:
     if m.get("format") != FORMAT:
         raise ExportError(f"{mf}: format {m.get('format')!r}, expected {FORMAT!r}")
     return Export(path, m)
+
+
+def main_dimension(exp: Export) -> int:
+    """The vector dimension of the export: the manifest's, or the one most vectors have (0: no vectors)."""
+    d = exp.manifest.get("embedding_dimension")
+    if isinstance(d, int):
+        return d
+    import pyarrow.compute as pc
+
+    counts: dict[int, int] = {}
+    for batch in exp.iter_chunk_batches(columns=["embedding"]):
+        lens = pc.list_value_length(batch.column("embedding")).drop_null().to_numpy()
+        for dd, n in zip(*np.unique(lens, return_counts=True), strict=True):
+            counts[int(dd)] = counts.get(int(dd), 0) + int(n)
+    return max(counts, key=counts.get) if counts else 0
 
 
 def latest_export(exports_dir: str | os.PathLike, pipeline_id: str | None = None) -> Path | None:

@@ -78,6 +78,7 @@ class _Writer:
         self._cleanup_orphans()
         self.buf_chunks: list[dict] = []
         self.buf_docs: list[dict] = []
+        self.buf_refused: list[dict] = []  # committed with the shard of their document
         self.lock = threading.Lock()
 
     def _cleanup_orphans(self):
@@ -95,11 +96,30 @@ class _Writer:
                 done[d] = (h, sh["index"])
         return done
 
-    def add(self, doc_row: dict, chunk_rows: list[dict]):
+    def add(self, doc_row: dict, chunk_rows: list[dict], refused: list[dict] = ()):
         self.buf_docs.append(doc_row)
         self.buf_chunks.extend(chunk_rows)
+        self.buf_refused.extend(refused)
         if len(self.buf_chunks) >= self.shard_rows:
             self.flush()
+
+    def refuse_document(self, doc_id: str, entries: list[dict]):
+        refused = [x for x in self.state.get("refused", []) if x["document_id"] != doc_id]
+        self.state["refused"] = refused + (
+            entries
+            or [
+                {
+                    "document_id": doc_id,
+                    "chunk_id": None,
+                    "problem": "document id has a lone surrogate (not valid Unicode text)",
+                    "what to do": "fix the document at the source, then export again",
+                }
+            ]
+        )
+        self.state["refused_documents"] = sorted(
+            {x["document_id"] for x in self.state["refused"] if "document id" in x["problem"]}
+        )
+        atomic.write_json(self.partial_path, self.state)
 
     def _next_index(self) -> int:
         return max((sh["index"] for sh in self.state["shards"]), default=-1) + 1
@@ -110,8 +130,9 @@ class _Writer:
         i = self._next_index()
         entry = self._write_pair(i, self.buf_docs, self.buf_chunks)
         self.state["shards"].append(entry)
+        self.state.setdefault("refused", []).extend(self.buf_refused)
         atomic.write_json(self.partial_path, self.state)
-        self.buf_docs, self.buf_chunks = [], []
+        self.buf_docs, self.buf_chunks, self.buf_refused = [], [], []
 
     def _write_pair(self, i: int, docs: list[dict], chunks: list[dict], generation: int = 0) -> dict:
         suffix = f"-{generation}" if generation else ""
@@ -151,6 +172,7 @@ class _Writer:
                 (self.path / f).unlink(missing_ok=True)
             removed += len(hit)
         self.state["shards"] = [s for s in self.state["shards"] if s["documents"] > 0]
+        self.state["refused"] = [x for x in self.state.get("refused", []) if x["document_id"] not in doc_ids]
         atomic.write_json(self.partial_path, self.state)
         return removed
 
@@ -275,6 +297,41 @@ def find_resumable(exports_dir: Path, pipeline_id: str) -> Path | None:
     return None
 
 
+def _rows_of(d: dict, nodes: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Export rows of a document's chunks, and the chunks refused because no file could hold them (each
+    named with its document and what to do). ``seq`` keeps the source's order, gaps included."""
+    rows, refused = [], []
+    doc_problem = None
+    if not export_format.records._utf8(d["id"]):
+        doc_problem = "document id has a lone surrogate (not valid Unicode text)"
+    elif not export_format.records._utf8(d.get("text") or ""):
+        refused.append(
+            {
+                "document_id": d["id"],
+                "chunk_id": None,
+                "problem": "document text has a lone surrogate: the document's own text is not stored "
+                "(its chunks are, each checked below)",
+                "what to do": "fix the document at the source; phase 07's delta sync picks it up",
+            }
+        )
+    for k, n in enumerate(nodes):
+        row = export_format.node_to_row(d["id"], k, n)
+        why = doc_problem or export_format.unstorable(row)
+        if why:
+            refused.append(
+                {
+                    "document_id": d["id"],
+                    "chunk_id": row["chunk_id"],
+                    "problem": why,
+                    "what to do": "fix the text at the source (it must be valid Unicode), then run phase 07's "
+                    "delta sync or export again",
+                }
+            )
+            continue
+        rows.append(row)
+    return rows, refused
+
+
 def export_index(
     src: Source,
     exports_dir: str | os.PathLike,
@@ -346,10 +403,14 @@ def export_index(
             if nodes is None:
                 listed.pop(d["id"], None)  # deleted since listed
                 return
-            rows = [export_format.node_to_row(d["id"], k, n) for k, n in enumerate(nodes)]
+            rows, refused = _rows_of(d, nodes)
+            if not export_format.records._utf8(d["id"]):
+                w.refuse_document(d["id"], refused)  # no file can hold its id: listed, not written
+                exported[d["id"]] = h
+                return
             doc_row = {
                 "document_id": d["id"],
-                "text": d["text"],
+                "text": d["text"] if export_format.records._utf8(d["text"] or "") else None,
                 "metadata_json": export_format.dumps(d.get("metadata") or {}),
                 "content_sha256": h,
                 "chunk_count": len(rows),
@@ -358,7 +419,7 @@ def export_index(
                 w.flush()
                 w.remove_documents({d["id"]})  # the fresh copy replaces the stale one
                 stale.discard(d["id"])
-            w.add(doc_row, rows)
+            w.add(doc_row, rows, refused)
             exported[d["id"]] = h
             result.fetched_documents += 1
             if bar is not None:
@@ -421,9 +482,11 @@ def export_index(
             "source_total_count": total,
         }
     )
-    if manifest["total_documents"] != total:
+    refused_docs = len(manifest.get("refused_documents", []))
+    if manifest["total_documents"] + refused_docs != total:
         raise ExportError(
-            f"export has {manifest['total_documents']} documents but the source reports {total}"
+            f"export has {manifest['total_documents']} documents (+{refused_docs} refused) but the source "
+            f"reports {total}"
         )
     result.manifest = manifest
     result.seconds = time.time() - t0

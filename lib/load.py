@@ -9,7 +9,6 @@ crash changes nothing; a checkpoint after every batch lets a killed load skip wh
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import random
@@ -20,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 
-from . import atomic, export_format
-from .verify import classify_value
+from . import atomic, export_format, records
 
 _NODE_DEFAULTS = {
     "excluded_embed_metadata_keys": [],
@@ -37,10 +34,17 @@ _NODE_DEFAULTS = {
 
 def node_metadata(row: dict) -> dict:
     """What llama-index's ``node_to_metadata_dict(node, remove_text=True, flat_metadata=False)`` returns for
-    the row's TextNode, built straight from the export's JSON (no pydantic round-trip: ~20x faster)."""
-    metadata = orjson.loads(row["metadata_json"])
-    extra = orjson.loads(row["node_extra_json"] or "{}")
-    rels = orjson.loads(row["relationships_json"] or "{}")
+    the row's TextNode (the source's metadata, then LlamaIndex's own keys over it)."""
+    metadata, own = _node_parts(row)
+    return {**metadata, **own}
+
+
+def _node_parts(row: dict) -> tuple[dict, dict]:
+    """The source's metadata and LlamaIndex's own keys (``_node_content`` ...), built straight from the
+    export's JSON (no pydantic round-trip: ~20x faster)."""
+    metadata = records.loads(row["metadata_json"])
+    extra = records.loads(row["node_extra_json"] or "{}")
+    rels = records.loads(row["relationships_json"] or "{}")
     node = {"id_": row["chunk_id"], "embedding": None, "metadata": metadata}
     for k in ("excluded_embed_metadata_keys", "excluded_llm_metadata_keys", "metadata_template"):
         node[k] = extra.get(k) if extra.get(k) is not None else _NODE_DEFAULTS[k]
@@ -56,37 +60,28 @@ def node_metadata(row: dict) -> dict:
     node["class_name"] = "TextNode"
     source = rels.get("1")
     ref = source.get("node_id") if isinstance(source, dict) else None
-    md = dict(metadata)
-    md["_node_content"] = orjson.dumps(node).decode("utf-8")
-    md["_node_type"] = "TextNode"
-    md["document_id"] = md["doc_id"] = md["ref_doc_id"] = ref if ref is not None else "None"
-    return md
+    ref = "None" if ref is None else ref
+    own = {
+        "_node_content": records.dumps(node, sort_keys=False),
+        "_node_type": "TextNode",
+        "document_id": ref,
+        "doc_id": ref,
+        "ref_doc_id": ref,
+    }
+    return metadata, own
 
 
-def to_chroma_metadata(row: dict) -> tuple[dict, list[str]]:
-    """Flat Chroma metadata for one export row, and the keys dropped because they were null."""
-    md = node_metadata(row)
-    out, dropped = {}, []
-    for k, v in md.items():
-        kind = classify_value(k, v)
-        if kind is None:
-            out[k] = v
-        elif kind == "null":
-            dropped.append(k)
-        elif kind == "reserved key":
-            out["meta_" + k.lstrip("#$").replace(":", "_")] = (
-                v if classify_value("x", v) is None else "json:" + json.dumps(v, ensure_ascii=False)
-            )
-        else:
-            out[k] = "json:" + json.dumps(v, ensure_ascii=False, sort_keys=True)
-    return out, dropped
+def to_chroma_metadata(row: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """Flat Chroma metadata for one export row (``records.to_flat`` of the source's metadata, then
+    LlamaIndex's own keys, which never collide: a source key of that name is escaped), and the (key, kind)
+    of each reversible conversion. ``records.from_flat`` undoes it."""
+    metadata, own = _node_parts(row)
+    md, conversions = records.to_flat(metadata, own)
+    md.update(own)
+    return md, conversions
 
 
-def from_chroma_value(v):
-    """Undo the conversion of one value (``json:`` prefixed strings back to objects)."""
-    if isinstance(v, str) and v.startswith("json:"):
-        return json.loads(v[5:])
-    return v
+from_chroma_value = records.decode_value
 
 
 @dataclass
@@ -97,7 +92,7 @@ class LoadResult:
     total: int = 0
     seconds: float = 0.0
     batch_size: int = 0
-    null_keys_dropped: dict = field(default_factory=dict)
+    tally: records.Tally = field(default_factory=records.Tally)
 
     @property
     def rate(self) -> float:
@@ -112,7 +107,7 @@ class LoadResult:
             "batch size": self.batch_size,
             "seconds": round(self.seconds, 1),
             "records/s": round(self.rate, 1),
-            "null metadata keys dropped": self.null_keys_dropped,
+            **{f"chunks {k}": v for k, v in sorted(self.tally.counts.items())},
         }
 
 
@@ -136,47 +131,72 @@ def _batches(exp, batch_size: int, start_shard: int, start_row: int):
             yield pos, offset, batch
 
 
-def _vectors(column) -> np.ndarray:
-    """An Arrow list<float32> column as an (n, dim) float32 matrix, without Python floats in between."""
-    if column.null_count:
-        raise export_format.ExportError(
-            f"{column.null_count} chunk(s) have no vector: run phase 01's re-embedding step before loading"
-        )
-    lengths = np.asarray(column.value_lengths())
-    if len(lengths) and (lengths != lengths[0]).any():
-        raise export_format.ExportError(
-            f"vectors of different sizes in one batch: {sorted(set(lengths.tolist()))}"
-        )
-    flat = np.asarray(column.flatten(), dtype=np.float32)
-    return flat.reshape(len(column), int(lengths[0]) if len(lengths) else 0)
+@dataclass
+class Context:
+    """What decides each record's fate: the collection's dimension, the export's ids, the policy."""
+
+    dim: int
+    ids: records.IdIndex
+    policy: records.Policy
 
 
-def _prepare(rows: list[dict]):
-    """(ids, documents, vectors, metadatas, null keys dropped) for a list of export rows."""
+def context(exp, policy: records.Policy | None = None, dim: int | None = None) -> Context:
+    """The dimension is the export's (or the one most vectors have: the others are refused, listed)."""
+    return Context(
+        dim or export_format.main_dimension(exp), records.IdIndex.of_export(exp), policy or records.Policy()
+    )
+
+
+def _prepare(rows: list[dict], ctx: Context | None = None, start: int = 0):
+    """(ids, documents, vectors, metadatas, [(row, decision, conversions)]) for a list of export rows.
+    Without ``ctx`` the rows stand alone (phase 07's additions): a record that would not load is an error."""
     import pyarrow as pa
 
     emb = pa.array([r["embedding"] for r in rows], type=pa.list_(pa.float32()))
-    return _prepare_rows(rows, _vectors(emb))
+    strict = ctx is None
+    if ctx is None:
+        dim = next((len(r["embedding"]) for r in rows if r["embedding"] is not None), 0)
+        ctx = Context(dim, records.IdIndex((r["chunk_id"], r["document_id"]) for r in rows), records.Policy())
+    out = _prepare_rows(rows, emb, ctx, start)
+    bad = [(r, d) for r, d, _ in out[4] if d.action != "load"]
+    if strict and bad:
+        raise LoadError(
+            "; ".join(
+                f"chunk {r['chunk_id']!r} of document {r['document_id']!r}: {d.notes}" for r, d in bad[:5]
+            )
+            + f" ({len(bad)} record(s) not loadable)"
+        )
+    return out
 
 
-def _prepare_batch(batch):
+def _prepare_batch(batch, ctx: Context, start: int):
     """The same for an Arrow record batch; vectors go straight from Arrow to numpy."""
     emb = batch.column(batch.schema.get_field_index("embedding"))
-    vectors = _vectors(emb)
     rows = batch.drop_columns(["embedding"]).to_pylist()
-    return _prepare_rows(rows, vectors)
+    return _prepare_rows(rows, emb, ctx, start)
 
 
-def _prepare_rows(rows: list[dict], vectors: np.ndarray):
-    ids, docs, metas, dropped = [], [], [], {}
-    for r in rows:
-        md, nulls = to_chroma_metadata(r)
-        for k in nulls:
-            dropped[k] = dropped.get(k, 0) + 1
-        ids.append(r["chunk_id"])
-        docs.append(r["text"])
-        metas.append(md)
-    return ids, docs, vectors, metas, dropped
+def _prepare_rows(rows: list[dict], emb, ctx: Context, start: int):
+    problems = records.vector_problems(emb, ctx.dim)
+    ids, docs, metas, keep, fates = [], [], [], [], []
+    for i, r in enumerate(rows):
+        d = records.decide(r, start + i, problems[i], ctx.ids, ctx.policy)
+        conversions: list = []
+        if d.action == "load":
+            md, conversions = to_chroma_metadata(r)
+            ids.append(d.chroma_id)
+            docs.append(r["text"])
+            metas.append(md)
+            keep.append(i)
+        fates.append((r, d, conversions))
+    vectors = (
+        records.vector_matrix(emb.take(keep), ctx.dim) if keep else np.zeros((0, ctx.dim), dtype=np.float32)
+    )
+    return ids, docs, vectors, metas, fates
+
+
+class LoadError(RuntimeError):
+    pass
 
 
 def load_export(
@@ -186,25 +206,54 @@ def load_export(
     checkpoint_path: str | os.PathLike,
     batch_size: int = 5000,
     progress: bool = True,
+    before_batch=None,
+    policy: records.Policy | None = None,
+    chroma_path: str | os.PathLike | None = None,
 ) -> LoadResult:
+    """Every record is decided by ``records.decide`` (loaded, converted, skipped or refused, and listed)
+    before Chroma sees its batch. ``before_batch(n)`` is called before each ``add`` of ``n`` records (the
+    disk guard); whatever it raises stops the load after the last checkpointed batch, so a re-run resumes
+    there. The tally lives in the checkpoint, so a resumed load still accounts for every chunk."""
+    from . import disk
+
     exp = export_format.open_export(export_dir)
     sha = exp.manifest_sha256
     batch_size = max(1, min(int(batch_size), int(client.get_max_batch_size())))
+    policy = policy or records.Policy()
     cp_path = Path(checkpoint_path)
     cp = atomic.read_json(cp_path) if cp_path.exists() else {}
-    if cp.get("export_manifest_sha256") != sha or cp.get("collection") != col.name:
-        cp = {"export_manifest_sha256": sha, "collection": col.name, "shard": 0, "row": 0, "loaded": 0}
+    if (
+        cp.get("export_manifest_sha256") != sha
+        or cp.get("collection") != col.name
+        or cp.get("policy") != vars(policy)
+    ):
+        cp = {
+            "export_manifest_sha256": sha,
+            "collection": col.name,
+            "policy": vars(policy),
+            "shard": 0,
+            "row": 0,
+            "loaded": 0,
+            "rows_done": 0,
+            "tally": {},
+        }
+    ctx = context(exp, policy)
+    tally = records.Tally(state=cp.get("tally"))
     res = LoadResult(
         col.name,
         total=exp.manifest["total_chunks"],
         batch_size=batch_size,
         skipped_by_checkpoint=cp["loaded"],
+        tally=tally,
     )
+    shard_start = np.concatenate([[0], np.cumsum([sh["rows"] for sh in exp.shards])]).tolist()
     bar = None
     if progress:
         from .display import progress as tqdm
 
-        bar = tqdm(total=res.total, initial=cp["loaded"], desc=f"loading into {col.name}", unit="chunk")
+        bar = tqdm(
+            total=res.total, initial=cp.get("rows_done", 0), desc=f"loading into {col.name}", unit="chunk"
+        )
     # prepare the next batch (Parquet -> records) while Chroma indexes the current one
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -214,7 +263,8 @@ def load_export(
             for pos, offset, rows in _batches(exp, batch_size, cp["shard"], cp["row"]):
                 if stop.is_set():
                     return
-                q.put((pos, offset, _prepare_batch(rows)))
+                first = int(shard_start[pos]) + offset - rows.num_rows
+                q.put((pos, offset, rows.num_rows, _prepare_batch(rows, ctx, first)))
             q.put(None)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put(e)
@@ -229,15 +279,34 @@ def load_export(
                 break
             if isinstance(item, BaseException):
                 raise item
-            pos, offset, (ids, docs, embs, metas, dropped) = item
-            col.add(ids=ids, documents=docs, embeddings=embs, metadatas=metas)
-            for k, n in dropped.items():
-                res.null_keys_dropped[k] = res.null_keys_dropped.get(k, 0) + n
+            pos, offset, n_rows, (ids, docs, embs, metas, fates) = item
+            if ids:
+                if before_batch is not None:
+                    before_batch(len(ids))
+                try:
+                    col.add(ids=ids, documents=docs, embeddings=embs, metadatas=metas)
+                except Exception as e:
+                    translated = disk.translate(e, chroma_path or "")
+                    if translated is not e:
+                        raise translated from e
+                    raise LoadError(
+                        f"Chroma refused the batch of {len(ids)} records from {exp.shards[pos]['chunks_file']} "
+                        f"(chunks {ids[0]!r} … {ids[-1]!r}): {e}. Nothing of this batch is counted as loaded; "
+                        "the records before it are checkpointed. Report the chunk ids with this message."
+                    ) from e
+            for r, d, conversions in fates:
+                tally.add(r, d, conversions)
             res.loaded_now += len(ids)
-            cp.update(shard=pos, row=offset, loaded=cp["loaded"] + len(ids))
+            cp.update(
+                shard=pos,
+                row=offset,
+                loaded=cp["loaded"] + len(ids),
+                rows_done=cp.get("rows_done", 0) + n_rows,
+                tally=tally.state(),
+            )
             atomic.write_json(cp_path, cp)
             if bar is not None:
-                bar.update(len(ids))
+                bar.update(n_rows)
     finally:
         stop.set()
         if bar is not None:
@@ -257,20 +326,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _exact_topk(exp, queries: np.ndarray, k: int) -> list[list[str]]:
-    """Exact cosine top-k over all export vectors, streamed shard by shard (bounded memory)."""
+def _exact_topk(exp, queries: np.ndarray, k: int, ctx: Context) -> list[list[str]]:
+    """Exact cosine top-k over the loadable export vectors (by their Chroma ids), streamed batch by batch."""
     qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     best_s = np.full((len(qn), k), -np.inf, dtype=np.float32)
     best_i = np.empty((len(qn), k), dtype=object)
-    for batch in exp.iter_chunk_batches(columns=["chunk_id", "embedding"], batch_size=20000):
-        ids = np.asarray(batch.column("chunk_id").to_pylist(), dtype=object)
+    pos = 0
+    for batch in exp.iter_chunk_batches(
+        columns=["chunk_id", "document_id", "text", "embedding"], batch_size=20000
+    ):
+        rows = batch.drop_columns(["embedding"]).to_pylist()
         emb = batch.column("embedding")
-        dim = len(emb[0].as_py())
-        mat = np.asarray(emb.flatten(), dtype=np.float32).reshape(len(ids), dim)
+        problems = records.vector_problems(emb, ctx.dim)
+        keep, ids = [], []
+        for i, r in enumerate(rows):
+            d = records.decide(r, pos + i, problems[i], ctx.ids, ctx.policy)
+            if d.action == "load":
+                keep.append(i)
+                ids.append(d.chroma_id)
+        pos += len(rows)
+        if not keep:
+            continue
+        mat = records.vector_matrix(emb.take(keep), ctx.dim)
         mat = mat / np.linalg.norm(mat, axis=1, keepdims=True)
         s = qn @ mat.T
         all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(np.asarray(ids, dtype=object), s.shape)], axis=1)
         top = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
         best_s = np.take_along_axis(all_s, top, axis=1)
         best_i = np.take_along_axis(all_i, top, axis=1)
@@ -289,6 +370,7 @@ def verify_load(
     max_ef_search: int = 800,
     seed: int = 0,
     reopen=None,
+    policy: records.Policy | None = None,
 ) -> dict:
     """Count, ids, sampled records field by field, self-retrieval, HNSW recall@k vs exact, LlamaIndex read-back.
 
@@ -297,39 +379,90 @@ def verify_load(
     is in force; without ``reopen`` the first measurement stands. The result's ``client``/``collection`` are
     the ones to use afterwards."""
     exp = export_format.open_export(export_dir)
+    ctx = context(exp, policy)
     checks, issues = [], []
 
     def check(name, ok, detail):
         checks.append({"check": name, "ok": bool(ok), "detail": detail})
 
-    n = col.count()
-    check(
-        "count equals export",
-        n == exp.manifest["total_chunks"],
-        f"collection {n}, export {exp.manifest['total_chunks']}",
-    )
-
-    # every id present; reservoir sample on the way
+    # one pass: every record's fate (independently of the load's own tally), every planned id present,
+    # a reservoir sample of the loaded records on the way
     rng = random.Random(seed)
-    picked: list[dict] = []
-    missing, seen = [], 0
+    tally = records.Tally()
+    picked: list[tuple[dict, str]] = []
+    missing, differ, seen, pos = [], [], 0, 0
     maxb = int(client.get_max_batch_size())
     for batch in exp.iter_chunk_batches(batch_size=maxb):
+        emb = batch.column("embedding")
+        problems = records.vector_problems(emb, ctx.dim)
         rows = batch.to_pylist()
-        ids = [r["chunk_id"] for r in rows]
-        got = set(col.get(ids=ids, include=[])["ids"])
-        missing.extend(i for i in ids if i not in got)
-        for r in rows:
+        planned = []
+        for i, r in enumerate(rows):
+            d = records.decide(r, pos + i, problems[i], ctx.ids, ctx.policy)
+            want_md, conversions = to_chroma_metadata(r) if d.action == "load" else ({}, [])
+            tally.add(r, d, conversions)
+            if d.action != "load":
+                continue
+            planned.append((d.chroma_id, r, want_md))
             seen += 1
             if len(picked) < sample:
-                picked.append(r)
+                picked.append((r, d.chroma_id))
             elif (j := rng.randrange(seen)) < sample:
-                picked[j] = r
+                picked[j] = (r, d.chroma_id)
+        pos += len(rows)
+        got = (
+            col.get(ids=[cid for cid, _, _ in planned], include=["documents", "metadatas"])
+            if planned
+            else None
+        )
+        by_id = (
+            dict(zip(got["ids"], zip(got["documents"], got["metadatas"], strict=True), strict=True))
+            if got
+            else {}
+        )
+        for cid, r, want_md in planned:
+            rec = by_id.get(cid)
+            if rec is None:
+                missing.append(cid)
+            elif rec[0] != r["text"] or rec[1] != want_md:
+                differ.append((cid, r, rec))
+    n = col.count()
+    want = tally.expected_in_collection()
     check(
-        "every exported id present",
+        "count equals records to load",
+        n == want,
+        f"collection {n}; export {exp.manifest['total_chunks']} = {want} to load"
+        f" + {tally.counts.get('skipped', 0)} skipped + {tally.counts.get('refused', 0)} refused",
+    )
+    check(
+        "every id to load present",
         not missing,
         f"{len(missing)} missing" + (f", e.g. {missing[:3]}" if missing else ""),
     )
+    check(
+        "every record's text and metadata equal the export",
+        not differ,
+        f"{tally.expected_in_collection() - len(missing)} compared; {len(differ)} differ"
+        + (f", e.g. {differ[0][0]!r}" if differ else ""),
+    )
+    for _cid, r, (doc, md) in differ[:20]:
+        want = to_chroma_metadata(r)[0]
+        extra = sorted(set(md or {}) - set(want))
+        issues.append(
+            {
+                "where": f"chunk {r['chunk_id']} of document {r['document_id']}",
+                "problem": "text differs"
+                if doc != r["text"]
+                else "metadata differs"
+                + (
+                    f" (keys the export does not have: {extra}; Chroma 1.5.9 can attach array metadata "
+                    "of a deleted collection to a new record)"
+                    if extra
+                    else ""
+                ),
+                "what to do": "load into a new Chroma folder (chroma_db) or a fresh Chroma server",
+            }
+        )
     for m in missing[:20]:
         issues.append(
             {
@@ -339,23 +472,30 @@ def verify_load(
             }
         )
 
-    # sampled records field by field
-    got = col.get(ids=[r["chunk_id"] for r in picked], include=["documents", "metadatas", "embeddings"])
+    # sampled records field by field, against the SOURCE's values (the undo of every conversion)
+    got = (
+        col.get(ids=[cid for _, cid in picked], include=["documents", "metadatas", "embeddings"])
+        if picked
+        else {"ids": [], "documents": [], "metadatas": [], "embeddings": []}
+    )
     by_id = {
         i: (d, m, e)
         for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
     }
     diffs = 0
-    for r in picked:
-        rec = by_id.get(r["chunk_id"])
-        where = f"chunk {r['chunk_id']}"
+    for r, cid in picked:
+        rec = by_id.get(cid)
+        where = f"chunk {r['chunk_id']} of document {r['document_id']}"
         if rec is None:
             continue
         doc, meta, emb = rec
-        want_meta, _ = to_chroma_metadata(r)
+        source_meta = records.loads(r["metadata_json"])
+        node = records.loads(meta.get("_node_content", "{}")) if isinstance(meta, dict) else {}
         for name, ok in (
             ("text", doc == r["text"]),
-            ("metadata", meta == want_meta),
+            ("metadata (flat, undone)", records.same(records.from_flat(meta or {}), source_meta)),
+            ("metadata (node JSON)", records.same(node.get("metadata"), source_meta)),
+            ("chunk id (node JSON)", node.get("id_") == r["chunk_id"]),
             (
                 "vector",
                 np.allclose(
@@ -368,71 +508,81 @@ def verify_load(
                 issues.append(
                     {
                         "where": where,
-                        "problem": f"{name} differs from the export",
-                        "what to do": "reload into a new collection",
+                        "problem": f"{name} differs from the source",
+                        "what to do": "reload into a new collection; report it if it persists",
                     }
                 )
     check(
-        "sampled records equal export",
+        "sampled records equal the source",
         diffs == 0,
-        f"{len(picked)} records compared field by field, {diffs} difference(s)",
+        f"{len(picked)} records: text, metadata after undoing the conversion, node JSON, vector; "
+        f"{diffs} difference(s)",
     )
 
-    # self-retrieval: a chunk's own vector finds it first (ties with identical vectors count)
-    vecs = np.asarray([r["embedding"] for r in picked], dtype=np.float32)
-    res = col.query(query_embeddings=vecs, n_results=2, include=["distances"])
+    # self-retrieval: a chunk's own vector finds it first (identical vectors tie: any of them counts)
+    vecs = np.asarray([r["embedding"] for r, _ in picked], dtype=np.float32).reshape(len(picked), ctx.dim)
+    res = (
+        col.query(query_embeddings=vecs, n_results=min(10, n), include=["distances"])
+        if len(picked)
+        else {"ids": [], "distances": []}
+    )
     self_fail = 0
-    for r, ids, dists in zip(picked, res["ids"], res["distances"], strict=True):
-        if ids[0] != r["chunk_id"] and not (
-            len(ids) > 1 and ids[1] == r["chunk_id"] and abs(dists[1] - dists[0]) < 1e-6
-        ):
+    for (r, cid), ids, dists in zip(picked, res["ids"], res["distances"], strict=True):
+        tied = [i for i, dd in zip(ids, dists, strict=True) if abs(dd - dists[0]) < 1e-6]
+        if cid not in tied:
             self_fail += 1
             issues.append(
                 {
                     "where": f"chunk {r['chunk_id']}",
-                    "problem": f"its own vector ranks {ids[0]} first",
-                    "what to do": "check for duplicate vectors or raise ef_search",
+                    "problem": f"its own vector ranks {ids[0]} first (distance {dists[0]:.6f})",
+                    "what to do": "raise ef_search (hnsw_ef_search in phase 02) and run phase 03 again",
                 }
             )
     check(
         "self-retrieval at rank 1",
         self_fail == 0,
-        f"{len(picked) - self_fail}/{len(picked)} sampled chunks find themselves first",
+        f"{len(picked) - self_fail}/{len(picked)} sampled chunks find themselves first (ties count)",
     )
 
     # recall@k of HNSW vs exact search, raising ef_search until it holds
-    qrng = np.random.default_rng(seed)
-    base = vecs[qrng.integers(0, len(vecs), size=min(recall_queries, len(vecs)))]
-    queries = base + qrng.normal(0, 0.05, size=base.shape).astype(np.float32)
-    exact = _exact_topk(exp, queries, min(k, n))
     hnsw = (col.configuration or {}).get("hnsw") or {}
     ef = int(hnsw.get("ef_search") or 100)
-    tried, previous, stale = [], None, ""
-    while True:
-        approx = col.query(query_embeddings=queries, n_results=min(k, n), include=[])["ids"]
-        recall = float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact, strict=True)]))
-        tried.append(f"{ef}: {recall:.3f}")
-        if previous is not None and approx == previous and recall < min_recall:
-            # not one result moved after doubling ef_search: the index in memory still has the old value
-            stale = (
-                f"; ef_search={ef} is stored but not in force yet (a Chroma server applies it when it loads the"
-                " index): restart the server and run this verification again"
+    recall = 1.0
+    if not picked:
+        check(f"HNSW recall@{k} vs exact search", True, "no records to search")
+    else:
+        qrng = np.random.default_rng(seed)
+        base = vecs[qrng.integers(0, len(vecs), size=min(recall_queries, len(vecs)))]
+        queries = base + qrng.normal(0, 0.05, size=base.shape).astype(np.float32)
+        exact = _exact_topk(exp, queries, min(k, n), ctx)
+        tried, previous, stale = [], None, ""
+        while True:
+            approx = col.query(query_embeddings=queries, n_results=min(k, n), include=[])["ids"]
+            recall = float(
+                np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact, strict=True)])
             )
-            break
-        if recall >= min_recall or ef >= max_ef_search or reopen is None:
-            break
-        previous = approx
-        ef = min(ef * 2, max_ef_search)
-        col.modify(configuration={"hnsw": {"ef_search": ef}})
-        client, col = reopen(client, col.name)  # ef_search applies when the index is loaded
-    check(
-        f"HNSW recall@{k} vs exact search",
-        recall >= min_recall,
-        f"{recall:.4f} over {len(queries)} queries at ef_search={ef} (goal {min_recall}; tried {', '.join(tried)}){stale}",
-    )
+            tried.append(f"{ef}: {recall:.3f}")
+            if previous is not None and approx == previous and recall < min_recall:
+                # not one result moved after doubling ef_search: the index in memory still has the old value
+                stale = (
+                    f"; ef_search={ef} is stored but not in force yet (a Chroma server applies it when it loads the"
+                    " index): restart the server and run this verification again"
+                )
+                break
+            if recall >= min_recall or ef >= max_ef_search or reopen is None:
+                break
+            previous = approx
+            ef = min(ef * 2, max_ef_search)
+            col.modify(configuration={"hnsw": {"ef_search": ef}})
+            client, col = reopen(client, col.name)  # ef_search applies when the index is loaded
+        check(
+            f"HNSW recall@{k} vs exact search",
+            recall >= min_recall,
+            f"{recall:.4f} over {len(queries)} queries at ef_search={ef} (goal {min_recall}; tried {', '.join(tried)}){stale}",
+        )
 
     # LlamaIndex reads back the exported nodes
-    li_ok, li_n = _llamaindex_roundtrip(col, picked[:10])
+    li_ok, li_n = _llamaindex_roundtrip(col, picked[:20])
     check(
         "LlamaIndex ChromaVectorStore reads equal nodes",
         li_ok == li_n,
@@ -448,36 +598,42 @@ def verify_load(
         "chroma_db MB": round(disk / 2**20, 1) if disk else None,
         "peak RSS MB (this process)": round(peak_rss_mb(), 1),
     }
-    return {"checks": checks, "issues": issues, "figures": figures, "client": client, "collection": col}
+    no_chunks = sum(1 for d in exp.iter_documents() if d["chunk_count"] == 0)
+    return {
+        "checks": checks,
+        "issues": issues,
+        "figures": figures,
+        "client": client,
+        "collection": col,
+        "tally": tally,
+        "reconciliation": records.reconciliation(exp.manifest, tally, no_chunks),
+    }
 
 
-def _llamaindex_roundtrip(col, rows: list[dict]) -> tuple[int, int]:
-    from llama_index.core import VectorStoreIndex
-    from llama_index.core.embeddings import MockEmbedding
-    from llama_index.core.schema import QueryBundle
-    from llama_index.vector_stores.chroma import ChromaVectorStore
+def _llamaindex_roundtrip(col, picked: list[tuple[dict, str]]) -> tuple[int, int]:
+    """Each record read through LlamaIndex's ``ChromaVectorStore`` (as the RAG service reads it, by its
+    Chroma id) equals the exported node: id, text, metadata, relationships, ref doc id."""
+    from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
-    if not rows:
+    if not picked:
         return 0, 0
-    store = ChromaVectorStore(chroma_collection=col)
-    # what the RAG service does; queries carry their vector here, so the embedder is never called
-    index = VectorStoreIndex.from_vector_store(
-        store, embed_model=MockEmbedding(embed_dim=len(rows[0]["embedding"]))
-    )
-    retriever = index.as_retriever(similarity_top_k=1)
+    # what ChromaVectorStore does with each record of a query or get answer (llama-index-vector-stores-chroma)
+    res = col.get(ids=[cid for _, cid in picked], include=["documents", "metadatas"])
+    nodes = {
+        i: metadata_dict_to_node(m, text=d)
+        for i, d, m in zip(res["ids"], res["documents"], res["metadatas"], strict=True)
+    }
     ok = 0
-    for r in rows:
-        hits = retriever.retrieve(QueryBundle(query_str="", embedding=list(map(float, r["embedding"]))))
-        if not hits:
-            continue
-        got, want = hits[0].node, export_format.row_to_llama_node(r)
+    for r, cid in picked:
+        got, want = nodes.get(cid), export_format.row_to_llama_node(r)
         if (
-            got.node_id == want.node_id
+            got is not None
+            and got.node_id == want.node_id
             and got.get_content() == want.get_content()
-            and got.metadata == want.metadata
+            and records.same(got.metadata, want.metadata)
             and {k: v.node_id for k, v in got.relationships.items()}
             == {k: v.node_id for k, v in want.relationships.items()}
             and got.ref_doc_id == want.ref_doc_id
         ):
             ok += 1
-    return ok, len(rows)
+    return ok, len(picked)

@@ -85,17 +85,63 @@ def parse_dsn(dsn: str) -> Conn:
     return conn
 
 
+def _quoted(pattern: str, stderr: str) -> str:
+    """The name PostgreSQL quotes in a message (``database "x" does not exist``), scrubbed of secrets."""
+    m = re.search(pattern, stderr, re.I)
+    return credentials.scrub(m.group(1)) if m else ""
+
+
 def _classify(stderr: str, conn: Conn, what: str) -> str:
+    """One cause per message: authentication failed, database does not exist, permission denied, table not
+    found, server unreachable. libpq puts 'connection to server at ... failed:' in front of every
+    connection-time FATAL, so the specific causes are tested before "unreachable". Never the password."""
     s = stderr.lower()
-    if "password authentication failed" in s or "no password supplied" in s:
-        return f"wrong credentials for user {conn.user!r} at {conn.host}:{conn.port}: check the DSN in the environment"
-    # before "unreachable": libpq says 'connection to server at ... failed: FATAL: database "x" does not exist'
-    missing_db = re.search(r'database "([^"]*)" does not exist', stderr, re.I)
-    if missing_db:
-        name = credentials.scrub(missing_db.group(1))
+    at = f"{conn.host}:{conn.port}"
+    if (
+        "password authentication failed" in s
+        or "no password supplied" in s
+        or "authentication failed" in s
+        or "no pg_hba.conf entry" in s
+        or re.search(r'role "[^"]*" does not exist', s)
+    ):
+        role = _quoted(r'role "([^"]*)" does not exist', stderr)
+        why = (
+            f"role {role!r} does not exist on the server"
+            if role
+            else "the server refused this user's login (pg_hba.conf)"
+            if "no pg_hba.conf entry" in s
+            else "wrong credentials"
+        )
         return (
-            f"database not found: {name!r} does not exist on the server at {conn.host}:{conn.port} ({what}); "
-            "check the database name in the DSN (or the scratch database in the params)"
+            f"authentication failed for user {conn.user!r} at {at} ({what}): {why}; check the user and "
+            "password in the DSN in the environment (wrong credentials, or a server that does not admit "
+            "this user)"
+        )
+    missing_db = _quoted(r'database "([^"]*)" does not exist', stderr)
+    if missing_db:
+        return (
+            f"database not found: {missing_db!r} does not exist on the server at {at} ({what}); create it "
+            f'(createdb -h {conn.host} -p {conn.port} -U {conn.user} "{missing_db}", or CREATE DATABASE '
+            f'"{missing_db}";) or fix the database name -- in the DSN in the environment, or pg_scratch_db '
+            "in the params for the scratch database"
+        )
+    if "permission denied" in s or "must be owner" in s or "does not have connect privilege" in s:
+        detail = credentials.scrub(
+            next((ln.strip() for ln in stderr.splitlines() if "permission denied" in ln.lower()), "")
+            or next((ln.strip() for ln in stderr.splitlines() if ln.strip()), "")
+        )
+        detail = re.sub(r"^(psql|pg_dump|pg_restore): error: ", "", detail)[-300:]
+        return (
+            f"permission denied for user {conn.user!r} at {at} ({what}): {detail}; grant it what the backup "
+            "needs (CONNECT on the database, USAGE on the schema, SELECT on the tables; CREATE on the scratch "
+            "database) or use a user that has it"
+        )
+    if any(
+        x in s for x in ("could not translate host", "name or service not known", "nodename nor servname")
+    ):
+        return (
+            f"PostgreSQL server unreachable: host {conn.host!r} unknown (no such host name); "
+            "check the host in the DSN"
         )
     if any(
         x in s
@@ -103,16 +149,13 @@ def _classify(stderr: str, conn: Conn, what: str) -> str:
             "could not connect",
             "connection refused",
             "timeout expired",
-            "could not translate host",
             "no route to host",
             "connection to server",
         )
     ):
-        return f"PostgreSQL server unreachable at {conn.host}:{conn.port}: is it running, and is the host/port right?"
-    if "no matching tables" in s or "does not exist" in s and "relation" in s:
+        return f"PostgreSQL server unreachable at {at}: is it running, and is the host/port right?"
+    if "no matching tables" in s or "does not exist" in s and ("relation" in s or "schema" in s):
         return f"table not found: {what}; check pg_tables in the params (schema.table)"
-    if "database" in s and "does not exist" in s:
-        return f"database not found ({what})"
     if "no space left" in s:
         return f"disk too small for {what}: free space on the backup volume"
     return f"{what} failed: {credentials.scrub(stderr.strip())[-400:]}"

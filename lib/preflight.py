@@ -8,16 +8,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
 
-from . import atomic, credentials
+from . import atomic, credentials, disk
 from .paths import Layout
-
-# bytes per chunk beyond its vectors: text + metadata in the export (compressed) and in Chroma's SQLite,
-# plus HNSW links; measured on the demo corpus and rounded up
-OVERHEAD_PER_CHUNK = 6 * 1024
 
 
 def create_layout(base_path: str, dry_run: bool) -> list[dict]:
@@ -84,30 +79,116 @@ def credentials_table(names: dict[str, str]) -> list[dict]:
     ]
 
 
-def projected_bytes(chunks: int, dimension: int) -> int:
-    # the vector lives twice (export shard + Chroma), plus HNSW and text overhead
-    return int(chunks * (2 * 4 * dimension + OVERHEAD_PER_CHUNK))
+def projected_bytes(chunks: int, dimension: int, **kw) -> int:
+    """Total bytes the migration writes (``disk.projection``: export, Chroma, cache, snapshots...)."""
+    kw.setdefault("reembed", True)
+    kw.setdefault("snapshots", 1)
+    return disk.total(disk.projection(chunks, dimension, **kw))
 
 
-def disk_check(base_path: str, chunks: int, dimension: int, max_use_pct: float = 80.0) -> dict:
-    layout = Layout.from_params(base_path)
-    probe = layout.base
-    while not probe.exists():
-        probe = probe.parent
-    du = shutil.disk_usage(probe)
-    need = projected_bytes(chunks, dimension)
-    after = (du.used + need) / du.total * 100
+def _component_paths(layout: Layout, embedding_cache: str) -> dict[str, Path]:
+    """Where each component of the projection is written (they may live on different volumes)."""
+    from .paths import resolve
+
     return {
-        "volume of": str(probe),
-        "total GB": round(du.total / 1e9, 1),
-        "used GB": round(du.used / 1e9, 1),
-        "free GB": round(du.free / 1e9, 1),
-        "projected need GB": round(need / 1e9, 3),
-        "projected use %": round(after, 2),
-        "limit %": max_use_pct,
-        "ok": after <= max_use_pct,
-        "basis": f"{chunks:,} chunks x {dimension}-d",
+        "export": layout.exports,
+        "chroma": layout.chroma_db,
+        "embedding cache": resolve(embedding_cache)
+        if embedding_cache
+        else layout.cache / "embeddings.sqlite",
+        "snapshots (phase 07)": layout.backup / "chroma_snapshots",
+        "collection versions (phase 07)": layout.chroma_db,
+        "sparse index": layout.chroma_db,
     }
+
+
+def disk_check(
+    base_path: str,
+    chunks: int,
+    dimension: int,
+    max_use_pct: float = 80.0,
+    reembed: bool = True,
+    snapshots: int = 1,
+    versions: int = 1,
+    payload_bytes: float | None = None,
+    sparse_index: bool = False,
+    batch_size: int = disk.DEFAULT_BATCH,
+    embedding_cache: str = "",
+) -> dict:
+    """Free disk against the calibrated projection (``disk.projection``), volume by volume: refused
+    (``ok`` false) when any volume would pass ``max_use_pct``. ``components`` lists each part with its basis."""
+    layout = Layout.from_params(base_path)
+    rows = disk.projection(
+        chunks,
+        dimension,
+        reembed=reembed,
+        snapshots=snapshots,
+        sparse_index=sparse_index,
+        payload_bytes=payload_bytes,
+        versions=versions,
+        batch_size=batch_size,
+    )
+    paths = _component_paths(layout, embedding_cache)
+    volumes: dict[str, dict] = {}
+    components = []
+    for r in rows:
+        if r["component"] == "total":
+            continue
+        where = paths[r["component"]]
+        vol = str(disk.mount_point(where))
+        v = volumes.setdefault(vol, {"volume": vol, "need": 0, "probe": where})
+        v["need"] += r["bytes"]
+        components.append(
+            {
+                "component": r["component"],
+                "projected MB": round(r["bytes"] / 1e6, 1),
+                "written to": str(where),
+                "basis": r["basis"],
+            }
+        )
+    components.append(
+        {
+            "component": "total",
+            "projected MB": round(disk.total(rows) / 1e6, 1),
+            "written to": ", ".join(volumes) if len(volumes) > 1 else str(layout.base),
+            "basis": rows[-1]["basis"],
+        }
+    )
+    checked = []
+    for v in volumes.values():
+        u = disk.usage(v["probe"])
+        after = (u.used + v["need"]) / u.total * 100 if u.total else 100.0
+        checked.append(
+            {
+                "volume": v["volume"],
+                "total GB": round(u.total / 1e9, 3),
+                "used GB": round(u.used / 1e9, 3),
+                "free GB": round(u.free / 1e9, 3),
+                "projected need GB": round(v["need"] / 1e9, 3),
+                "projected use %": round(after, 2),
+                "ok": after <= max_use_pct and v["need"] <= u.free,
+            }
+        )
+    worst = max(checked, key=lambda c: c["projected use %"])
+    u = disk.usage(layout.base)
+    return {
+        "volume of": str(disk.existing(layout.base)),
+        "total GB": round(u.total / 1e9, 3),
+        "used GB": round(u.used / 1e9, 3),
+        "free GB": round(u.free / 1e9, 3),
+        "projected need GB": round(sum(v["need"] for v in volumes.values()) / 1e9, 3),
+        "projected use %": worst["projected use %"],
+        "limit %": max_use_pct,
+        "ok": all(c["ok"] for c in checked),
+        "basis": rows[-1]["basis"],
+        "components": components,
+        "volumes": checked,
+    }
+
+
+def disk_summary(check: dict) -> dict:
+    """``disk_check`` without its tables (for a key/value display)."""
+    return {k: v for k, v in check.items() if k not in ("components", "volumes")}
 
 
 def source_check(
@@ -125,8 +206,10 @@ def describe_source(src, project, pipeline, sample_docs: int = 20) -> dict:
     from .extract import _fetch_chunks, _list_pages
 
     docs, total = next(_list_pages(src, pipeline.id, max(1, sample_docs)))
-    sizes = [len(_fetch_chunks(src, pipeline.id, d["id"]) or []) for d in docs]
+    sample = [(d["id"], _fetch_chunks(src, pipeline.id, d["id"]) or []) for d in docs]
+    sizes = [len(nodes) for _, nodes in sample]
     per_doc = (sum(sizes) / len(sizes)) if sizes else 0.0
+    payload, served = sample_payload(sample)
     emb = pipeline.model_dump(mode="json", by_alias=True).get("embedding_config") or {}
     return {
         "source": src.describe(),
@@ -138,7 +221,26 @@ def describe_source(src, project, pipeline, sample_docs: int = 20) -> dict:
         "estimated chunks": int(round((total or 0) * per_doc)),
         "embedding": emb.get("type"),
         "embedding model": (emb.get("component") or {}).get("model_name"),
+        # for the disk projection: what Chroma stores per chunk, and whether phase 01 must re-embed
+        "payload bytes per chunk (sample)": payload,
+        "vectors served (sample)": served,
     }
+
+
+def sample_payload(sample: list[tuple[str, list[dict]]]) -> tuple[int | None, bool]:
+    """(mean ``disk.payload_bytes`` of the sampled chunks or None without any, whether every sampled chunk
+    came with its vector) for ``[(document id, chunks as the source serves them)]``."""
+    from .export_format import node_to_row
+
+    sizes, served = [], True
+    for doc_id, nodes in sample:
+        for k, node in enumerate(nodes):
+            try:
+                sizes.append(disk.payload_bytes(node_to_row(doc_id, k, node)))
+            except Exception:  # noqa: BLE001 -- a chunk phase 01 would refuse: it takes no room in Chroma
+                continue
+            served = served and bool(node.get("embedding"))
+    return (round(sum(sizes) / len(sizes)) if sizes else None), (served and bool(sizes))
 
 
 # ---------------------------------------------------------------- dry runs: what a phase would do

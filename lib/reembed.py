@@ -47,8 +47,41 @@ class Plan:
         }
 
 
-def _needs(batch_rows: list[dict], force: bool) -> list[int]:
-    return [i for i, r in enumerate(batch_rows) if force or r["embedding"] is None]
+def _unusable(emb, dim: int) -> str | None:
+    """Why a served vector cannot be loaded (see ``records.vector_problems``), or None."""
+    if emb is None:
+        return None  # missing: computed anyway
+    v = np.asarray(emb, dtype=np.float32)
+    if dim and len(v) != dim:
+        return f"dimension {len(v)} (the model's is {dim})"
+    if not np.isfinite(v).all():
+        return "NaN or Infinity"
+    if not np.any(v):
+        return "all zeros"
+    return None
+
+
+def expected_dim(exp, spec) -> int:
+    """The dimension vectors must have: the model's, else the one most served vectors have."""
+    if spec.dimension:
+        return int(spec.dimension)
+    import pyarrow.compute as pc
+
+    counts: dict[int, int] = {}
+    for batch in exp.iter_chunk_batches(columns=["embedding"]):
+        lens = pc.list_value_length(batch.column("embedding")).drop_null().to_numpy()
+        for d, n in zip(*np.unique(lens, return_counts=True), strict=True):
+            counts[int(d)] = counts.get(int(d), 0) + int(n)
+    return max(counts, key=counts.get) if counts else 0
+
+
+def _needs(batch_rows: list[dict], force: bool, bad_dim: int | None = None) -> list[int]:
+    """Rows to embed: missing vectors, all with ``force``, unusable ones when ``bad_dim`` is given."""
+    return [
+        i
+        for i, r in enumerate(batch_rows)
+        if force or r["embedding"] is None or (bad_dim is not None and _unusable(r["embedding"], bad_dim))
+    ]
 
 
 def plan(
@@ -57,16 +90,18 @@ def plan(
     cache_path: str | os.PathLike,
     force: bool = False,
     price_per_mtok: float | None = None,
+    replace_bad: bool = True,
 ) -> Plan:
     from llama_index.core.utils import get_tokenizer
 
     tok = get_tokenizer()
     exp = export_format.open_export(export_dir)
+    bad_dim = expected_dim(exp, spec) if replace_bad else None
     cache = embeddings.EmbeddingCache(cache_path)
     n = tokens = cached = 0
     for batch in exp.iter_chunk_batches():
         rows = batch.to_pylist()
-        idx = _needs(rows, force)
+        idx = _needs(rows, force, bad_dim)
         texts = [export_format.embed_text(rows[i]) for i in idx]
         hits = cache.get_many(spec.model_id, [embeddings.text_hash(t) for t in texts])
         for t in texts:
@@ -94,10 +129,13 @@ def apply(
     batch_size: int = 64,
     progress: bool = True,
     price_per_mtok: float | None = None,
+    replace_bad: bool = True,
 ) -> dict:
-    """Fill missing vectors (all vectors with ``force``) and record which were computed, with what model."""
+    """Fill missing vectors (all vectors with ``force``; served vectors that cannot be loaded -- NaN, zeros,
+    another dimension -- with ``replace_bad``, each listed in the manifest) and record which were computed,
+    with what model."""
     export_dir = Path(export_dir)
-    p = plan(export_dir, spec, cache_path, force, price_per_mtok)
+    p = plan(export_dir, spec, cache_path, force, price_per_mtok, replace_bad)
     if p.chunks_to_embed == 0:
         return {"embedded": 0, "computed_now": 0, **p.as_dict()}
     if spec.paid and p.tokens and not allow_spend:
@@ -111,8 +149,10 @@ def apply(
         )
     exp = export_format.open_export(export_dir)
     manifest = exp.manifest
+    bad_dim = expected_dim(exp, spec) if replace_bad else None
     cache = embeddings.EmbeddingCache(cache_path)
     computed_total = 0
+    replaced = list(manifest.get("replaced_vectors", []))
     bar = None
     if progress:
         from .display import progress as tqdm
@@ -122,9 +162,19 @@ def apply(
         for pos, sh in enumerate(manifest["shards"]):
             table = pq.read_table(export_dir / sh["chunks_file"])
             rows = table.to_pylist()
-            idx = _needs(rows, force)
+            idx = _needs(rows, force, bad_dim)
             if not idx:
                 continue
+            for i in idx:
+                why = _unusable(rows[i]["embedding"], bad_dim or 0)
+                if why:
+                    replaced.append(
+                        {
+                            "document_id": rows[i]["document_id"],
+                            "chunk_id": rows[i]["chunk_id"],
+                            "served": why,
+                        }
+                    )
             texts = [export_format.embed_text(rows[i]) for i in idx]
             vecs, computed = embeddings.embed_texts(texts, spec, cache, batch_size)
             computed_total += computed
@@ -149,6 +199,7 @@ def apply(
             new_name = f"chunks-{sh['index']:05d}-{gen}.parquet"
             sha = export_format.write_table_atomic(table, export_dir / new_name)
             old = sh["chunks_file"]
+            manifest["replaced_vectors"] = replaced
             manifest["shards"][pos] = {
                 **sh,
                 "chunks_file": new_name,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, config, credentials
+from .params import check_params
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, outputs_root, resolve
 
 KERNEL_NAME = "runbook"
@@ -398,6 +399,7 @@ def run(
         if missing:
             raise RunFailed(f"{stem}.ipynb: its parameters cell must declare {', '.join(missing)}")
     per_nb = config.split_by_notebook(params, declared)
+    check_params(params, declared, source=str(params_path))  # before anything runs or is written
     phases = select(all_phases, only, from_)
     dry_run = params.get("dry_run") is True
     approval, phases, decide_after_05 = _approval_for(params, params_path, approve, phases, dry_run)

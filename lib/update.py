@@ -655,6 +655,7 @@ def open_cloud(
     source_base_url: str = "",
     source_api_key_env: str = "LLAMA_CLOUD_API_KEY",
     embedding_cache: str = "",
+    emulator_serve_embeddings: bool = False,
 ):
     """The source for delta sync (read-only), or None when not asked."""
     if not sync_from_cloud:
@@ -662,7 +663,11 @@ def open_cloud(
     from . import source
 
     return source.open_source(
-        source_base_url, source_api_key_env, emulator_corpus=emulator_corpus, embed_cache=embedding_cache
+        source_base_url,
+        source_api_key_env,
+        emulator_corpus=emulator_corpus,
+        embed_cache=embedding_cache,
+        emulator_serve_embeddings=emulator_serve_embeddings,
     )
 
 
@@ -1044,6 +1049,7 @@ def run_update(
     source_base_url: str = "",
     source_api_key_env: str = "LLAMA_CLOUD_API_KEY",
     embedding_cache: str = "",
+    emulator_serve_embeddings: bool = False,
 ) -> dict:
     """Phase 07 in one call (what the notebook does cell by cell); returns the hand-off record and raises
     ``display.CheckFailed`` when the verification fails (nothing recorded then; a re-run resumes)."""
@@ -1051,7 +1057,14 @@ def run_update(
 
     ctx = context(base_path, run_dir, dry_run, embedding_cache)
     restore_if_asked(ctx, restore_snapshot)
-    src = open_cloud(sync_from_cloud, emulator_corpus, source_base_url, source_api_key_env, embedding_cache)
+    src = open_cloud(
+        sync_from_cloud,
+        emulator_corpus,
+        source_base_url,
+        source_api_key_env,
+        embedding_cache,
+        emulator_serve_embeddings=emulator_serve_embeddings,
+    )
     plan = plan_update(ctx, documents_folder, deletions_file, src)
     applied = apply_update(ctx, plan, snapshot_before)
     checks = verify_update(ctx, plan, applied)

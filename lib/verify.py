@@ -6,7 +6,6 @@ Every problem names its place (shard, row, chunk id) and what to do. ``python -m
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from . import export_format
+from . import export_format, load, records
 from .export_format import ExportError
 
 
@@ -25,6 +24,8 @@ class Report:
     checks: list[dict] = field(default_factory=list)
     issues: list[dict] = field(default_factory=list)
     metadata: list[dict] = field(default_factory=list)
+    odd: list[dict] = field(default_factory=list)
+    reconciliation: list[dict] = field(default_factory=list)
     norms: dict = field(default_factory=dict)
     max_issues: int = 200
 
@@ -46,45 +47,38 @@ class Report:
         return pd.DataFrame(self.issues, columns=["where", "problem", "what to do"])
 
     def metadata_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.metadata, columns=["key", "kind", "chunks", "conversion at load"])
+        return pd.DataFrame(self.metadata, columns=["key", "kind", "chunks", "treatment"])
+
+    def odd_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.odd, columns=["document", "chunk", "what", "treatment"])
+
+    def reconciliation_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.reconciliation, columns=["item", "count"])
 
     def to_string(self) -> str:
         out = self.checks_frame().to_string(index=False)
-        if self.issues:
-            out += "\n\n" + self.issues_frame().to_string(index=False)
+        for title, frame in (
+            ("odd records and what phase 03 will do with them", self.odd_frame()),
+            ("metadata Chroma cannot store as it is: converted reversibly", self.metadata_frame()),
+            ("every chunk accounted for", self.reconciliation_frame()),
+            ("issues", self.issues_frame()),
+        ):
+            if len(frame):
+                out += f"\n\n{title}\n" + frame.to_string(index=False)
         return out
 
 
-def classify_value(key: str, v) -> str | None:
-    """Why Chroma cannot store this metadata value as it is (None if it can)."""
-    if key.startswith(("#", "$")) or key == "chroma:document":
-        return "reserved key"
-    if v is None:
-        return "null"
-    if isinstance(v, dict):
-        return "nested object"
-    if isinstance(v, list):
-        if not v:
-            return "empty list"
-        kinds = {type(x) for x in v}
-        if len(kinds) > 1 or not kinds <= {str, int, float, bool}:
-            return "list of mixed or nested values"
-    return None
-
-
-CONVERSION = {
-    "null": "dropped from Chroma metadata (kept in _node_content; listed)",
-    "nested object": "stored as a JSON string with the prefix 'json:' (kept exactly in _node_content)",
-    "empty list": "stored as a JSON string with the prefix 'json:'",
-    "list of mixed or nested values": "stored as a JSON string with the prefix 'json:'",
-    "reserved key": "renamed with the prefix 'meta_'",
-}
-
-
 def verify_export(
-    export_dir: str | os.PathLike, source=None, sample: int = 50, seed: int = 0, expect_vectors: bool = True
+    export_dir: str | os.PathLike,
+    source=None,
+    sample: int = 50,
+    seed: int = 0,
+    expect_vectors: bool = True,
+    policy: records.Policy | None = None,
 ) -> Report:
-    """Check an export folder; with ``source`` (a ``runbook.source.Source``) also compare with the cloud."""
+    """Check an export folder; with ``source`` (a ``runbook.source.Source``) also compare with the cloud.
+    Odd records are listed with what phase 03 will do with each (``records.decide`` under ``policy``), and
+    every chunk is accounted for; only what breaks the export itself fails a check."""
     r = Report()
     path = Path(export_dir)
     try:
@@ -150,91 +144,103 @@ def verify_export(
         rows_total == m["total_chunks"] and docs_total == m["total_documents"],
         f"chunks {rows_total} (manifest {m['total_chunks']}), documents {docs_total} (manifest {m['total_documents']})",
     )
+    refused_docs = len(m.get("refused_documents", []))
     if m.get("source_total_count") is not None:
         r.check(
             "documents vs source total_count at export",
-            docs_total == m["source_total_count"],
-            f"{docs_total} exported, source reported {m['source_total_count']}",
+            docs_total + refused_docs == m["source_total_count"],
+            f"{docs_total} exported"
+            + (f" + {refused_docs} refused (listed)" if refused_docs else "")
+            + f", source reported {m['source_total_count']}",
         )
 
-    # chunks: ids, texts, vectors, metadata
-    seen: set[str] = set()
-    dup = empty = nan_rows = missing = 0
+    # chunks: ids, texts, vectors, metadata -- each decided as phase 03 will
+    policy = policy or records.Policy()
+    main_dim = export_format.main_dimension(exp)
+    ids = records.IdIndex.of_export(exp)
+    tally = records.Tally(max_listed=r.max_issues)
+    missing = nonfinite = zeros = 0
     dims: dict[int, int] = {}
     norms = []
-    meta_kinds: dict[tuple[str, str], int] = {}
     doc_chunks: dict[str, int] = {}
+    pos = 0
     for sh in m["shards"]:
         pf = pq.ParquetFile(path / sh["chunks_file"])
-        row0 = 0
         for batch in pf.iter_batches(
-            batch_size=8192, columns=["chunk_id", "document_id", "text", "metadata_json", "embedding"]
+            batch_size=8192,
+            columns=[
+                "chunk_id",
+                "document_id",
+                "text",
+                "metadata_json",
+                "relationships_json",
+                "node_extra_json",
+                "start_char_idx",
+                "end_char_idx",
+                "embedding",
+            ],
         ):
-            ids = batch.column("chunk_id").to_pylist()
-            texts = batch.column("text").to_pylist()
-            docs = batch.column("document_id").to_pylist()
-            metas = batch.column("metadata_json").to_pylist()
+            rows = batch.drop_columns(["embedding"]).to_pylist()
             emb = batch.column("embedding")
-            for i, cid in enumerate(ids):
-                where = f"{sh['chunks_file']} row {row0 + i} (chunk {cid})"
-                if cid in seen:
-                    dup += 1
-                    r.issue(
-                        where,
-                        "duplicate chunk id",
-                        "the source served a chunk twice: re-export; if it persists, report it",
-                    )
-                seen.add(cid)
-                doc_chunks[docs[i]] = doc_chunks.get(docs[i], 0) + 1
-                if not (texts[i] or "").strip():
-                    empty += 1
-                    r.issue(
-                        where,
-                        "empty text",
-                        "check the source document; Chroma stores it, but it cannot be found by text",
-                    )
-                for k, v in json.loads(metas[i]).items():
-                    kind = classify_value(k, v)
-                    if kind:
-                        meta_kinds[(k, kind)] = meta_kinds.get((k, kind), 0) + 1
+            problems = records.vector_problems(emb, main_dim or 0)
+            for i, row in enumerate(rows):
+                doc_chunks[row["document_id"]] = doc_chunks.get(row["document_id"], 0) + 1
+                d = records.decide(row, pos + i, problems[i], ids, policy)
+                conversions = load.to_chroma_metadata(row)[1] if d.action == "load" else []
+                tally.add(row, d, conversions)
+                p = problems[i] or ""
+                missing += p == "missing"
+                nonfinite += "NaN" in p
+                zeros += "zeros" in p
+            pos += len(rows)
             valid = emb.is_valid().to_numpy(zero_copy_only=False)
-            missing += int((~valid).sum())
             if valid.any():
-                lists = emb.filter(emb.is_valid())
-                lens = np.asarray(lists.value_lengths())
-                for d in np.unique(lens):
-                    dims[int(d)] = dims.get(int(d), 0) + int((lens == d).sum())
-                if len(np.unique(lens)) == 1:
-                    vecs = np.asarray(lists.flatten(), dtype=np.float32).reshape(len(lens), int(lens[0]))
-                    finite = np.isfinite(vecs).all(axis=1)
-                    valid_idx = np.nonzero(valid)[0]
-                    for j in np.nonzero(~finite)[0]:
-                        nan_rows += 1
-                        row = int(valid_idx[j])
-                        r.issue(
-                            f"{sh['chunks_file']} row {row0 + row} (chunk {ids[row]})",
-                            "vector has NaN or inf",
-                            "re-embed this chunk (reembed: true) or re-export",
-                        )
-                    norms.append(np.linalg.norm(vecs[finite], axis=1))
-            row0 += len(ids)
-    r.check("unique chunk ids", dup == 0, f"{len(seen)} ids, {dup} duplicate(s)")
-    r.check("no empty texts", empty == 0, f"{empty} empty chunk text(s)")
-    main_dim = max(dims, key=dims.get) if dims else None
+                lens = np.asarray(emb.filter(emb.is_valid()).value_lengths())
+                for dd in np.unique(lens):
+                    dims[int(dd)] = dims.get(int(dd), 0) + int((lens == dd).sum())
+            ok = [j for j, p in enumerate(problems) if p is None]
+            if ok:
+                norms.append(np.linalg.norm(records.vector_matrix(emb.take(ok), main_dim), axis=1))
+    c = tally.counts
+    dup = tally.classes.get("chunk id used by another document", 0)
+    r.check(
+        "chunk ids",
+        True,
+        f"{len(ids.positions)} id(s) used by more than one chunk ({dup} later use(s): "
+        f"duplicate_chunk_ids: {policy.duplicate_chunk_ids})"
+        if ids.positions
+        else "every chunk id unique",
+    )
+    r.check(
+        "texts",
+        True,
+        f"{tally.classes.get('empty text', 0)} empty or whitespace-only (empty_texts: {policy.empty_texts}), "
+        f"{tally.classes.get('NUL in text', 0)} with a NUL character; all listed",
+    )
     if len(dims) > 1:
-        for d, n in dims.items():
-            if d != main_dim:
+        for dd, n in dims.items():
+            if dd != main_dim:
                 r.issue(
                     f"{n} chunk(s)",
-                    f"dimension {d}, most vectors have {main_dim}",
-                    "vectors from another model were mixed in: re-embed with reembed: true and one model",
+                    f"dimension {dd}, most vectors have {main_dim}",
+                    "vectors from another model were mixed in: run phase 01 with reembed_bad_vectors: true",
                 )
-    r.check("one vector dimension", len(dims) <= 1, f"dimensions found: {dims or 'none'}")
     if m.get("embedding_dimension") and main_dim and m["embedding_dimension"] != main_dim:
         r.check(
             "manifest dimension", False, f"manifest says {m['embedding_dimension']}, vectors have {main_dim}"
         )
-    r.check("no NaN/inf in vectors", nan_rows == 0, f"{nan_rows} vector(s) with NaN/inf")
+    bad = c.get("refused", 0) - tally.classes.get("empty id", 0)
+    r.check(
+        "vectors loadable",
+        True,
+        f"{nonfinite} with NaN/Infinity, {zeros} all zeros, "
+        f"{sum(n for dd, n in dims.items() if dd != main_dim)} of another dimension, {missing} missing: "
+        + (
+            "none"
+            if not bad
+            else f"{bad} refused at load (listed); phase 01 re-embeds them with reembed_bad_vectors: true"
+        ),
+    )
     r.check(
         "every chunk has a vector",
         missing == 0 or not expect_vectors,
@@ -255,8 +261,38 @@ def verify_export(
             f"min {allnorm.min():.4f}, mean {allnorm.mean():.4f}, max {allnorm.max():.4f}"
             + (" (unit vectors)" if unit else " (not unit: cosine space normalises them)"),
         )
-    for (k, kind), n in sorted(meta_kinds.items()):
-        r.metadata.append({"key": k, "kind": kind, "chunks": n, "conversion at load": CONVERSION[kind]})
+    r.metadata = tally.metadata_rows()
+    r.odd = list(tally.listed)
+    for x in m.get("refused", []):
+        r.odd.append(
+            {
+                "document": x["document_id"],
+                "chunk": x["chunk_id"],
+                "what": x["problem"],
+                "treatment": "refused at export: " + x["what to do"],
+            }
+        )
+    for x in m.get("replaced_vectors", []):
+        r.odd.append(
+            {
+                "document": x["document_id"],
+                "chunk": x["chunk_id"],
+                "what": f"served vector: {x['served']}",
+                "treatment": "re-embedded with the pipeline's model in phase 01 (reembed_bad_vectors: true)",
+            }
+        )
+    no_chunks = sum(1 for d in exp.iter_documents() if d["chunk_count"] == 0)
+    for d in exp.iter_documents():
+        if d["chunk_count"] == 0 and len(r.odd) < 2 * r.max_issues:
+            r.odd.append(
+                {
+                    "document": d["document_id"],
+                    "chunk": None,
+                    "what": "document without chunks",
+                    "treatment": "kept in the export; nothing to load into Chroma",
+                }
+            )
+    r.reconciliation = records.reconciliation(m, tally, no_chunks)
 
     # documents agree with chunks
     doc_mismatch = 0
@@ -284,15 +320,12 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
 
     m = exp.manifest
     now = document_count(src, m["index_id"])
+    had = m["total_documents"] + len(m.get("refused_documents", []))
     r.check(
         "documents vs source now",
-        now == m["total_documents"],
-        f"source has {now} now, export has {m['total_documents']}"
-        + (
-            ""
-            if now == m["total_documents"]
-            else " (the source changed since: phase 07's delta sync catches up)"
-        ),
+        now == had,
+        f"source has {now} now, export has {had}"
+        + ("" if now == had else " (the source changed since: phase 07's delta sync catches up)"),
     )
     rng = random.Random(seed)
     picked: list[dict] = []
@@ -311,10 +344,14 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
     mismatches = 0
     for doc_id, rows in by_doc.items():
         nodes = _fetch_chunks(src, m["index_id"], doc_id)
-        live = {x["id_"]: export_format.node_to_row(doc_id, k, x) for k, x in enumerate(nodes or [])}
+        live: dict = {}  # chunk id -> {seq: row} (a source may serve one id twice in a document)
+        for k, x in enumerate(nodes or []):
+            row_now = export_format.node_to_row(doc_id, k, x)
+            live.setdefault(row_now["chunk_id"], {})[k] = row_now
         for row in rows:
             where = f"chunk {row['chunk_id']} of document {doc_id}"
-            cur = live.get(row["chunk_id"])
+            at = live.get(row["chunk_id"])
+            cur = None if at is None else at.get(row["seq"], next(iter(at.values())))
             if cur is None:
                 mismatches += 1
                 r.issue(
@@ -331,8 +368,15 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
                         f"field {f} differs from the source",
                         "re-export this document (phase 01 resumes)",
                     )
-            if cur["embedding"] is not None and row["embedding"] is not None:
-                if not np.allclose(cur["embedding"], row["embedding"], atol=1e-6):
+            # a vector the export computed (missing or replaced as unusable) is not the source's to compare
+            if (
+                cur["embedding"] is not None
+                and row["embedding"] is not None
+                and row.get("embedding_source") == "cloud"
+            ):
+                a = np.asarray(cur["embedding"], dtype=np.float32)
+                b = np.asarray(row["embedding"], dtype=np.float32)
+                if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
                     mismatches += 1
                     r.issue(where, "vector differs from the source's", "re-export")
     r.check(
@@ -340,3 +384,23 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
         mismatches == 0,
         f"{len(picked)} chunk(s) from {len(by_doc)} document(s) compared; {mismatches} difference(s)",
     )
+
+
+def ensure_verified(
+    export_dir: str | os.PathLike, h01: dict | None, policy: records.Policy | None = None
+) -> dict:
+    """An export that phase 01 verified (same folder, same manifest sha256) is trusted; any other -- given
+    through ``export_dir``, changed since, or from another run -- is verified again here, offline, and
+    refused if a check fails. Returns how it was established."""
+    exp = export_format.open_export(export_dir)
+    sha = exp.manifest_sha256
+    if h01 and h01.get("export_dir") == str(exp.path) and h01.get("manifest_sha256") == sha:
+        return {"export": str(exp.path), "verified by": "phase 01 (same manifest sha256)", "sha256": sha}
+    report = verify_export(exp.path, policy=policy)
+    if not report.ok:
+        failed = "; ".join(f"{c['check']}: {c['detail']}" for c in report.checks if not c["ok"])
+        raise ExportError(
+            f"{exp.path} did not pass verification ({failed}). It was not verified by phase 01 in this "
+            "layout; run `python -m runbook verify-export <folder>` for the details, or export again with phase 01"
+        )
+    return {"export": str(exp.path), "verified by": "this phase (verify_export, offline)", "sha256": sha}

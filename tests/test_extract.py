@@ -12,7 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runbook import atomic, cloud_emulator, embeddings, export_format, extract, reembed, source, verify
+from runbook import (
+    atomic,
+    cloud_emulator,
+    embeddings,
+    export_format,
+    extract,
+    records,
+    reembed,
+    source,
+    verify,
+)
 
 from .conftest import API_KEY, CACHE
 
@@ -246,33 +256,55 @@ def _set_vector(t, i, vec):
     )
 
 
-def test_verify_reports_wrong_dimension(good_export):
-    name = _rewrite_chunks(good_export, lambda t: _set_vector(t, 3, [0.1] * 100))
-    _, text = _problems(good_export)
-    assert "dimension 100" in text and "dimensions found" in text
-    assert name in _problems(good_export)[1] or "1 chunk(s)" in text
+def _odd(path, **policy):
+    """Verify an export whose odd records are a policy matter: it stays ok, and each is listed by name."""
+    rep = verify.verify_export(path, policy=records.Policy(**policy))
+    assert rep.ok, rep.to_string()
+    return rep, rep.odd_frame().to_string() + " || " + rep.checks_frame().to_string()
 
 
-def test_verify_reports_nan(good_export):
+def test_verify_lists_wrong_dimension(good_export):
+    _rewrite_chunks(good_export, lambda t: _set_vector(t, 3, [0.1] * 100))
+    rep, text = _odd(good_export)
+    row = pq.read_table(
+        good_export / atomic.read_json(good_export / "manifest.json")["shards"][0]["chunks_file"]
+    )
+    cid = row.column("chunk_id")[3].as_py()
+    odd = [o for o in rep.odd if o["chunk"] == cid]
+    assert odd and "dimension 100" in odd[0]["what"] and "reembed_bad_vectors" in odd[0]["treatment"]
+    assert "1 of another dimension" in text
+
+
+def test_verify_lists_nan(good_export):
     def nan(t):
         v = t.column("embedding")[2].as_py()
         v[7] = float("nan")
         return _set_vector(t, 2, v)
 
-    name = _rewrite_chunks(good_export, nan)
-    _, text = _problems(good_export)
-    assert f"{name} row 2" in text and "NaN" in text
+    _rewrite_chunks(good_export, nan)
+    rep, text = _odd(good_export)
+    assert "1 with NaN/Infinity" in text and any("NaN" in o["what"] for o in rep.odd)
 
 
-def test_verify_reports_duplicate_id(good_export):
+def test_verify_lists_zero_vector(good_export):
+    """Defect 6: a zero vector used to pass verify (the norm check was always ok)."""
+    _rewrite_chunks(good_export, lambda t: _set_vector(t, 4, [0.0] * 384))
+    rep, text = _odd(good_export)
+    assert "1 all zeros" in text and any("zeros" in o["what"] for o in rep.odd)
+
+
+def test_verify_lists_duplicate_id(good_export):
     def dup(t):
         ids = t.column("chunk_id").to_pylist()
         ids[1] = ids[0]
         return t.set_column(0, "chunk_id", pa.array(ids, type=pa.string()))
 
-    name = _rewrite_chunks(good_export, dup)
-    _, text = _problems(good_export)
-    assert f"{name} row 1" in text and "duplicate chunk id" in text
+    _rewrite_chunks(good_export, dup)
+    rep, text = _odd(good_export)
+    assert "1 id(s) used by more than one chunk" in text
+    assert any(
+        o["what"] == "chunk served twice in one document" and "refused" in o["treatment"] for o in rep.odd
+    )
 
 
 def test_verify_reports_manifest_count_mismatch(good_export):
@@ -293,4 +325,7 @@ def test_verify_cli(good_export):
     r = subprocess.run(
         [sys.executable, "-m", "runbook", "verify-export", str(good_export)], capture_output=True, text=True
     )
-    assert r.returncode == 0 and "unique chunk ids" in r.stdout
+    assert r.returncode == 0 and "every chunk id unique" in r.stdout
+    # defect 12: the CLI prints the metadata-conversion table the notebook shows, and the reconciliation
+    assert "converted reversibly" in r.stdout and "reviewed_by" in r.stdout and "json:null" in r.stdout
+    assert "every chunk accounted for" in r.stdout

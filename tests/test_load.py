@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from runbook import atomic, chroma_target, cloud_emulator, embeddings, export_format, load
+from runbook import atomic, chroma_target, cloud_emulator, embeddings, export_format, load, records
 
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
 
@@ -59,12 +59,14 @@ def test_metadata_conversion_is_reversible_and_listed(demo_export):
         for r in export_format.open_export(demo_export).iter_chunks()
         if '"codes"' in r["metadata_json"] and '"reviewed_by":null' in r["metadata_json"]
     )
-    md, dropped = load.to_chroma_metadata(row)
+    md, conversions = load.to_chroma_metadata(row)
     original = __import__("json").loads(row["metadata_json"])
-    assert dropped == ["reviewed_by"]
+    assert ("reviewed_by", "null") in conversions and md["reviewed_by"] == "json:null"  # kept, reversibly
+    assert records.from_flat(md) == original
     assert md["source"].startswith("json:") and load.from_chroma_value(md["source"]) == original["source"]
     assert load.from_chroma_value(md["codes"]) == [1, "A"]
-    assert md["tags"] == original["tags"]  # homogeneous lists are stored as they are
+    # lists never go in as Chroma arrays (chromadb 1.5.9 leaks the arrays of deleted collections)
+    assert md["tags"].startswith("json:") and load.from_chroma_value(md["tags"]) == original["tags"]
     assert md["file_name"] == original["file_name"]  # Korean unchanged
     assert md["ref_doc_id"] == row["document_id"] and "_node_content" in md
 
@@ -302,3 +304,30 @@ def test_on_a_chroma_server_a_raised_ef_search_waits_for_a_restart(tmp_path, wea
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_verify_catches_chromas_array_metadata_leak_and_the_loader_writes_no_arrays(demo_export, tmp_path):
+    """chromadb 1.5.9 keeps a deleted collection's array metadata and attaches it to a later record that gets
+    the same internal id. The loader stores no arrays (so its own collections cannot leak), and phase 03's
+    verification compares every record's metadata, so a leak from anyone else's collection is named."""
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "db"))
+    a = client.create_collection("leak-a", embedding_function=None)
+    a.add(ids=["x"], embeddings=[[1.0] * 384], metadatas=[{"arr": [1, 2]}])
+    client.delete_collection("leak-a")
+    col = client.create_collection(
+        "reload", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+    )
+    load.load_export(client, col, demo_export, tmp_path / "cp.json", progress=False)
+    got = col.get(include=["metadatas"])["metadatas"]
+    leaked = [m for m in got if "arr" in m]
+    v = load.verify_load(client, col, demo_export, None, sample=10, recall_queries=5)
+    check = next(c for c in v["checks"] if c["check"] == "every record's text and metadata equal the export")
+    if leaked:  # the Chroma behaviour is still there: verification must not pass
+        assert not check["ok"] and "1 differ" in check["detail"]
+        assert any("keys the export does not have: ['arr']" in i["problem"] for i in v["issues"])
+    else:  # a Chroma upgrade fixed it
+        assert check["ok"]
+    # no record the loader wrote holds a Chroma array
+    assert not [k for m in got for k, val in m.items() if isinstance(val, list) and k != "arr"]

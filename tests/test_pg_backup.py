@@ -307,3 +307,51 @@ def test_snapshot_session_errors_are_classified_without_the_password(pg):
     with pg_backup._Psql(down) as s, pytest.raises(pg_backup.PgBackupError) as e:
         pg_backup._export_snapshot(s)
     assert "unreachable" in str(e.value) and PASSWORD not in str(e.value)
+
+
+def test_connection_failures_are_told_apart_naming_what_to_do(pg, tmp_path, monkeypatch):
+    """Missing database, failed authentication, missing rights and an unreachable server are four causes
+    with four remedies; none of them is reported as another, and no message holds a password."""
+    other_pw = "pw2-CANARY-81d0c3aa"
+    _psql(pg, "postgres", f"DROP ROLE IF EXISTS no_rights; CREATE ROLE no_rights LOGIN PASSWORD '{other_pw}'")
+    port = pg["port"]
+    cases = {
+        f"postgresql://welno:{PASSWORD}@127.0.0.1:{port}/welno_archive_없음": (
+            "database not found",
+            [
+                "'welno_archive_없음' does not exist",
+                "createdb -h 127.0.0.1",
+                'CREATE DATABASE "welno_archive_없음"',
+            ],
+        ),
+        f"postgresql://ghost:{PASSWORD}@127.0.0.1:{port}/wello": ("authentication failed", ["'ghost'"]),
+        f"postgresql://welno:wrong-{PASSWORD}@127.0.0.1:{port}/wello": (
+            "authentication failed",
+            ["wrong credentials"],
+        ),
+        f"postgresql://no_rights:{other_pw}@127.0.0.1:{port}/wello": (
+            "permission denied",
+            ["'no_rights'", "schema wello", "GRANT".lower()],
+        ),
+        f"postgresql://welno:{PASSWORD}@127.0.0.1:{cloud_emulator.free_port()}/wello": ("unreachable", []),
+    }
+    causes = ("database not found", "authentication failed", "permission denied", "unreachable")
+    try:
+        for dsn, (cause, details) in cases.items():
+            monkeypatch.setenv("WELNO_PG_DSN", dsn)
+            with pytest.raises((pg_backup.PgBackupError, credentials.ScrubbedError)) as e:
+                pg_backup.backup("WELNO_PG_DSN", ["wello.wello_checkup_data"], str(tmp_path / "b"))
+            msg = str(e.value)
+            assert cause in msg, (dsn, msg)
+            assert [c for c in causes if c in msg] == [cause], msg  # one cause, not two
+            assert all(d.lower() in msg.lower() for d in details), msg
+            assert PASSWORD not in msg and other_pw not in msg and dsn not in msg
+    finally:
+        _psql(pg, "postgres", "DROP ROLE IF EXISTS no_rights")
+    unknown_host = pg_backup.parse_dsn(f"postgresql://welno:{PASSWORD}@db.example.invalid:5432/wello")
+    msg = pg_backup._classify(
+        'psql: error: could not translate host name "db.example.invalid" to address: Name or service not known',
+        unknown_host,
+        "sizing t",
+    )
+    assert "unreachable" in msg and "db.example.invalid" in msg and "unknown" in msg

@@ -1,0 +1,485 @@
+"""What happens to odd records: the one place that decides, for verify (which lists it) and load (which does it).
+
+The policy (also in the README and on the pages of phases 01 and 03):
+
+- **Kept exactly**: any non-empty id (Unicode, ``/``, ``%``, ``#``, spaces, any length), texts (Korean in NFC or
+  NFD, NUL characters, very long texts, empty texts with ``empty_texts: load``), vectors of the collection's
+  dimension with finite values (any norm: cosine space normalises them), every metadata value in the node
+  JSON (``_node_content``) that LlamaIndex reads back -- including null, NaN, Infinity, huge integers.
+- **Converted reversibly** (Chroma's flat metadata, used for filters): a value Chroma cannot store exactly
+  (null, NaN/Infinity, an integer beyond 64 bits, an object, any list, a string with a lone surrogate) and a
+  string that itself starts with the marker ``json:`` are stored as ``json:`` + canonical JSON. Lists are never
+  stored as Chroma arrays: chromadb 1.5.9 keeps the arrays of a deleted collection and attaches them to records
+  of a later collection that reuses their internal ids.
+  Every string that starts with the marker is decoded, so the marker is unambiguous and every value
+  round-trips. A key Chroma reserves (``""``, ``#…``, ``$…``, ``chroma:document``), a key LlamaIndex writes itself
+  (``_node_content``, ``_node_type``, ``document_id``, ``doc_id``, ``ref_doc_id``), a key that is not valid UTF-8
+  and a key that looks like an escaped one are stored as ``meta_`` + the key (``meta_json:`` + JSON when the key
+  itself could not be stored): an injective renaming, so ``$where`` and a real ``meta_where`` never collide.
+  A chunk id used by more than one document (``duplicate_chunk_ids: qualify``): the first in export order
+  keeps it, each later one is stored as ``<chunk id>@<document id>``; LlamaIndex still reads the original id.
+- **Skipped** (listed): empty or whitespace-only texts with ``empty_texts: skip``.
+- **Refused** (listed with what to do): a vector that is missing, has NaN/Infinity, is all zeros or has
+  another dimension (phase 01 re-embeds these with ``reembed_bad_vectors: true``, the default); an empty id;
+  a duplicate id with ``duplicate_chunk_ids: refuse``, or one whose qualified id is taken too; a text or id
+  with a lone surrogate (refused at export: Parquet and Chroma hold UTF-8 only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+MARKER = "json:"
+KEY_PREFIX = "meta_"
+LLAMAINDEX_KEYS = ("_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id")
+INT64 = (-(2**63), 2**63 - 1)
+EMPTY_TEXT_POLICIES = ("load", "skip")
+DUPLICATE_ID_POLICIES = ("qualify", "refuse")
+
+
+class PolicyError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------- JSON that loses nothing
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _has_nonfinite(obj) -> bool:
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_has_nonfinite(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_has_nonfinite(v) for v in obj)
+    return False
+
+
+def dumps(obj, sort_keys: bool = True) -> str:
+    """Canonical JSON (sorted keys, compact, UTF-8 as it is) that keeps every value: NaN and Infinity as
+    Python's ``json`` writes them, integers of any size, lone surrogates as ``\\ud800`` escapes."""
+    try:
+        opt = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+        out = orjson.dumps(obj, option=opt)
+        if b"null" not in out or not _has_nonfinite(obj):  # orjson writes NaN as null
+            return out.decode("utf-8")
+    except (orjson.JSONEncodeError, TypeError):
+        pass
+    s = json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return s if _utf8(s) else json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), allow_nan=True)
+
+
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
+def loads(s: str):
+    """The inverse of ``dumps``: orjson where it is exact, Python's json for NaN/Infinity tokens and for
+    integers of 19 digits or more (orjson does not read those beyond 64 bits exactly)."""
+    if _LONG_DIGITS.search(s) is None:
+        try:
+            return orjson.loads(s)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(s)
+
+
+def same(a, b) -> bool:
+    """Deep equality where NaN equals NaN, a bool is not an int and 1 is not 1.0."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+# ----------------------------------------------------------------------------- flat metadata for Chroma
+def value_kind(v) -> str | None:
+    """Why Chroma cannot store this metadata value exactly (None if it can)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return None if INT64[0] <= v <= INT64[1] else "integer beyond 64 bits"
+    if isinstance(v, float):
+        return None if math.isfinite(v) else "NaN or Infinity"
+    if isinstance(v, str):
+        if v.startswith(MARKER):
+            return "string starting with the marker 'json:'"
+        return None if _utf8(v) else "string with a lone surrogate"
+    if isinstance(v, dict):
+        return "nested object"
+    if isinstance(v, list):
+        if not v:
+            return "empty list"
+        kinds = {type(x) for x in v}
+        if len(kinds) > 1 or not kinds <= {str, int, float, bool}:
+            return "list of mixed or nested values"
+        # chromadb 1.5.9 keeps the array metadata of a deleted collection and attaches it to a record of a
+        # later collection that reuses the internal id (seen with PersistentClient): lists never go in as arrays
+        return "list"
+    return f"value of type {type(v).__name__}"
+
+
+def encode_value(v):
+    return v if value_kind(v) is None else MARKER + dumps(v)
+
+
+def decode_value(v):
+    """Undo ``encode_value``: every string that starts with the marker was encoded."""
+    if isinstance(v, str) and v.startswith(MARKER):
+        return loads(v[len(MARKER) :])
+    return v
+
+
+def _reserved(k: str) -> bool:
+    return k == "" or k[0] in "#$" or k == "chroma:document" or k in LLAMAINDEX_KEYS or not _utf8(k)
+
+
+def _form(k: str) -> str:
+    return k if _utf8(k) and not k.startswith(MARKER) else MARKER + json.dumps(k)
+
+
+def _escaped_from(e: str) -> str | None:
+    """The key that ``e`` is the escaped form of, or None if ``e`` is no escaped form."""
+    if not e.startswith(KEY_PREFIX):
+        return None
+    rest = e[len(KEY_PREFIX) :]
+    k = rest
+    if rest.startswith(MARKER):
+        try:
+            k = json.loads(rest[len(MARKER) :])
+        except ValueError:
+            return None
+        if not isinstance(k, str):
+            return None
+    return k if _needs_escape(k) and KEY_PREFIX + _form(k) == e else None
+
+
+def _needs_escape(k: str) -> bool:
+    return _reserved(k) or _escaped_from(k) is not None
+
+
+def key_kind(k: str) -> str | None:
+    if k in LLAMAINDEX_KEYS:
+        return "key LlamaIndex writes itself"
+    if _reserved(k):
+        return "key Chroma reserves"
+    if _escaped_from(k) is not None:
+        return "key that looks like an escaped one"
+    return None
+
+
+def encode_key(k: str) -> str:
+    return KEY_PREFIX + _form(k) if _needs_escape(k) else k
+
+
+def decode_key(e: str) -> str:
+    k = _escaped_from(e)
+    return e if k is None else k
+
+
+def to_flat(metadata: dict, own: dict | None = None) -> tuple[dict, list[tuple[str, str]]]:
+    """The source's metadata as Chroma flat metadata, and the (key, kind) of each conversion. ``own`` are
+    the values LlamaIndex writes under its own keys: a source key of that name holding the same value
+    (LlamaCloud's ``document_id`` usually does) needs no escape -- the one value serves both."""
+    out, conv = {}, []
+    for k, v in metadata.items():
+        if own is not None and k in LLAMAINDEX_KEYS and same(v, own.get(k)):
+            continue
+        kk, vk = key_kind(k), value_kind(v)
+        if kk:
+            conv.append((k, kk))
+        if vk:
+            conv.append((k, vk))
+        out[encode_key(k)] = encode_value(v)
+    return out, conv
+
+
+def from_flat(flat: dict) -> dict:
+    """Undo ``to_flat``: LlamaIndex's own keys are the source's only where the node JSON's metadata has them
+    and no escaped copy exists (the value was shared)."""
+    out = {decode_key(k): decode_value(v) for k, v in flat.items() if k not in LLAMAINDEX_KEYS}
+    node_md = {}
+    if isinstance(flat.get("_node_content"), str):
+        node_md = (loads(flat["_node_content"]) or {}).get("metadata") or {}
+    for k in LLAMAINDEX_KEYS:
+        if k in flat and k in node_md and k not in out:
+            out[k] = flat[k]
+    return out
+
+
+TREATMENT = {
+    "null": "stored as 'json:null' (reversible)",
+    "NaN or Infinity": "stored as 'json:NaN' / 'json:Infinity' (Chroma would store null)",
+    "integer beyond 64 bits": "stored as 'json:<digits>' (Chroma would round it to a float)",
+    "string starting with the marker 'json:'": "stored as 'json:' + the JSON string, so it is not decoded",
+    "string with a lone surrogate": "stored as 'json:' + JSON with \\u escapes",
+    "nested object": "stored as 'json:' + canonical JSON",
+    "empty list": "stored as 'json:[]'",
+    "list of mixed or nested values": "stored as 'json:' + canonical JSON",
+    "list": "stored as 'json:' + JSON, not as a Chroma array (Chroma 1.5.9 leaks arrays of deleted collections)",
+    "key Chroma reserves": "key stored as 'meta_' + key (injective: never collides)",
+    "key LlamaIndex writes itself": "its value differs from LlamaIndex's: stored as 'meta_' + key (LlamaIndex's "
+    "value keeps the name)",
+    "key that looks like an escaped one": "key stored as 'meta_' + key, so it is not mistaken for an escape",
+}
+
+
+# ----------------------------------------------------------------------------- record-level decisions
+@dataclass
+class Policy:
+    empty_texts: str = "load"
+    duplicate_chunk_ids: str = "qualify"
+
+    def __post_init__(self):
+        if self.empty_texts not in EMPTY_TEXT_POLICIES:
+            raise PolicyError(
+                f"empty_texts: {self.empty_texts!r}; choose one of {', '.join(EMPTY_TEXT_POLICIES)}"
+            )
+        if self.duplicate_chunk_ids not in DUPLICATE_ID_POLICIES:
+            raise PolicyError(
+                f"duplicate_chunk_ids: {self.duplicate_chunk_ids!r}; choose one of "
+                + ", ".join(DUPLICATE_ID_POLICIES)
+            )
+
+
+def _h(s: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )
+
+
+class IdIndex:
+    """Every chunk id of an export, as 64-bit hashes (8 bytes per chunk), and the ids used by more than one
+    chunk with the document that keeps each (the first in export order)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] | Callable[[], Iterable[tuple[str, str]]]):
+        """``pairs``: (chunk id, document id) in export order, or a function that yields them again
+        (read twice only when some id is duplicated, so memory stays 8 bytes per chunk)."""
+        again = pairs if callable(pairs) else (lambda p=list(pairs): p)
+        order = np.sort(np.fromiter((_h(cid) for cid, _ in again()), dtype=np.uint64))
+        dup_h = set(order[1:][order[1:] == order[:-1]].tolist()) if len(order) > 1 else set()
+        self.positions: dict[str, list[tuple[int, str]]] = {}  # duplicated id -> [(position, document)]
+        if dup_h:
+            for pos, (cid, doc) in enumerate(again()):
+                if _h(cid) in dup_h:
+                    self.positions.setdefault(cid, []).append((pos, doc))
+            self.positions = {c: p for c, p in self.positions.items() if len(p) > 1}
+        self.keeper: dict[str, int] = {
+            c: p[0][0] for c, p in self.positions.items()
+        }  # id -> position keeping it
+        self._sorted = order
+
+    def taken(self, cid: str) -> bool:
+        h = np.uint64(_h(cid))
+        i = int(np.searchsorted(self._sorted, h))
+        return i < len(self._sorted) and self._sorted[i] == h
+
+    @classmethod
+    def of_export(cls, exp) -> IdIndex:
+        def pairs():
+            for batch in exp.iter_chunk_batches(columns=["chunk_id", "document_id"], batch_size=65536):
+                yield from zip(
+                    batch.column("chunk_id").to_pylist(), batch.column("document_id").to_pylist(), strict=True
+                )
+
+        return cls(pairs)
+
+
+@dataclass
+class Decision:
+    action: str  # load | skip | refuse
+    chroma_id: str
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (class, treatment)
+
+
+def decide(row: dict, pos: int, vector_problem: str | None, ids: IdIndex, policy: Policy) -> Decision:
+    """What happens to one export row at position ``pos`` (export order) when it is loaded."""
+    cid, doc = row["chunk_id"], row["document_id"]
+    notes: list[tuple[str, str]] = []
+    if not cid:
+        return Decision(
+            "refuse", cid, [("empty id", "refused: Chroma needs an id; fix the chunk at the source")]
+        )
+    if vector_problem:
+        return Decision(
+            "refuse",
+            cid,
+            [
+                (
+                    f"vector {vector_problem}",
+                    "refused: set reembed_bad_vectors: true in phase 01 to re-embed it",
+                )
+            ],
+        )
+    chroma_id = cid
+    if cid in ids.keeper and ids.keeper[cid] != pos:
+        if any(p < pos and dd == doc for p, dd in ids.positions[cid]):
+            return Decision(
+                "refuse",
+                cid,
+                [
+                    (
+                        "chunk served twice in one document",
+                        "refused: the first copy is loaded; export again, and report it if the source repeats it",
+                    )
+                ],
+            )
+        if policy.duplicate_chunk_ids == "refuse":
+            return Decision(
+                "refuse",
+                cid,
+                [("chunk id used by another document", "refused (duplicate_chunk_ids: refuse)")],
+            )
+        chroma_id = f"{cid}@{doc}"
+        if ids.taken(chroma_id) or chroma_id in ids.keeper:
+            return Decision(
+                "refuse",
+                cid,
+                [
+                    (
+                        "chunk id used by another document",
+                        f"refused: the qualified id {chroma_id!r} is taken too",
+                    )
+                ],
+            )
+        notes.append(
+            ("chunk id used by another document", f"stored as {chroma_id!r}; LlamaIndex reads {cid!r}")
+        )
+    text = row.get("text") or ""
+    if not text.strip():
+        if policy.empty_texts == "skip":
+            return Decision("skip", chroma_id, [("empty text", "skipped (empty_texts: skip)")])
+        notes.append(("empty text", "loaded exactly (empty_texts: load); text search cannot find it"))
+    if "\x00" in text:
+        notes.append(("NUL in text", "loaded exactly; Chroma's $contains filter does not see text after it"))
+    return Decision("load", chroma_id, notes)
+
+
+def vector_problems(emb_column, dim: int) -> list[str | None]:
+    """Per row of an Arrow list<float32> column: why the vector cannot be loaded, or None."""
+    n = len(emb_column)
+    out: list[str | None] = [None] * n
+    valid = np.asarray(emb_column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    lengths = np.zeros(n, dtype=np.int64)
+    if valid.any():
+        lengths[valid] = np.asarray(emb_column.filter(emb_column.is_valid()).value_lengths())
+    good_len = valid & (lengths == dim)
+    for i in np.nonzero(~valid)[0]:
+        out[i] = "missing"
+    for i in np.nonzero(valid & ~good_len)[0]:
+        out[i] = f"of dimension {lengths[i]} (the collection's is {dim})"
+    if good_len.any():
+        mat = vector_matrix(emb_column.filter(good_len), dim)
+        idx = np.nonzero(good_len)[0]
+        finite = np.isfinite(mat).all(axis=1)
+        nonzero = np.abs(mat).sum(axis=1) > 0
+        for j in np.nonzero(~finite)[0]:
+            out[idx[j]] = "with NaN or Infinity"
+        for j in np.nonzero(finite & ~nonzero)[0]:
+            out[idx[j]] = "of zeros (no direction for cosine)"
+    return out
+
+
+def vector_matrix(column, dim: int) -> np.ndarray:
+    """An Arrow list<float32> column of one dimension as an (n, dim) float32 matrix."""
+    flat = np.asarray(column.flatten(), dtype=np.float32)
+    return flat.reshape(len(column), dim)
+
+
+class Tally:
+    """Counts every chunk by what happened to it, and lists the odd ones (the first ``max_listed``)."""
+
+    def __init__(self, max_listed: int = 500, state: dict | None = None):
+        state = state or {}
+        self.max_listed = max_listed
+        self.counts: dict[str, int] = dict(state.get("counts", {}))
+        self.classes: dict[str, int] = dict(state.get("classes", {}))
+        self.metadata: dict[str, int] = dict(state.get("metadata", {}))
+        self.listed: list[dict] = list(state.get("listed", []))
+
+    def add(self, row: dict, d: Decision, conversions: list[tuple[str, str]] = ()):
+        if d.action == "load":
+            outcome = (
+                "loaded, converted" if (conversions or d.chroma_id != row["chunk_id"]) else "loaded exactly"
+            )
+        else:
+            outcome = "skipped" if d.action == "skip" else "refused"
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        for key, kind in conversions:
+            label = json.dumps([key, kind])  # JSON: the tally lives in the load's checkpoint
+            self.metadata[label] = self.metadata.get(label, 0) + 1
+        for cls, treatment in d.notes:
+            self.classes[cls] = self.classes.get(cls, 0) + 1
+            if len(self.listed) < self.max_listed:
+                self.listed.append(
+                    {
+                        "document": row["document_id"],
+                        "chunk": row["chunk_id"],
+                        "what": cls,
+                        "treatment": treatment,
+                    }
+                )
+
+    def state(self) -> dict:
+        return {
+            "counts": self.counts,
+            "classes": self.classes,
+            "metadata": self.metadata,
+            "listed": self.listed,
+        }
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def expected_in_collection(self) -> int:
+        return self.counts.get("loaded exactly", 0) + self.counts.get("loaded, converted", 0)
+
+    def metadata_rows(self) -> list[dict]:
+        out = []
+        for label, n in sorted(self.metadata.items()):
+            key, kind = json.loads(label)
+            out.append({"key": key, "kind": kind, "chunks": n, "treatment": TREATMENT.get(kind, "")})
+        return out
+
+
+def reconciliation(manifest: dict, tally: Tally, documents_without_chunks: int) -> list[dict]:
+    """Every chunk and document of the source accounted for; the last column says whether it adds up."""
+    refused_export = [x for x in manifest.get("refused", []) if x.get("chunk_id") is not None]
+    refused_docs = len(manifest.get("refused_documents", []))
+    exported = manifest["total_chunks"]
+    source_chunks = exported + len(refused_export)
+    c = tally.counts
+    rows = [
+        {"item": "chunks at the source (exported + refused at export)", "count": source_chunks},
+        {"item": "  refused at export (no file can hold them)", "count": len(refused_export)},
+        {"item": "  exported", "count": exported},
+        {"item": "    loaded exactly", "count": c.get("loaded exactly", 0)},
+        {"item": "    loaded, converted reversibly", "count": c.get("loaded, converted", 0)},
+        {"item": "    skipped (policy)", "count": c.get("skipped", 0)},
+        {"item": "    refused at load", "count": c.get("refused", 0)},
+        {"item": "documents at the source", "count": manifest["total_documents"] + refused_docs},
+        {"item": "  refused at export (id not valid Unicode)", "count": refused_docs},
+        {"item": "  exported without chunks (nothing to load)", "count": documents_without_chunks},
+    ]
+    adds_up = tally.total() == exported
+    rows.append({"item": "exported chunks = loaded + skipped + refused", "count": "yes" if adds_up else "NO"})
+    return rows

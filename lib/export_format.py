@@ -81,8 +81,13 @@ def unstorable(row: dict) -> str | None:
     """Why an export row cannot be written at all (Parquet holds UTF-8 text only), or None."""
     for name in ("chunk_id", "document_id", "text"):
         v = row.get(name)
+        if name != "text" and not isinstance(v, str):
+            return f"{name} is {type(v).__name__}, not a string"
         if isinstance(v, str) and not records._utf8(v):
             return f"{name} has a lone surrogate (not valid Unicode text)"
+    for name in ("metadata_json", "relationships_json"):
+        if not isinstance(records.loads(row[name]), dict):
+            return f"{name.split('_')[0]} is not a JSON object"
     return None
 
 

@@ -503,7 +503,7 @@ def sequential_export_count(src: Source, pipeline_id: str, page_size: int = 100)
     return n
 
 
-def handoff_data(export_dir: str | os.PathLike, spec, vector_norms: dict | None = None) -> dict:
+def handoff_data(export_dir: str | os.PathLike, spec, vector_norms: dict | None = None, policy=None) -> dict:
     """What phase 01 records for later phases about a complete, verified export."""
     exp = export_format.open_export(export_dir)
     m = exp.manifest
@@ -520,6 +520,7 @@ def handoff_data(export_dir: str | os.PathLike, spec, vector_norms: dict | None 
         "embedding_spec": _spec_dict(spec),
         "vectors": m["embeddings"],
         "vector_norms": vector_norms,
+        "policy": vars(policy) if policy is not None else None,  # what phase 01's listing assumed
     }
 
 

@@ -147,6 +147,21 @@ def context(exp, policy: records.Policy | None = None, dim: int | None = None) -
     )
 
 
+def planned_ids(exp, policy: records.Policy | None = None) -> set[str]:
+    """The Chroma ids the export's records are loaded under (qualified ids included, refused and skipped
+    records left out)."""
+    ctx = context(exp, policy)
+    out, pos = set(), 0
+    for batch in exp.iter_chunk_batches(columns=["chunk_id", "document_id", "text", "embedding"]):
+        problems = records.vector_problems(batch.column("embedding"), ctx.dim)
+        for i, r in enumerate(batch.drop_columns(["embedding"]).to_pylist()):
+            d = records.decide(r, pos + i, problems[i], ctx.ids, ctx.policy)
+            if d.action == "load":
+                out.add(d.chroma_id)
+        pos += batch.num_rows
+    return out
+
+
 def _prepare(rows: list[dict], ctx: Context | None = None, start: int = 0):
     """(ids, documents, vectors, metadatas, [(row, decision, conversions)]) for a list of export rows.
     Without ``ctx`` the rows stand alone (phase 07's additions): a record that would not load is an error."""
@@ -222,14 +237,20 @@ def load_export(
     policy = policy or records.Policy()
     cp_path = Path(checkpoint_path)
     cp = atomic.read_json(cp_path) if cp_path.exists() else {}
-    if (
-        cp.get("export_manifest_sha256") != sha
-        or cp.get("collection") != col.name
-        or cp.get("policy") != vars(policy)
-    ):
+    same_target = cp.get("export_manifest_sha256") == sha and cp.get("collection") == col.name
+    if same_target and cp.get("collection_id", str(col.id)) != str(col.id):
+        same_target = False  # a collection of that name was made anew: its records are not the checkpoint's
+    if same_target and cp.get("policy", vars(records.Policy())) != vars(policy) and col.count() > 0:
+        raise LoadError(
+            f"collection {col.name} was loaded with {cp.get('policy', vars(records.Policy()))}, now asked for "
+            f"{vars(policy)}: records already loaded would keep the old treatment. Load into a new collection "
+            "(versioned_collection: true, or another collection_name), or set the policy back"
+        )
+    if not same_target or cp.get("policy", vars(records.Policy())) != vars(policy):
         cp = {
             "export_manifest_sha256": sha,
             "collection": col.name,
+            "collection_id": str(col.id),
             "policy": vars(policy),
             "shard": 0,
             "row": 0,
@@ -392,10 +413,11 @@ def verify_load(
     picked: list[tuple[dict, str]] = []
     missing, differ, seen, pos = [], [], 0, 0
     maxb = int(client.get_max_batch_size())
+    n_missing = n_differ = 0
     for batch in exp.iter_chunk_batches(batch_size=maxb):
         emb = batch.column("embedding")
         problems = records.vector_problems(emb, ctx.dim)
-        rows = batch.to_pylist()
+        rows = batch.drop_columns(["embedding"]).to_pylist()  # vectors only for the sample, below
         planned = []
         for i, r in enumerate(rows):
             d = records.decide(r, pos + i, problems[i], ctx.ids, ctx.policy)
@@ -406,9 +428,9 @@ def verify_load(
             planned.append((d.chroma_id, r, want_md))
             seen += 1
             if len(picked) < sample:
-                picked.append((r, d.chroma_id))
+                picked.append(({**r, "embedding": emb[i].as_py()}, d.chroma_id))
             elif (j := rng.randrange(seen)) < sample:
-                picked[j] = (r, d.chroma_id)
+                picked[j] = ({**r, "embedding": emb[i].as_py()}, d.chroma_id)
         pos += len(rows)
         got = (
             col.get(ids=[cid for cid, _, _ in planned], include=["documents", "metadatas"])
@@ -423,9 +445,13 @@ def verify_load(
         for cid, r, want_md in planned:
             rec = by_id.get(cid)
             if rec is None:
-                missing.append(cid)
+                n_missing += 1
+                if len(missing) < 20:
+                    missing.append(cid)
             elif rec[0] != r["text"] or rec[1] != want_md:
-                differ.append((cid, r, rec))
+                n_differ += 1
+                if len(differ) < 20:
+                    differ.append((cid, r, rec))
     n = col.count()
     want = tally.expected_in_collection()
     check(
@@ -435,14 +461,20 @@ def verify_load(
         f" + {tally.counts.get('skipped', 0)} skipped + {tally.counts.get('refused', 0)} refused",
     )
     check(
+        "records loaded",
+        want > 0 or exp.manifest["total_chunks"] == 0,
+        f"{want} of {exp.manifest['total_chunks']} exported chunks are loadable"
+        + ("" if want or not exp.manifest["total_chunks"] else ": every one was refused or skipped (listed)"),
+    )
+    check(
         "every id to load present",
-        not missing,
-        f"{len(missing)} missing" + (f", e.g. {missing[:3]}" if missing else ""),
+        not n_missing,
+        f"{n_missing} missing" + (f", e.g. {missing[:3]}" if missing else ""),
     )
     check(
         "every record's text and metadata equal the export",
-        not differ,
-        f"{tally.expected_in_collection() - len(missing)} compared; {len(differ)} differ"
+        not n_differ,
+        f"{tally.expected_in_collection() - n_missing} compared; {n_differ} differ"
         + (f", e.g. {differ[0][0]!r}" if differ else ""),
     )
     for _cid, r, (doc, md) in differ[:20]:
@@ -460,7 +492,8 @@ def verify_load(
                     if extra
                     else ""
                 ),
-                "what to do": "load into a new Chroma folder (chroma_db) or a fresh Chroma server",
+                "what to do": "load into a new collection (versioned_collection: true) under a new base_path, or a "
+                "fresh Chroma server",
             }
         )
     for m in missing[:20]:

@@ -101,7 +101,9 @@ def same(a, b) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple):
@@ -119,7 +121,9 @@ def value_kind(v) -> str | None:
     if isinstance(v, int):
         return None if INT64[0] <= v <= INT64[1] else "integer beyond 64 bits"
     if isinstance(v, float):
-        return None if math.isfinite(v) else "NaN or Infinity"
+        if not math.isfinite(v):
+            return "NaN or Infinity"
+        return "negative zero" if v == 0 and math.copysign(1.0, v) < 0 else None  # Chroma returns 0.0
     if isinstance(v, str):
         if v.startswith(MARKER):
             return "string starting with the marker 'json:'"
@@ -150,31 +154,46 @@ def decode_value(v):
 
 
 def _reserved(k: str) -> bool:
-    return k == "" or k[0] in "#$" or k == "chroma:document" or k in LLAMAINDEX_KEYS or not _utf8(k)
+    # Chroma rejects "", "#…", "$…", chroma:document and stores other "chroma:…" keys without returning them
+    return k == "" or k[0] in "#$" or k.startswith("chroma:") or k in LLAMAINDEX_KEYS or not _utf8(k)
 
 
 def _form(k: str) -> str:
     return k if _utf8(k) and not k.startswith(MARKER) else MARKER + json.dumps(k)
 
 
-def _escaped_from(e: str) -> str | None:
-    """The key that ``e`` is the escaped form of, or None if ``e`` is no escaped form."""
+def _unescape_once(e: str) -> str | None:
+    """The key ``e`` would be the escape of (ignoring whether that key needs escaping), or None."""
     if not e.startswith(KEY_PREFIX):
         return None
     rest = e[len(KEY_PREFIX) :]
-    k = rest
-    if rest.startswith(MARKER):
-        try:
-            k = json.loads(rest[len(MARKER) :])
-        except ValueError:
-            return None
-        if not isinstance(k, str):
-            return None
-    return k if _needs_escape(k) and KEY_PREFIX + _form(k) == e else None
+    if not rest.startswith(MARKER):
+        return rest
+    try:
+        k = json.loads(rest[len(MARKER) :])
+    except ValueError:
+        return None
+    return k if isinstance(k, str) and KEY_PREFIX + _form(k) == e else None
 
 
 def _needs_escape(k: str) -> bool:
-    return _reserved(k) or _escaped_from(k) is not None
+    """A key is escaped when Chroma or LlamaIndex reserve it, or when it looks like the escape of a key that is
+    escaped: peeled iteratively (a key of many ``meta_`` prefixes needs no recursion)."""
+    chain = [k]
+    while (inner := _unescape_once(chain[-1])) is not None:
+        chain.append(inner)
+    needs = _reserved(chain[-1])
+    for outer, inner in zip(reversed(chain[:-1]), reversed(chain[1:]), strict=True):
+        # outer is the escape of inner exactly when inner needs escaping; then outer must be escaped too
+        needs = needs and KEY_PREFIX + _form(inner) == outer
+        needs = _reserved(outer) or needs
+    return needs
+
+
+def _escaped_from(e: str) -> str | None:
+    """The key that ``e`` is the escaped form of, or None if ``e`` is no escaped form."""
+    k = _unescape_once(e)
+    return k if k is not None and _needs_escape(k) else None
 
 
 def key_kind(k: str) -> str | None:
@@ -229,6 +248,7 @@ def from_flat(flat: dict) -> dict:
 TREATMENT = {
     "null": "stored as 'json:null' (reversible)",
     "NaN or Infinity": "stored as 'json:NaN' / 'json:Infinity' (Chroma would store null)",
+    "negative zero": "stored as 'json:-0.0' (Chroma would return 0.0)",
     "integer beyond 64 bits": "stored as 'json:<digits>' (Chroma would round it to a float)",
     "string starting with the marker 'json:'": "stored as 'json:' + the JSON string, so it is not decoded",
     "string with a lone surrogate": "stored as 'json:' + JSON with \\u escapes",
@@ -287,6 +307,25 @@ class IdIndex:
             c: p[0][0] for c, p in self.positions.items()
         }  # id -> position keeping it
         self._sorted = order
+        # every later use of a duplicated id, decided once (linear in the duplicates): a repeat inside one
+        # document, or a qualified id <id>@<document> -- unless that is taken by an id or another qualified id
+        self.repeat: set[int] = set()
+        self.qualified: dict[int, str] = {}
+        self.collided: dict[int, str] = {}
+        assigned: set[str] = set()
+        for cid, occ in self.positions.items():
+            docs = {occ[0][1]}
+            for pos, doc in occ[1:]:
+                if doc in docs:
+                    self.repeat.add(pos)
+                    continue
+                docs.add(doc)
+                q = f"{cid}@{doc}"
+                if q in assigned or self.taken(q):
+                    self.collided[pos] = q
+                else:
+                    assigned.add(q)
+                    self.qualified[pos] = q
 
     def taken(self, cid: str) -> bool:
         h = np.uint64(_h(cid))
@@ -313,54 +352,51 @@ class Decision:
 
 def decide(row: dict, pos: int, vector_problem: str | None, ids: IdIndex, policy: Policy) -> Decision:
     """What happens to one export row at position ``pos`` (export order) when it is loaded."""
-    cid, doc = row["chunk_id"], row["document_id"]
+    cid = row["chunk_id"]
     notes: list[tuple[str, str]] = []
     if not cid:
         return Decision(
             "refuse", cid, [("empty id", "refused: Chroma needs an id; fix the chunk at the source")]
         )
     if vector_problem:
+        advice = (
+            "refused: run phase 01 again (its re-embedding step fills missing vectors)"
+            if vector_problem == "missing"
+            else "refused: run phase 01 with reembed_bad_vectors: true to re-embed it"
+        )
+        return Decision("refuse", cid, [(f"vector {vector_problem}", advice)])
+    chroma_id = cid
+    if pos in ids.repeat:
         return Decision(
             "refuse",
             cid,
             [
                 (
-                    f"vector {vector_problem}",
-                    "refused: set reembed_bad_vectors: true in phase 01 to re-embed it",
+                    "chunk served twice in one document",
+                    "refused: the first copy in export order takes the id (whatever happens to it); export "
+                    "again, and report it if the source repeats it",
                 )
             ],
         )
-    chroma_id = cid
     if cid in ids.keeper and ids.keeper[cid] != pos:
-        if any(p < pos and dd == doc for p, dd in ids.positions[cid]):
-            return Decision(
-                "refuse",
-                cid,
-                [
-                    (
-                        "chunk served twice in one document",
-                        "refused: the first copy is loaded; export again, and report it if the source repeats it",
-                    )
-                ],
-            )
         if policy.duplicate_chunk_ids == "refuse":
             return Decision(
                 "refuse",
                 cid,
                 [("chunk id used by another document", "refused (duplicate_chunk_ids: refuse)")],
             )
-        chroma_id = f"{cid}@{doc}"
-        if ids.taken(chroma_id) or chroma_id in ids.keeper:
+        if pos in ids.collided:
             return Decision(
                 "refuse",
                 cid,
                 [
                     (
                         "chunk id used by another document",
-                        f"refused: the qualified id {chroma_id!r} is taken too",
+                        f"refused: the qualified id {ids.collided[pos]!r} is taken too",
                     )
                 ],
             )
+        chroma_id = ids.qualified[pos]
         notes.append(
             ("chunk id used by another document", f"stored as {chroma_id!r}; LlamaIndex reads {cid!r}")
         )
@@ -392,10 +428,15 @@ def vector_problems(emb_column, dim: int) -> list[str | None]:
         idx = np.nonzero(good_len)[0]
         finite = np.isfinite(mat).all(axis=1)
         nonzero = np.abs(mat).sum(axis=1) > 0
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            sq = np.einsum("ij,ij->i", mat, mat)  # float32, as Chroma's cosine computes it
+        scale = finite & nonzero & (~np.isfinite(sq) | (sq < np.finfo(np.float32).tiny))
         for j in np.nonzero(~finite)[0]:
             out[idx[j]] = "with NaN or Infinity"
         for j in np.nonzero(finite & ~nonzero)[0]:
             out[idx[j]] = "of zeros (no direction for cosine)"
+        for j in np.nonzero(scale)[0]:
+            out[idx[j]] = "too large or too small for float32 cosine (its squared norm overflows)"
     return out
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import atomic, embeddings, export_format
+from . import atomic, embeddings, export_format, records
 from .export_format import ExportError
+
+MAX_LISTED = 1000  # replaced vectors named in the manifest; all are counted
 
 
 class SpendNotAllowed(RuntimeError):
@@ -48,17 +50,11 @@ class Plan:
 
 
 def _unusable(emb, dim: int) -> str | None:
-    """Why a served vector cannot be loaded (see ``records.vector_problems``), or None."""
+    """Why a served vector cannot be loaded (``records.vector_problems``), or None; missing ones are computed
+    anyway."""
     if emb is None:
-        return None  # missing: computed anyway
-    v = np.asarray(emb, dtype=np.float32)
-    if dim and len(v) != dim:
-        return f"dimension {len(v)} (the model's is {dim})"
-    if not np.isfinite(v).all():
-        return "NaN or Infinity"
-    if not np.any(v):
-        return "all zeros"
-    return None
+        return None
+    return records.vector_problems(pa.array([emb], type=pa.list_(pa.float32())), dim or len(emb))[0]
 
 
 def expected_dim(exp, spec) -> int:
@@ -77,11 +73,11 @@ def expected_dim(exp, spec) -> int:
 
 def _needs(batch_rows: list[dict], force: bool, bad_dim: int | None = None) -> list[int]:
     """Rows to embed: missing vectors, all with ``force``, unusable ones when ``bad_dim`` is given."""
-    return [
-        i
-        for i, r in enumerate(batch_rows)
-        if force or r["embedding"] is None or (bad_dim is not None and _unusable(r["embedding"], bad_dim))
-    ]
+    bad = [None] * len(batch_rows)
+    if bad_dim is not None and batch_rows:
+        col = pa.array([r["embedding"] for r in batch_rows], type=pa.list_(pa.float32()))
+        bad = records.vector_problems(col, bad_dim)
+    return [i for i, r in enumerate(batch_rows) if force or r["embedding"] is None or bad[i]]
 
 
 def plan(
@@ -153,6 +149,7 @@ def apply(
     cache = embeddings.EmbeddingCache(cache_path)
     computed_total = 0
     replaced = list(manifest.get("replaced_vectors", []))
+    replaced_count = int(manifest.get("replaced_vectors_count", len(replaced)))
     bar = None
     if progress:
         from .display import progress as tqdm
@@ -168,6 +165,8 @@ def apply(
             for i in idx:
                 why = _unusable(rows[i]["embedding"], bad_dim or 0)
                 if why:
+                    replaced_count += 1
+                if why and len(replaced) < MAX_LISTED:
                     replaced.append(
                         {
                             "document_id": rows[i]["document_id"],
@@ -178,8 +177,15 @@ def apply(
             texts = [export_format.embed_text(rows[i]) for i in idx]
             vecs, computed = embeddings.embed_texts(texts, spec, cache, batch_size)
             computed_total += computed
-            if not np.isfinite(vecs).all():
-                raise ExportError(f"{spec.model_id} returned NaN/inf vectors for shard {sh['chunks_file']}")
+            got = records.vector_problems(
+                pa.array(list(vecs), type=pa.list_(pa.float32())), bad_dim or vecs.shape[1]
+            )
+            if any(got):
+                bad = [(rows[idx[j]]["chunk_id"], why) for j, why in enumerate(got) if why][:5]
+                raise ExportError(
+                    f"{spec.model_id} returned unusable vectors for shard {sh['chunks_file']}: {bad}; nothing of "
+                    "this shard was written. Check the embedding model (embed_provider, embed_model)"
+                )
             emb = table.column("embedding").to_pylist()
             src = table.column("embedding_source").to_pylist()
             for j, i in enumerate(idx):
@@ -199,7 +205,8 @@ def apply(
             new_name = f"chunks-{sh['index']:05d}-{gen}.parquet"
             sha = export_format.write_table_atomic(table, export_dir / new_name)
             old = sh["chunks_file"]
-            manifest["replaced_vectors"] = replaced
+            manifest["replaced_vectors"] = replaced  # the first MAX_LISTED, named
+            manifest["replaced_vectors_count"] = replaced_count
             manifest["shards"][pos] = {
                 **sh,
                 "chunks_file": new_name,

@@ -166,6 +166,17 @@ def _add_rows(client, col, rows: list[dict]) -> int:
     step = int(client.get_max_batch_size())
     for i in range(0, len(rows), step):
         ids, docs, embs, metas, _ = load._prepare(rows[i : i + step])
+        # Chroma ignores an add of an id it has: a chunk id another document already holds would vanish
+        taken = col.get(ids=ids, include=["metadatas"])
+        if taken["ids"]:
+            held = [
+                (cid, (m or {}).get(DOC_KEY)) for cid, m in zip(taken["ids"], taken["metadatas"], strict=True)
+            ]
+            raise load.LoadError(
+                f"chunk id(s) already in collection {col.name}, held by other documents: {held[:5]}"
+                f"{' …' if len(held) > 5 else ''}. Nothing of this batch was added; phase 07 does not qualify "
+                "duplicate ids: rebuild from a new export with phases 01-03 (duplicate_chunk_ids: qualify)"
+            )
         col.add(ids=ids, documents=docs, embeddings=embs, metadatas=metas)
     return len(rows)
 
@@ -402,9 +413,10 @@ def delta_sync(
     return {"fetched documents": fetched, **apply_cloud(client, col, Path(prev_export), gen)}
 
 
-def reconcile(col, exp) -> dict:
-    """The collection's cloud-origin ids against the export's: counts equal, nothing on one side only."""
-    export_ids = {r["chunk_id"] for b in exp.iter_chunk_batches(columns=["chunk_id"]) for r in b.to_pylist()}
+def reconcile(col, exp, policy=None) -> dict:
+    """The collection's cloud-origin ids against the ids the export's records are loaded under (odd records
+    decided as phase 03 decides them): counts equal, nothing on one side only."""
+    export_ids = load.planned_ids(exp, policy)
     coll_ids = set()
     got = col.get(include=["metadatas"])
     for i, m in zip(got["ids"], got["metadatas"], strict=True):

@@ -201,7 +201,6 @@ def verify_export(
             ok = [j for j, p in enumerate(problems) if p is None]
             if ok:
                 norms.append(np.linalg.norm(records.vector_matrix(emb.take(ok), main_dim), axis=1))
-    c = tally.counts
     dup = tally.classes.get("chunk id used by another document", 0)
     r.check(
         "chunk ids",
@@ -229,7 +228,7 @@ def verify_export(
         r.check(
             "manifest dimension", False, f"manifest says {m['embedding_dimension']}, vectors have {main_dim}"
         )
-    bad = c.get("refused", 0) - tally.classes.get("empty id", 0)
+    bad = sum(n for cls, n in tally.classes.items() if cls.startswith("vector "))
     r.check(
         "vectors loadable",
         True,
@@ -263,7 +262,8 @@ def verify_export(
         )
     r.metadata = tally.metadata_rows()
     r.odd = list(tally.listed)
-    for x in m.get("refused", []):
+    cap = 2 * r.max_issues  # listings stay readable; every one is counted in the reconciliation
+    for x in m.get("refused", [])[:cap]:
         r.odd.append(
             {
                 "document": x["document_id"],
@@ -272,7 +272,7 @@ def verify_export(
                 "treatment": "refused at export: " + x["what to do"],
             }
         )
-    for x in m.get("replaced_vectors", []):
+    for x in m.get("replaced_vectors", [])[:cap]:
         r.odd.append(
             {
                 "document": x["document_id"],
@@ -283,7 +283,7 @@ def verify_export(
         )
     no_chunks = sum(1 for d in exp.iter_documents() if d["chunk_count"] == 0)
     for d in exp.iter_documents():
-        if d["chunk_count"] == 0 and len(r.odd) < 2 * r.max_issues:
+        if d["chunk_count"] == 0 and len(r.odd) < 3 * cap:
             r.odd.append(
                 {
                     "document": d["document_id"],
@@ -394,7 +394,8 @@ def ensure_verified(
     refused if a check fails. Returns how it was established."""
     exp = export_format.open_export(export_dir)
     sha = exp.manifest_sha256
-    if h01 and h01.get("export_dir") == str(exp.path) and h01.get("manifest_sha256") == sha:
+    same_policy = policy is None or (h01 or {}).get("policy") in (None, vars(policy))
+    if h01 and h01.get("export_dir") == str(exp.path) and h01.get("manifest_sha256") == sha and same_policy:
         return {"export": str(exp.path), "verified by": "phase 01 (same manifest sha256)", "sha256": sha}
     report = verify_export(exp.path, policy=policy)
     if not report.ok:

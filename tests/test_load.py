@@ -331,3 +331,66 @@ def test_verify_catches_chromas_array_metadata_leak_and_the_loader_writes_no_arr
         assert check["ok"]
     # no record the loader wrote holds a Chroma array
     assert not [k for m in got for k, val in m.items() if isinstance(val, list) and k != "arr"]
+
+
+def test_verify_compares_with_the_source_so_a_loss_in_conversion_shows(demo_export, tmp_path):
+    """Defect 10: phase 03 compared Chroma with the already-converted metadata, so a loss in the conversion
+    could never show. A value changed in Chroma (as a lossy conversion would leave it) is named."""
+    client = chroma_target.open_client("embedded", str(tmp_path))
+    col = client.create_collection(
+        "loss", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+    )
+    load.load_export(client, col, demo_export, tmp_path / "cp.json", progress=False)
+    row = next(
+        r
+        for r in export_format.open_export(demo_export).iter_chunks()
+        if '"reviewed_by":null' in r["metadata_json"]
+    )
+    md = col.get(ids=[row["chunk_id"]], include=["metadatas"])["metadatas"][0]
+    md["reviewed_by"] = "None"  # what str(None) would have stored
+    col.update(ids=[row["chunk_id"]], metadatas=[md])
+    v = load.verify_load(client, col, demo_export, None, sample=300, recall_queries=5)
+    failed = {c["check"] for c in v["checks"] if not c["ok"]}
+    assert {"every record's text and metadata equal the export", "sampled records equal the source"} <= failed
+    assert any(row["chunk_id"] in i["where"] and "metadata" in i["problem"] for i in v["issues"])
+
+
+def test_an_export_that_did_not_come_through_phase_01_is_verified_again(demo_export, tmp_path):
+    """Defect 7: phases 02/03 accepted, through export_dir, an export that failed verification."""
+    import shutil
+
+    from runbook import verify
+
+    bad = tmp_path / "copy"
+    shutil.copytree(demo_export, bad)
+    m = atomic.read_json(bad / "manifest.json")
+    (bad / m["shards"][0]["chunks_file"]).write_bytes(b"not parquet")
+    with pytest.raises(export_format.ExportError, match="did not pass verification.*shard checksums"):
+        verify.ensure_verified(bad, None)
+    h01 = {
+        "export_dir": str(demo_export),
+        "manifest_sha256": export_format.open_export(demo_export).manifest_sha256,
+    }
+    assert verify.ensure_verified(demo_export, h01)["verified by"].startswith("phase 01")
+    assert verify.ensure_verified(demo_export, None)["verified by"].startswith("this phase")
+
+
+def test_a_policy_change_on_a_partly_loaded_collection_is_refused(demo_export, tmp_path):
+    """Review: records loaded under one policy would keep their treatment after a switch; say so instead."""
+    client = chroma_target.open_client("embedded", str(tmp_path))
+    col = client.create_collection(
+        "pol", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+    )
+    load.load_export(client, col, demo_export, tmp_path / "cp.json", progress=False)
+    with pytest.raises(load.LoadError, match="versioned_collection: true"):
+        load.load_export(
+            client,
+            col,
+            demo_export,
+            tmp_path / "cp.json",
+            progress=False,
+            policy=records.Policy(empty_texts="skip"),
+        )
+    # the same policy again resumes as a no-op
+    again = load.load_export(client, col, demo_export, tmp_path / "cp.json", progress=False)
+    assert again.loaded_now == 0

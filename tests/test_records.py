@@ -1,0 +1,228 @@
+"""The odd-records policy (runbook.records) on its own: each regression of issue 13 that lives in one function,
+and the round trip of Chroma's flat metadata as a property over any JSON value and any key."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runbook import export_format, load, records
+
+KEYS = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(
+        [
+            "$where",
+            "#doc",
+            "",
+            "chroma:document",
+            "meta_where",
+            "meta_$where",
+            "meta_meta_$where",
+            "document_id",
+            "_node_content",
+            "json:k",
+            'meta_json:"json:k"',
+            "meta_",
+            "\ud800",
+        ]
+    ),
+)
+VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**90), max_value=2**90),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=10),
+        st.text(max_size=6).map(lambda s: "json:" + s),
+        st.just("\ud800"),
+    ),
+    lambda ch: st.lists(ch, max_size=3) | st.dictionaries(KEYS, ch, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(st.dictionaries(KEYS, VALUES, max_size=6))
+def test_flat_metadata_round_trips_every_value_and_key(md):
+    flat, _ = records.to_flat(md)
+    assert records.same(records.from_flat(flat), md)
+    for k, v in flat.items():  # what Chroma accepts and stores exactly
+        assert k and k[0] not in "#$" and k != "chroma:document" and records._utf8(k)
+        assert isinstance(v, str | bool | int | float) and (not isinstance(v, float) or math.isfinite(v))
+        assert not isinstance(v, int) or records.INT64[0] <= v <= records.INT64[1]
+        assert not isinstance(v, str) or records._utf8(v)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(st.lists(KEYS, unique=True, max_size=8))
+def test_key_escape_is_injective(keys):
+    encoded = [records.encode_key(k) for k in keys]
+    assert len(set(encoded)) == len(keys)
+    assert [records.decode_key(e) for e in encoded] == keys
+
+
+def test_reserved_key_rename_no_longer_overwrites_a_real_key():
+    """Defect 8: '$where' became 'meta_where' and silently overwrote a real 'meta_where'."""
+    flat, conv = records.to_flat({"$where": 1, "meta_where": 2})
+    assert flat == {"meta_$where": 1, "meta_where": 2}
+    assert ("$where", "key Chroma reserves") in conv
+    assert records.from_flat(flat) == {"$where": 1, "meta_where": 2}
+
+
+def test_a_genuine_marker_string_is_not_decoded():
+    """Defect 9: a string value starting with 'json:' came back as an object."""
+    md = {"a": 'json:{"x": 1}', "b": "json:", "c": {"x": 1}}
+    flat, _ = records.to_flat(md)
+    assert records.from_flat(flat) == md and flat["a"] != md["a"]
+
+
+def test_nan_and_big_integers_survive_the_export_json():
+    """Defects 1 and 11: NaN became null at export (orjson), and NaN in an export's metadata JSON crashed the
+    loader; orjson also read integers beyond 64 bits wrongly."""
+    md = {"nan": math.nan, "inf": -math.inf, "big": 2**70, "neg": -(2**64), "한": "값"}
+    text = export_format.dumps(md)
+    assert "NaN" in text and "-Infinity" in text and str(2**70) in text and "한" in text
+    assert records.same(records.loads(text), md)
+    row = {
+        "chunk_id": "c",
+        "document_id": "d",
+        "text": "t",
+        "metadata_json": text,
+        "relationships_json": "{}",
+        "node_extra_json": "{}",
+        "start_char_idx": None,
+        "end_char_idx": None,
+    }
+    flat, conv = load.to_chroma_metadata(row)  # used to raise orjson.JSONDecodeError naming no chunk
+    assert flat["nan"] == "json:NaN" and flat["big"] == f"json:{2**70}"
+    assert records.same(json.loads(flat["_node_content"])["metadata"], md)  # LlamaIndex reads it exactly
+    assert ("nan", "NaN or Infinity") in conv and ("big", "integer beyond 64 bits") in conv
+
+
+def test_a_source_document_id_equal_to_llamaindexs_needs_no_escape():
+    """LlamaCloud's chunk metadata carries document_id; where it equals the ref doc id nothing is converted."""
+    row = {
+        "chunk_id": "c",
+        "document_id": "d",
+        "text": "t",
+        "metadata_json": json.dumps({"document_id": "d"}),
+        "relationships_json": json.dumps({"1": {"node_id": "d", "node_type": "4"}}),
+        "node_extra_json": "{}",
+        "start_char_idx": None,
+        "end_char_idx": None,
+    }
+    flat, conv = load.to_chroma_metadata(row)
+    assert conv == [] and flat["document_id"] == "d" and records.from_flat(flat) == {"document_id": "d"}
+    row["metadata_json"] = json.dumps({"document_id": "other"})
+    flat, conv = load.to_chroma_metadata(row)
+    assert flat["document_id"] == "d" and flat["meta_document_id"] == "other"
+    assert records.from_flat(flat) == {"document_id": "other"}
+
+
+def _rows(ids_docs, texts=None):
+    return [{"chunk_id": c, "document_id": d, "text": (texts or {}).get(c, "text")} for c, d in ids_docs]
+
+
+def test_duplicate_ids_are_qualified_or_refused_and_named():
+    pairs = [("a", "d1"), ("a", "d2"), ("b", "d1"), ("b", "d1"), ("a@d2", "d9"), ("c", "d3"), ("c", "d4")]
+    ids = records.IdIndex(pairs)
+    rows = _rows(pairs)
+    decided = [records.decide(r, i, None, ids, records.Policy()) for i, r in enumerate(rows)]
+    assert [d.action for d in decided] == ["load", "refuse", "load", "refuse", "load", "load", "load"]
+    assert decided[1].notes[0][1].startswith("refused: the qualified id 'a@d2' is taken")  # a real id a@d2
+    assert decided[3].notes[0][0] == "chunk served twice in one document"
+    assert decided[6].chroma_id == "c@d4" and "LlamaIndex reads 'c'" in decided[6].notes[0][1]
+    strict = [
+        records.decide(r, i, None, ids, records.Policy(duplicate_chunk_ids="refuse"))
+        for i, r in enumerate(rows)
+    ]
+    assert strict[6].action == "refuse" and "duplicate_chunk_ids: refuse" in strict[6].notes[0][1]
+
+
+def test_empty_texts_follow_the_policy_and_vectors_are_refused_with_the_reason():
+    ids = records.IdIndex([("a", "d")])
+    row = _rows([("a", "d")], {"a": "  \n"})[0]
+    assert records.decide(row, 0, None, ids, records.Policy()).action == "load"
+    assert records.decide(row, 0, None, ids, records.Policy(empty_texts="skip")).action == "skip"
+    col = pa.array([[0.0, 0.0], [1.0, float("nan")], [1.0], None, [0.6, 0.8]], type=pa.list_(pa.float32()))
+    assert records.vector_problems(col, 2) == [
+        "of zeros (no direction for cosine)",
+        "with NaN or Infinity",
+        "of dimension 1 (the collection's is 2)",
+        "missing",
+        None,
+    ]
+    d = records.decide(row, 0, "with NaN or Infinity", ids, records.Policy())
+    assert d.action == "refuse" and "reembed_bad_vectors: true" in d.notes[0][1]
+    with pytest.raises(records.PolicyError, match="empty_texts: 'drop'; choose one of load, skip"):
+        records.Policy(empty_texts="drop")
+
+
+def test_the_id_index_holds_hashes_not_ids():
+    ids = records.IdIndex([(f"chunk-{i}", "d") for i in range(10000)])
+    assert ids._sorted.nbytes == 80000 and not ids.positions and ids.taken("chunk-42")
+    assert not ids.taken("chunk-10000") and np.all(np.diff(ids._sorted.astype(np.float64)) >= 0)
+
+
+def test_two_qualified_ids_never_collide():
+    """Review: 'a@b' in X and c, 'a' in Y and 'b@c' both qualified to 'a@b@c'; one record vanished."""
+    pairs = [("a@b", "X"), ("a", "Y"), ("a@b", "c"), ("a", "b@c")]
+    ids = records.IdIndex(pairs)
+    decided = [records.decide(r, i, None, ids, records.Policy()) for i, r in enumerate(_rows(pairs))]
+    loaded = [d.chroma_id for d in decided if d.action == "load"]
+    assert len(loaded) == len(set(loaded)) == 3
+    assert [d.action for d in decided] == ["load", "load", "load", "refuse"]
+    assert "'a@b@c' is taken too" in decided[3].notes[0][1]
+
+
+def test_odd_values_and_keys_the_review_found():
+    flat, conv = records.to_flat({"z": -0.0, "chroma:x": "v", "meta_" * 600 + "plain": 1})
+    assert flat["z"] == "json:-0.0" and ("z", "negative zero") in conv  # Chroma would return 0.0
+    assert "meta_chroma:x" in flat  # Chroma stores chroma:… keys but does not return them
+    assert records.from_flat(flat)["meta_" * 600 + "plain"] == 1  # no RecursionError on long keys
+    assert not records.same(-0.0, 0.0) and records.same(math.nan, math.nan)
+    col = pa.array([[3e30, 1e30], [3e-30, 1e-30], [0.6, 0.8]], type=pa.list_(pa.float32()))
+    problems = records.vector_problems(col, 2)
+    assert problems[2] is None and all("float32 cosine" in p for p in problems[:2])
+    assert export_format.unstorable(
+        {"chunk_id": None, "document_id": "d", "text": "t", "metadata_json": "{}", "relationships_json": "{}"}
+    ) == ("chunk_id is NoneType, not a string")
+    assert export_format.unstorable(
+        {"chunk_id": "c", "document_id": "d", "text": "t", "metadata_json": "[1]", "relationships_json": "{}"}
+    ) == ("metadata is not a JSON object")
+
+
+def test_phase_07_refuses_an_id_another_document_holds_instead_of_losing_it(tmp_path):
+    """Review: Chroma ignores an add of an id it has, so phase 07 adding a chunk id held by another document
+    lost the chunk without a word."""
+    import chromadb
+
+    from runbook import update
+
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    col = client.create_collection(
+        "upd", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+    )
+
+    def row(doc):
+        node = {
+            "id_": "c",
+            "text": f"text of {doc}",
+            "extra_info": {},
+            "embedding": [0.6, 0.8],
+            "relationships": {"1": {"node_id": doc, "node_type": "4"}},
+        }
+        return export_format.node_to_row(doc, 0, node)
+
+    update._add_rows(client, col, [row("A")])
+    with pytest.raises(
+        load.LoadError, match=r"already in collection upd, held by other documents: \[\('c', 'A'\)\]"
+    ):
+        update._add_rows(client, col, [row("B")])
+    assert col.get(ids=["c"], include=["documents"])["documents"] == ["text of A"]

@@ -173,7 +173,10 @@ def embed_text(row: dict) -> str:
     """The text a LlamaIndex pipeline embeds for a chunk: metadata not excluded from embedding, then text."""
     from llama_index.core.schema import MetadataMode
 
-    return row_to_llama_node(row).get_content(metadata_mode=MetadataMode.EMBED)
+    text = row_to_llama_node(row).get_content(metadata_mode=MetadataMode.EMBED)
+    if not records._utf8(text):  # a lone surrogate in metadata: models take Unicode text only (input only)
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> str:

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -59,16 +58,7 @@ def _unusable(emb, dim: int) -> str | None:
 
 def expected_dim(exp, spec) -> int:
     """The dimension vectors must have: the model's, else the one most served vectors have."""
-    if spec.dimension:
-        return int(spec.dimension)
-    import pyarrow.compute as pc
-
-    counts: dict[int, int] = {}
-    for batch in exp.iter_chunk_batches(columns=["embedding"]):
-        lens = pc.list_value_length(batch.column("embedding")).drop_null().to_numpy()
-        for d, n in zip(*np.unique(lens, return_counts=True), strict=True):
-            counts[int(d)] = counts.get(int(d), 0) + int(n)
-    return max(counts, key=counts.get) if counts else 0
+    return int(spec.dimension) if spec.dimension else export_format.main_dimension(exp)
 
 
 def _needs(batch_rows: list[dict], force: bool, bad_dim: int | None = None) -> list[int]:

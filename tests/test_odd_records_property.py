@@ -14,10 +14,12 @@ import unicodedata
 import chromadb
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from runbook import cloud_emulator, corpus, export_format, extract, load, records, reembed, source, verify
+
+from .test_records import ODD_KEYS
 
 API_KEY = "property-test-key"
 DIM = corpus.HOSTILE_DIM
@@ -34,27 +36,7 @@ def _utf8(s) -> bool:
 
 
 # ----------------------------------------------------------------------------- strategies
-KEYS = st.one_of(
-    st.sampled_from(
-        [
-            "$where",
-            "#doc",
-            "",
-            "chroma:document",
-            "meta_where",
-            "meta_$where",
-            "meta_meta_$where",
-            "document_id",
-            "_node_content",
-            "ref_doc_id",
-            "json:k",
-            'meta_json:"json:k"',
-            "키",
-            "a\x00b",
-        ]
-    ),
-    st.text(max_size=8),
-)
+KEYS = st.one_of(st.sampled_from(ODD_KEYS), st.text(max_size=8))
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -200,6 +182,36 @@ def _classes(doc_id, cid, text, meta, kind) -> set[str]:
     ],
 )
 @given(spec=corpora())
+@example(  # every class at least once, whatever the generated examples happen to draw
+    spec=[
+        (
+            "every/class",
+            "",
+            {"$where": 1},
+            [
+                (
+                    "c1",
+                    "",
+                    {"big": 2**70, "nan": math.nan, "null": None, "neg": -0.0, "$where": 1},
+                    "zero",
+                    1,
+                ),
+                (
+                    "c2",
+                    "a\x00b",
+                    {"document_id": "x", "meta_$where": 2, "s": "json:{}", "o": {"a": 1}},
+                    "nan",
+                    2,
+                ),
+                ("c3", "\ud800", {"e": [], "l": [1, 2], "m": [1, "a"]}, "inf", 3),
+                ("c4", "text", {"chroma:x": "v"}, "short", 4),
+                ("c1", "text", {}, "big", 5),
+                ("", "text", {}, "same", 6),
+            ],
+        ),
+        ("other", "text", {}, [("c1", "other text", {}, "same", 7)]),
+    ]
+)
 def test_every_odd_record_round_trips_or_is_named(spec, server, chroma, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LLAMA_CLOUD_API_KEY", API_KEY)
     work = tmp_path_factory.mktemp("prop")

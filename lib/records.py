@@ -524,3 +524,69 @@ def reconciliation(manifest: dict, tally: Tally, documents_without_chunks: int) 
     adds_up = tally.total() == exported
     rows.append({"item": "exported chunks = loaded + skipped + refused", "count": "yes" if adds_up else "NO"})
     return rows
+
+
+# The policy as the pages show it (README "What happens to odd records" holds the same table; a test compares).
+POLICY: list[tuple[str, str, str]] = [
+    (
+        "ids: any Unicode, `/ % # ?`, spaces, dots, control characters, very long",
+        "kept exactly (percent-encoded in URL paths)",
+        "",
+    ),
+    (
+        "a chunk id used by two documents",
+        "the first in export order keeps it, each later one is stored as `<id>@<document id>`; LlamaIndex still reads the original id from the node",
+        "`duplicate_chunk_ids: refuse`",
+    ),
+    ("one id twice in the same document, an empty id", "refused, listed", ""),
+    (
+        "metadata values Chroma stores as they are (strings, bools, 64-bit ints, finite floats)",
+        "kept exactly",
+        "",
+    ),
+    (
+        "null, NaN/Infinity, -0.0, integers beyond 64 bits, objects, **any list**, strings with a lone surrogate, strings that start with `json:`",
+        "stored as `json:` + canonical JSON in Chroma's flat metadata; every string that starts with the marker is decoded, so the marker is unambiguous and every value round-trips (`records.from_flat`)",
+        "",
+    ),
+    (
+        'keys Chroma reserves (`""`, `#…`, `$…`, `chroma:…`: Chroma stores those without returning them), keys LlamaIndex writes itself with a different value (`document_id`, `_node_content`, …), keys that look escaped',
+        "stored as `meta_` + key, an injective renaming (`$where` and a real `meta_where` never collide)",
+        "",
+    ),
+    (
+        "everything in the node JSON LlamaIndex reads (`_node_content`)",
+        "kept exactly, NaN and big integers included",
+        "",
+    ),
+    (
+        "empty or whitespace-only texts",
+        "loaded exactly, listed (text search cannot find them)",
+        "`empty_texts: skip`",
+    ),
+    (
+        "a NUL character in a text",
+        "loaded exactly, listed: Chroma's `$contains` does not see the text after it",
+        "",
+    ),
+    (
+        "a text or id with a lone surrogate (not valid Unicode)",
+        "refused at export (no UTF-8 file holds it), named in the manifest",
+        "",
+    ),
+    (
+        "vectors: NaN/Infinity, all zeros, another dimension, a norm float32 cosine cannot square, missing",
+        "re-embedded in phase 01 with the pipeline's model and listed (`replaced_vectors` in the manifest)",
+        "`reembed_bad_vectors: false` → refused at load, listed",
+    ),
+    (
+        "vectors not of unit length; identical vectors",
+        "kept (cosine space normalises; ties count in self-retrieval)",
+        "",
+    ),
+    ("documents without chunks", "kept in the export, listed, nothing to load", ""),
+]
+
+
+def policy_rows() -> list[dict]:
+    return [{"class": a, "treatment (default)": b, "parameter": c} for a, b, c in POLICY]

@@ -92,4 +92,6 @@ def test_hostile_corpus_goes_through_01_to_03_with_the_default_policy(tmp_path, 
     for what in ("empty text", "NUL in text", "chunk id used by another document", "document without chunks"):
         assert what in nb01, what
     assert "json:NaN" in nb01 and "integer beyond 64 bits" in nb01 and "key Chroma reserves" in nb01
+    for page in (nb01, nb03):  # the written policy is on the pages, not only in the README
+        assert "the policy for odd records" in page and "duplicate_chunk_ids: refuse" in page
     assert math.isfinite(h03["recall@10"])

@@ -226,3 +226,13 @@ def test_phase_07_refuses_an_id_another_document_holds_instead_of_losing_it(tmp_
     ):
         update._add_rows(client, col, [row("B")])
     assert col.get(ids=["c"], include=["documents"])["documents"] == ["text of A"]
+
+
+def test_the_readme_and_the_pages_show_the_same_policy():
+    from runbook.paths import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## What happens to odd records") : readme.index("Lists are never")]
+    rows = [line for line in section.splitlines() if line.startswith("|")][2:]
+    table = [tuple(c.strip() for c in line.strip().strip("|").split(" | ")) for line in rows]
+    assert table == records.POLICY

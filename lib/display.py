@@ -58,7 +58,7 @@ def table(data, title: str | None = None) -> None:
         df = pd.DataFrame({"item": list(data.keys()), "value": [_fmt(v) for v in data.values()]})
     else:
         df = pd.DataFrame(list(data))
-    styler = df.style.hide(axis="index")
+    styler = df.style.hide(axis="index").format(escape="html")  # ids like <id>@<doc> are text, not tags
     if title:
         styler = styler.set_caption(title)
     _show(styler, df)

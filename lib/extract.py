@@ -310,7 +310,7 @@ def _rows_of(d: dict, nodes: list[dict]) -> tuple[list[dict], list[dict]]:
                 "document_id": d["id"],
                 "chunk_id": None,
                 "problem": "document text has a lone surrogate: the document's own text is not stored "
-                "(its chunks are, each checked below)",
+                "(its chunks are checked one by one)",
                 "what to do": "fix the document at the source; phase 07's delta sync picks it up",
             }
         )

@@ -548,8 +548,8 @@ def verify_load(
     check(
         "sampled records equal the source",
         diffs == 0,
-        f"{len(picked)} records: text, metadata after undoing the conversion, node JSON, vector; "
-        f"{diffs} difference(s)",
+        f"{len(picked)} records: text and metadata (after undoing the conversion; node JSON too) against the "
+        f"source's values as exported, vector against the export; {diffs} difference(s)",
     )
 
     # self-retrieval: a chunk's own vector finds it first (identical vectors tie: any of them counts)
@@ -631,7 +631,7 @@ def verify_load(
         "chroma_db MB": round(disk / 2**20, 1) if disk else None,
         "peak RSS MB (this process)": round(peak_rss_mb(), 1),
     }
-    no_chunks = sum(1 for d in exp.iter_documents() if d["chunk_count"] == 0)
+    export_odd, chunkless = records.export_listing(exp.manifest, exp.iter_documents())
     return {
         "checks": checks,
         "issues": issues,
@@ -639,7 +639,8 @@ def verify_load(
         "client": client,
         "collection": col,
         "tally": tally,
-        "reconciliation": records.reconciliation(exp.manifest, tally, no_chunks),
+        "reconciliation": records.reconciliation(exp.manifest, tally, chunkless),
+        "odd": export_odd + tally.listed,  # what phase 01 did, then what this load did
     }
 
 

@@ -123,6 +123,25 @@ def problem(name: str, type_name_: str, value: object, notebooks: Iterable[str])
     )
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Parameters that take one of a few words: checked with the types, before anything runs."""
+    from .records import DUPLICATE_ID_POLICIES, EMPTY_TEXT_POLICIES
+
+    return {
+        "empty_texts": EMPTY_TEXT_POLICIES,
+        "duplicate_chunk_ids": DUPLICATE_ID_POLICIES,
+        "chroma_mode": ("embedded", "http"),
+        "direction": ("cutover", "rollback"),
+    }
+
+
+def choice_problem(name: str, value: object) -> str:
+    allowed = _choices().get(name)
+    if allowed is None or not isinstance(value, str) or value in allowed:
+        return ""
+    return f"{name} must be one of {', '.join(allowed)}; the value given is {_shown(value)}: fix it in the params file"
+
+
 def _raise(problems: list[str], where: str) -> None:
     if problems:
         raise ParameterError(
@@ -143,6 +162,8 @@ def check_params(params: Mapping, declared: Mapping[str, Mapping[str, dict]], so
         for t, nbs in sorted(by_type.items()):
             if not accepts(t, value):
                 problems.append(problem(name, t, value, nbs))
+        if by_type and (p := choice_problem(name, value)):
+            problems.append(p)
     _raise(problems, (f" in {source}" if source else "") + "; nothing was run")
 
 
@@ -178,4 +199,6 @@ def check_types(namespace: Mapping, notebook: str = "") -> None:
         if not accepts(t, value):
             nbs = [notebook] if notebook else _declaring_notebooks(name)
             problems.append(problem(name, t, value, nbs))
+        elif p := choice_problem(name, value):
+            problems.append(p)
     _raise(problems, "; this phase stopped before doing anything")

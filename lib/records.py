@@ -502,28 +502,89 @@ class Tally:
         return out
 
 
-def reconciliation(manifest: dict, tally: Tally, documents_without_chunks: int) -> list[dict]:
-    """Every chunk and document of the source accounted for; the last column says whether it adds up."""
+def reconciliation(
+    manifest: dict, tally: Tally, chunkless_documents: list[str], forecast: bool = False
+) -> list[dict]:
+    """Every chunk and document of the export (and what phase 01 refused of the source) accounted for; the last
+    row says whether it adds up. ``forecast``: phase 01's view of what phase 03 will do."""
     refused_export = [x for x in manifest.get("refused", []) if x.get("chunk_id") is not None]
     refused_docs = len(manifest.get("refused_documents", []))
+    lost_all = {x["document_id"] for x in refused_export} & set(chunkless_documents)
     exported = manifest["total_chunks"]
-    source_chunks = exported + len(refused_export)
+    replaced = manifest.get("replaced_vectors_count", len(manifest.get("replaced_vectors", [])))
     c = tally.counts
+    will = "will be " if forecast else ""
     rows = [
-        {"item": "chunks at the source (exported + refused at export)", "count": source_chunks},
+        {
+            "item": "chunks the source served (exported + refused at export)",
+            "count": exported + len(refused_export),
+        },
         {"item": "  refused at export (no file can hold them)", "count": len(refused_export)},
         {"item": "  exported", "count": exported},
-        {"item": "    loaded exactly", "count": c.get("loaded exactly", 0)},
-        {"item": "    loaded, converted reversibly", "count": c.get("loaded, converted", 0)},
-        {"item": "    skipped (policy)", "count": c.get("skipped", 0)},
-        {"item": "    refused at load", "count": c.get("refused", 0)},
-        {"item": "documents at the source", "count": manifest["total_documents"] + refused_docs},
+        {
+            "item": "    of which the vector was re-embedded in phase 01 (the source's was unusable)",
+            "count": replaced,
+        },
+        {"item": f"    {will}loaded exactly as exported", "count": c.get("loaded exactly", 0)},
+        {"item": f"    {will}loaded, converted reversibly", "count": c.get("loaded, converted", 0)},
+        {"item": f"    {will}skipped (policy)", "count": c.get("skipped", 0)},
+        {"item": f"    {will}refused at load", "count": c.get("refused", 0)},
+        {"item": "documents the source listed", "count": manifest["total_documents"] + refused_docs},
         {"item": "  refused at export (id not valid Unicode)", "count": refused_docs},
-        {"item": "  exported without chunks (nothing to load)", "count": documents_without_chunks},
+        {"item": "  exported, every chunk refused at export", "count": len(lost_all)},
+        {
+            "item": "  exported without chunks at the source (nothing to load)",
+            "count": len(chunkless_documents) - len(lost_all),
+        },
     ]
     adds_up = tally.total() == exported
     rows.append({"item": "exported chunks = loaded + skipped + refused", "count": "yes" if adds_up else "NO"})
     return rows
+
+
+def export_listing(manifest: dict, documents, cap: int = 400) -> tuple[list[dict], list[str]]:
+    """What phase 01 did to the source's records (refused at export, vectors re-embedded, documents without
+    chunks), as rows for the pages of phases 01 and 03; and the ids of the exported documents without chunks."""
+    rows = [
+        {
+            "document": x["document_id"],
+            "chunk": x["chunk_id"],
+            "what": x["problem"],
+            "treatment": "refused at export: " + x["what to do"],
+        }
+        for x in manifest.get("refused", [])[:cap]
+    ]
+    rows += [
+        {
+            "document": x["document_id"],
+            "chunk": x["chunk_id"],
+            "what": f"served vector: {x['served']}",
+            "treatment": "re-embedded with the pipeline's model in phase 01 (reembed_bad_vectors: true)",
+        }
+        for x in manifest.get("replaced_vectors", [])[:cap]
+    ]
+    chunkless = [d["document_id"] for d in documents if d["chunk_count"] == 0]
+    lost = {x["document_id"] for x in manifest.get("refused", []) if x.get("chunk_id") is not None}
+    rows += [
+        {
+            "document": d,
+            "chunk": None,
+            "what": "document without chunks at the source",
+            "treatment": "kept in the export; nothing to load into Chroma",
+        }
+        for d in chunkless
+        if d not in lost
+    ][:cap]
+    return rows, chunkless
+
+
+def policy_rows() -> list[dict]:
+    """The policy table for a page: plain text (no Markdown)."""
+
+    def plain(s: str) -> str:
+        return s.replace("**", "").replace("`", "")
+
+    return [{"class": plain(a), "treatment (default)": plain(b), "parameter": plain(c)} for a, b, c in POLICY]
 
 
 # The policy as the pages show it (README "What happens to odd records" holds the same table; a test compares).
@@ -586,7 +647,3 @@ POLICY: list[tuple[str, str, str]] = [
     ),
     ("documents without chunks", "kept in the export, listed, nothing to load", ""),
 ]
-
-
-def policy_rows() -> list[dict]:
-    return [{"class": a, "treatment (default)": b, "parameter": c} for a, b, c in POLICY]

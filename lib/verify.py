@@ -235,7 +235,12 @@ def verify_export(
         f"{nonfinite} with NaN/Infinity, {zeros} all zeros, "
         f"{sum(n for dd, n in dims.items() if dd != main_dim)} of another dimension, {missing} missing: "
         + (
-            "none"
+            (
+                "none"
+                if not m.get("replaced_vectors")
+                else f"none now; {m.get('replaced_vectors_count', len(m['replaced_vectors']))} served vector(s) were "
+                "replaced by re-embedding (listed)"
+            )
             if not bad
             else f"{bad} refused at load (listed); phase 01 re-embeds them with reembed_bad_vectors: true"
         ),
@@ -262,37 +267,9 @@ def verify_export(
         )
     r.metadata = tally.metadata_rows()
     r.odd = list(tally.listed)
-    cap = 2 * r.max_issues  # listings stay readable; every one is counted in the reconciliation
-    for x in m.get("refused", [])[:cap]:
-        r.odd.append(
-            {
-                "document": x["document_id"],
-                "chunk": x["chunk_id"],
-                "what": x["problem"],
-                "treatment": "refused at export: " + x["what to do"],
-            }
-        )
-    for x in m.get("replaced_vectors", [])[:cap]:
-        r.odd.append(
-            {
-                "document": x["document_id"],
-                "chunk": x["chunk_id"],
-                "what": f"served vector: {x['served']}",
-                "treatment": "re-embedded with the pipeline's model in phase 01 (reembed_bad_vectors: true)",
-            }
-        )
-    no_chunks = sum(1 for d in exp.iter_documents() if d["chunk_count"] == 0)
-    for d in exp.iter_documents():
-        if d["chunk_count"] == 0 and len(r.odd) < 3 * cap:
-            r.odd.append(
-                {
-                    "document": d["document_id"],
-                    "chunk": None,
-                    "what": "document without chunks",
-                    "treatment": "kept in the export; nothing to load into Chroma",
-                }
-            )
-    r.reconciliation = records.reconciliation(m, tally, no_chunks)
+    export_odd, chunkless = records.export_listing(m, exp.iter_documents(), 2 * r.max_issues)
+    r.odd.extend(export_odd)
+    r.reconciliation = records.reconciliation(m, tally, chunkless, forecast=True)
 
     # documents agree with chunks
     doc_mismatch = 0
@@ -342,8 +319,21 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
     for row in picked:
         by_doc.setdefault(row["document_id"], []).append(row)
     mismatches = 0
+    held = {d["document_id"]: d["chunk_count"] for d in exp.iter_documents() if d["document_id"] in by_doc}
+    refused_in = {}
+    for x in m.get("refused", []):
+        if x.get("chunk_id") is not None:
+            refused_in[x["document_id"]] = refused_in.get(x["document_id"], 0) + 1
     for doc_id, rows in by_doc.items():
         nodes = _fetch_chunks(src, m["index_id"], doc_id)
+        if nodes is not None and len(nodes) != held.get(doc_id, 0) + refused_in.get(doc_id, 0):
+            mismatches += 1
+            r.issue(
+                f"document {doc_id}",
+                f"the source serves {len(nodes)} chunk(s), the export holds {held.get(doc_id, 0)}"
+                f" (+{refused_in.get(doc_id, 0)} refused)",
+                "the source changed or a chunk was missed: export again (phase 01 into a new export_id)",
+            )
         live: dict = {}  # chunk id -> {seq: row} (a source may serve one id twice in a document)
         for k, x in enumerate(nodes or []):
             row_now = export_format.node_to_row(doc_id, k, x)
@@ -382,7 +372,8 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
     r.check(
         "sample re-fetched from source",
         mismatches == 0,
-        f"{len(picked)} chunk(s) from {len(by_doc)} document(s) compared; {mismatches} difference(s)",
+        f"{len(picked)} chunk(s) from {len(by_doc)} document(s) compared field by field, and each document's "
+        f"chunk count; {mismatches} difference(s)",
     )
 
 

@@ -329,3 +329,20 @@ def test_verify_cli(good_export):
     # defect 12: the CLI prints the metadata-conversion table the notebook shows, and the reconciliation
     assert "converted reversibly" in r.stdout and "reviewed_by" in r.stdout and "json:null" in r.stdout
     assert "every chunk accounted for" in r.stdout
+
+
+def test_a_chunk_the_export_does_not_hold_is_found_by_the_source_comparison(good_export, src, server):
+    """Trial as a new user: one chunk more at the source than in the export passed every check, and the
+    page still said every chunk of the source was accounted for."""
+    docs = {d["document_id"] for d in export_format.open_export(good_export).iter_documents()}
+    doc_id = sorted(docs)[0]
+    doc = server.corpus.documents[doc_id]
+    chunks = server.corpus.get_chunks(doc_id, with_embeddings=False)
+    extra = {**chunks[-1], "id_": chunks[-1]["id_"] + "-extra", "text": "added at the source"}
+    server.corpus.put_document(doc, [*chunks, extra])
+    rep = verify.verify_export(good_export, source=src, sample=1000)
+    assert not rep.ok
+    assert any(
+        i["where"] == f"document {doc_id}" and f"the source serves {len(chunks) + 1} chunk(s)" in i["problem"]
+        for i in rep.issues
+    )

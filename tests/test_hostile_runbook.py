@@ -92,6 +92,15 @@ def test_hostile_corpus_goes_through_01_to_03_with_the_default_policy(tmp_path, 
     for what in ("empty text", "NUL in text", "chunk id used by another document", "document without chunks"):
         assert what in nb01, what
     assert "json:NaN" in nb01 and "integer beyond 64 bits" in nb01 and "key Chroma reserves" in nb01
+    # phase 03 names what phase 01 did too (refused at export, vectors re-embedded), and counts it
+    assert "refused at export" in nb03 and "re-embedded with the pipeline" in nb03
+    assert (
+        recon["of which the vector was re-embedded in phase 01 (the source's was unusable)"]
+        == len(replaced)
+        > 0
+    )
+    html = (res.run_dir / "03_migrate.html").read_text(encoding="utf-8")
+    assert "&lt;id&gt;@&lt;document id&gt;" in html  # text, not swallowed as an HTML tag
     for page in (nb01, nb03):  # the written policy is on the pages, not only in the README
         assert "the policy for odd records" in page and "duplicate_chunk_ids: refuse" in page
     assert math.isfinite(h03["recall@10"])

@@ -238,3 +238,18 @@ def test_an_empty_or_unreadable_params_file_is_refused_before_anything_is_writte
     # nothing written: no run folder, no layout, no migration.log in the project's default base path
     assert not outputs.exists()
     assert _tree(PROJECT_DRY_RUN) == before
+
+
+def test_a_word_outside_a_parameters_choices_is_refused_before_anything_runs(tmp_path, outputs):
+    """empty_texts: drop used to pass the runner and stop phase 01 only after the whole export and its
+    re-embedding."""
+    p = write_params(tmp_path, empty_texts="drop", duplicate_chunk_ids="rename")
+    with pytest.raises(config.ParameterError) as e:
+        runner.run(p)
+    msg = str(e.value)
+    assert 'empty_texts must be one of load, skip; the value given is "drop"' in msg
+    assert "duplicate_chunk_ids must be one of qualify, refuse" in msg and "nothing was run" in msg
+    assert not outputs.exists() and not (tmp_path / "base").exists()
+    ns = {"__annotations__": {"empty_texts": str}, "empty_texts": "drop"}
+    with pytest.raises(config.ParameterError, match="empty_texts must be one of load, skip"):
+        params.check_types(ns, "03_migrate")

@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -61,6 +62,9 @@ class Faults:
     # or after this many chunk requests were answered (a change that lands after those documents were fetched)
     change_after_chunks: int = 0
     change: dict = field(default_factory=dict)  # {"action": "delete"|"add", "document_id": ...}
+    # how retrieve names the chunks it returns: "listing" (the ids /chunks serves) or "other" (another id for
+    # each chunk: a source where phase 05 cannot compare the arms by chunk id)
+    retrieve_ids: str = "listing"
     seed: int | None = None
 
 
@@ -587,7 +591,7 @@ class Handler(BaseHTTPRequestHandler):
             skip, err = _int_param(q, "skip", 0, 0, 10**9)
             if err:
                 return err
-            limit, err = _int_param(q, "limit", 10 if rest == ["documents"] else 100, 1, 10_000)
+            limit, err = _int_param(q, "limit", 10, 1, 10_000)  # both listings default to 10
             if err:
                 return err
             if self.state.faults.max_page_size:
@@ -683,6 +687,8 @@ class Handler(BaseHTTPRequestHandler):
         for node, score in hits:
             n = dict(node)
             n["embedding"] = None
+            if st.faults.retrieve_ids == "other":
+                n["id_"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"retrieve/{n['id_']}"))
             nodes.append({"node": n, "score": score, "class_name": "TextNodeWithScore"})
         return 200, {
             "pipeline_id": st.corpus.pipeline["id"],

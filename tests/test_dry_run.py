@@ -133,8 +133,10 @@ def test_gate_plan_names_the_gates_the_comparison_applies():
     s = {
         "mean recall@5 of cloud": 1.0,
         "queries with empty local results": 0,
-        "local latency p95 ms": 1.0,
-        "cloud latency p95 ms": 2.0,
+        "local best-run latency p95 ms": 1.0,
+        "cloud best-run latency p95 ms": 2.0,
+        "latency runs per query": 3,
+        "latency runs interleaved": True,
         "local hit@5 (labels)": 1.0,
     }
     planned = compare.gate_plan(5, 0.9, 0, True, 0.8)

@@ -3,6 +3,7 @@
 import json
 import math
 import time
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import httpx
@@ -168,17 +169,30 @@ def test_labelled_questions_hit_rate(server, capsys):
     assert len(qs) == 50 and rate >= 0.8
 
 
-def test_faults_429_then_success_with_retry_after(server):
+def test_faults_429_then_success_with_retry_after(server, monkeypatch):
+    # the waits the client asks for, recorded instead of slept: what it waits is read, never timed
+    from llama_cloud import _base_client
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(_base_client, "time", SimpleNamespace(sleep=sleeps.append, time=time.time))
+
+    def projects_requests():
+        return sum(1 for r in server.requests if r[1] == "/api/v1/projects")
+
     server.set_faults(rate_429=1.0, retry_after_ms=20, path_pattern="/projects$")
     c = client(server, max_retries=2)
     with pytest.raises(llama_cloud.RateLimitError):
         c.projects.list()
-    assert sum(1 for r in server.requests if r[1] == "/api/v1/projects") == 3  # 1 + 2 retries
+    assert projects_requests() == 3  # 1 + 2 retries
+    # retry-after-ms (0.02 s), not retry-after (the server rounds it up to 1 s) nor the client's own
+    # backoff (0.5 s and more)
+    assert sleeps == [0.02, 0.02]
     server.set_faults(rate_429=0.5, retry_after_ms=20, seed=3)
-    t0 = time.time()
+    before, sleeps[:] = projects_requests(), []
     for _ in range(10):
         client(server, max_retries=10).projects.list()
-    assert time.time() - t0 < 10  # the client waited retry-after-ms, not its own long backoff
+    answered_429 = projects_requests() - before - 10  # every call ends with one answer that is not a 429
+    assert answered_429 > 0 and sleeps == [0.02] * answered_429
 
 
 @pytest.mark.parametrize(

@@ -267,6 +267,11 @@ from pathlib import Path
 from runbook import cutover
 a = json.loads(sys.argv[1])
 co = cutover.Cutover(Path(a["cfg"]), a["restart"], a["health"], a["query"], ["q"], health_timeout_s=300)
+real_wait_health = co.wait_health
+def wait_health(*args, **kw):  # tells the test when the restart is done and health is being waited for
+    print("WAITING FOR HEALTH", flush=True)
+    return real_wait_health(*args, **kw)
+co.wait_health = wait_health
 try:
     co.switch(a["changes"], cutover.Expect("local", a["collection"], 257), cutover.Expect("cloud"))
 except cutover.CutoverFailed as e:
@@ -284,13 +289,12 @@ def test_signal_mid_cutover_rolls_back(stand_in, sig):
     args = {"cfg": str(r.cfg), "restart": r.restart, "health": r.health, "query": r.query}
     args.update(changes=changes(r), collection=COLLECTION)
     p = subprocess.Popen([sys.executable, "-c", SWITCH, json.dumps(args)], stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while b"USE_LOCAL_VECTOR_DB=true" not in r.cfg.read_bytes() and time.time() < deadline:
-        time.sleep(0.1)
+    first = p.stdout.readline()  # the restart is done, health is being waited for (it never shows local)
+    assert first == "WAITING FOR HEALTH\n", first + p.communicate(timeout=240)[0]
     assert b"USE_LOCAL_VECTOR_DB=true" in r.cfg.read_bytes(), "the switch was written"
-    time.sleep(3)  # restart done, now waiting for health
     p.send_signal(sig)
     out, _ = p.communicate(timeout=240)
+    out = first + out
     assert p.returncode == 1, out
     cause = "interrupted (SIGINT" if sig == signal.SIGINT else "terminated (SIGTERM)"
     assert cause in out and "config.env restored byte-identical" in out and "cloud arm again" in out, out

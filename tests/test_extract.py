@@ -159,8 +159,19 @@ def test_changed_document_is_refetched_whole_on_resume(demo_corpus, key_env, tmp
 
 
 KILL_SCRIPT = """
-import sys
+import sys, threading
 from runbook import extract, source
+# the first 20 documents' chunks are fetched; every later fetch waits until this process is killed, so the
+# export is mid-way when the test kills it, however fast or slow the machine is
+real_fetch, started, lock = extract._fetch_chunks, [0], threading.Lock()
+def fetch_then_hang(*a):
+    with lock:
+        started[0] += 1
+        n = started[0]
+    if n > 20:
+        threading.Event().wait()
+    return real_fetch(*a)
+extract._fetch_chunks = fetch_then_hang
 src = source.open_source(sys.argv[1], "LLAMA_CLOUD_API_KEY", max_retries=8)
 extract.export_index(src, sys.argv[2], index_name="Dr.Welno", export_id="killed", shard_rows=10, concurrency=2,
                      page_size=5, progress=False)
@@ -170,22 +181,22 @@ extract.export_index(src, sys.argv[2], index_name="Dr.Welno", export_id="killed"
 def test_kill_9_mid_export_then_resume_is_identical(demo_corpus, key_env, tmp_path):
     with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
         reference = export(source.open_source(srv.url, key_env), tmp_path / "ref", shard_rows=10)
-        srv.set_faults(latency_ms=30)
         target = tmp_path / "exports"
         partial = target / "killed" / "manifest.partial.json"
         proc = subprocess.Popen(
             [sys.executable, "-c", KILL_SCRIPT, srv.url, str(target)], env=os.environ.copy()
         )
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        # 20 documents hold about 100 chunks: 4 shards of 10 are written before the export stops to wait
+        deadline = time.time() + 120  # a bound on a wait, not on speed: the export cannot finish by itself
+        while time.time() < deadline and proc.poll() is None:
             if partial.exists() and len(atomic.read_json(partial)["shards"]) >= 4:
                 break
             time.sleep(0.05)
+        assert proc.poll() is None, "the export ended before it was killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         done_before = len(atomic.read_json(partial)["shards"])
         assert done_before >= 4 and not (target / "killed" / "manifest.json").exists()
-        srv.set_faults()
         res = extract.export_index(
             source.open_source(srv.url, key_env),
             target,
@@ -246,6 +257,33 @@ def test_verify_reports_truncated_shard(good_export):
     f.write_bytes(f.read_bytes()[:100])
     _, text = _problems(good_export)
     assert m["shards"][0]["documents_file"] in text and "truncated" in text
+
+
+def test_verify_reads_each_shard_even_when_its_checksum_matches(good_export):
+    """A shard damaged before its checksum was taken (the manifest agrees with the bad file): only reading
+    it as Parquet shows the damage."""
+    m = atomic.read_json(good_export / "manifest.json")
+    f = good_export / m["shards"][1]["chunks_file"]
+    f.write_bytes(b"PAR1" + f.read_bytes()[4:-8] + b"\x00" * 8)  # the footer is gone
+    m["shards"][1]["chunks_sha256"] = export_format.sha256_file(f)
+    atomic.write_json(good_export / "manifest.json", m)
+    rep, text = _problems(good_export)
+    assert m["shards"][1]["chunks_file"] in text and "not readable as Parquet" in text
+    assert "sha256" not in text
+    assert not next(c for c in rep.checks if c["check"] == "shard checksums and row counts")["ok"]
+
+
+def test_verify_counts_each_shards_rows_against_the_manifest(good_export):
+    """A shard that lost rows before its checksum was taken: its row count, not its checksum, is wrong."""
+    m = atomic.read_json(good_export / "manifest.json")
+    f = good_export / m["shards"][0]["documents_file"]
+    t = pq.read_table(f)
+    pq.write_table(t.slice(0, t.num_rows - 2), f)
+    m["shards"][0]["documents_sha256"] = export_format.sha256_file(f)
+    atomic.write_json(good_export / "manifest.json", m)
+    rep, text = _problems(good_export)
+    assert f"{t.num_rows - 2} rows, manifest says {t.num_rows}" in text and "sha256" not in text
+    assert not next(c for c in rep.checks if c["check"] == "shard checksums and row counts")["ok"]
 
 
 def _set_vector(t, i, vec):
@@ -346,3 +384,34 @@ def test_a_chunk_the_export_does_not_hold_is_found_by_the_source_comparison(good
         i["where"] == f"document {doc_id}" and f"the source serves {len(chunks) + 1} chunk(s)" in i["problem"]
         for i in rep.issues
     )
+
+
+def test_the_source_comparison_names_each_changed_field_and_each_vanished_chunk(good_export, src, server):
+    """The same chunk ids at the source with a changed text, changed metadata and a replaced chunk: each
+    difference is named, field by field (the chunk count alone would not show them)."""
+    docs = sorted({d["document_id"] for d in export_format.open_export(good_export).iter_documents()})
+    doc_id = docs[1]
+    doc = server.corpus.documents[doc_id]
+    chunks = server.corpus.get_chunks(doc_id, with_embeddings=False)
+    assert len(chunks) >= 3
+    changed = [
+        {**chunks[0], "text": chunks[0]["text"] + " 개정됨"},
+        {**chunks[1], "extra_info": {**chunks[1]["extra_info"], "reviewed_by": "someone else"}},
+        {**chunks[2], "id_": chunks[2]["id_"] + "-replaced"},
+        *chunks[3:],
+    ]
+    server.corpus.put_document(doc, changed)
+    rep = verify.verify_export(good_export, source=src, sample=1000)
+    assert not rep.ok
+    by_where = {}
+    for i in rep.issues:
+        by_where.setdefault(i["where"], []).append(i["problem"])
+    assert "field text differs from the source" in by_where[f"chunk {chunks[0]['id_']} of document {doc_id}"]
+    assert (
+        "field metadata_json differs from the source"
+        in by_where[f"chunk {chunks[1]['id_']} of document {doc_id}"]
+    )
+    assert by_where[f"chunk {chunks[2]['id_']} of document {doc_id}"] == ["no longer at the source"]
+    assert len(rep.issues) == 3  # nothing else differs: every other document and chunk matched
+    check = next(c for c in rep.checks if c["check"] == "sample re-fetched from source")
+    assert not check["ok"] and "3 difference(s)" in check["detail"]

@@ -124,12 +124,16 @@ import sys
 from runbook import chroma_target, load
 client = chroma_target.open_client("embedded", sys.argv[1])
 col = client.get_collection("welno_medical_knowledge", embedding_function=None)
-import time
-orig = col.add
-def slow_add(**kw):
+import threading
+# five batches of 20 are added and checkpointed; the sixth is added, then the load waits (before its
+# checkpoint) until this process is killed: mid-load whatever the machine's speed
+orig, calls = col.add, [0]
+def add_then_hang(**kw):
     orig(**kw)
-    time.sleep(0.15)
-col.add = slow_add
+    calls[0] += 1
+    if calls[0] == 6:
+        threading.Event().wait()
+col.add = add_then_hang
 load.load_export(client, col, sys.argv[2], sys.argv[3], batch_size=20, progress=False)
 """
 
@@ -145,8 +149,9 @@ def test_kill_9_mid_load_then_rerun_is_identical(demo_export, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_LOAD, str(base), str(demo_export), str(cp)], env=os.environ.copy()
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 120  # a bound on a wait, not on speed: the load cannot finish by itself
     while time.time() < deadline and not (cp.exists() and atomic.read_json(cp)["loaded"] >= 80):
+        assert proc.poll() is None, "the load ended before it was killed"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -264,9 +269,7 @@ def test_low_recall_raises_ef_search_and_the_new_value_is_in_force(tmp_path, wea
     v = load.verify_load(client, col, exp, None, sample=20, recall_queries=50)
     assert v["figures"]["recall@10"] < 0.99 and not recall_check(v)["ok"]
 
-    def reopen(client, name):
-        return chroma_target.reload_collection(client, name, "embedded", str(tmp_path / "b"))
-
+    reopen = chroma_target.reopener("embedded", str(tmp_path / "b"))  # what phase 03 passes
     client = chroma_target.open_client("embedded", str(tmp_path / "b"))
     col = load_weak(client, exp, tmp_path / "b" / "cp.json")
     v = load.verify_load(client, col, exp, None, sample=20, recall_queries=50, reopen=reopen)
@@ -284,9 +287,7 @@ def test_on_a_chroma_server_a_raised_ef_search_waits_for_a_restart(tmp_path, wea
         client = chroma_target.open_client("http", host="127.0.0.1", port=port)
         col = load_weak(client, weak_export, tmp_path / "cp.json")
 
-        def reopen(client, name):
-            return chroma_target.reload_collection(client, name, "http", host="127.0.0.1", port=port)
-
+        reopen = chroma_target.reopener("http", host="127.0.0.1", port=port)
         v = load.verify_load(client, col, weak_export, None, sample=20, recall_queries=50, reopen=reopen)
         check = recall_check(v)
         assert not check["ok"] and "not in force yet" in check["detail"] and "restart" in check["detail"]

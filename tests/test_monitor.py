@@ -208,7 +208,9 @@ def test_a_pid_file_naming_a_dead_process_fails_naming_the_pid_file(backend, tmp
 
 # --- the library, directly --------------------------------------------------------------------------
 class _Odd(BaseHTTPRequestHandler):
-    """A backend answering each path a different wrong way."""
+    """A backend answering each path a different wrong way; /slow answers only once ``release`` is set."""
+
+    release = threading.Event()
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length") or 0))
@@ -220,7 +222,7 @@ class _Odd(BaseHTTPRequestHandler):
             "/html": b"<html>502 Bad Gateway</html>",
         }.get(self.path)
         if self.path == "/slow":
-            time.sleep(1.5)
+            self.release.wait(120)  # past any probe's timeout, however slow the machine
             body = b'{"results": [1]}'
         if self.path == "/drop":
             self.connection.close()
@@ -240,17 +242,20 @@ def test_what_counts_as_a_failed_probe():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Odd)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_port}"
+    _Odd.release.clear()
     try:
-        one = lambda path: monitor.probe_http(url + path, ["q"], timeout_s=0.5)[0]  # noqa: E731
+        # a timeout no busy machine reaches on loopback; only /slow, which never answers in time, times out
+        one = lambda path, timeout_s=60: monitor.probe_http(url + path, ["q"], timeout_s)[0]  # noqa: E731
         assert one("/ok-nodes")["error"] is None and one("/ok-nodes")["arm"] == "cloud"
         assert one("/ok-source-nodes")["error"] is None
         assert one("/empty")["error"] == "no results (empty list)"
         assert one("/no-list")["error"].startswith("no results")
         assert one("/html")["error"] == "not JSON"
         assert one("/missing")["error"] == "HTTP 404"
-        assert one("/slow")["error"] == "timeout"
+        assert one("/slow", 0.5)["error"] == "timeout"
         assert one("/drop")["error"].startswith("connection failed")
     finally:
+        _Odd.release.set()
         srv.shutdown()
     refused = monitor.probe_http(f"http://127.0.0.1:{cloud_emulator.free_port()}/query", ["q"], 1)[0]
     assert refused["error"].startswith("connection failed") and refused["status"] is None

@@ -242,6 +242,10 @@ def test_counts_come_from_the_dumps_snapshot_while_rows_are_inserted(pg, tmp_pat
 
     def insert_burst():  # after the counts, before pg_dump: these committed rows must not reach the dump
         real_hook()
+        # the inserter commits rows during the backup by construction, not by how threads are scheduled
+        seen, t0 = inserter.done, time.monotonic()
+        while inserter.done < seen + 5 and inserter.is_alive() and time.monotonic() - t0 < 30:
+            time.sleep(0.01)
         _psql(pg, "wello", f"INSERT INTO {table} SELECT g, 'burst' FROM generate_series(5000001, 5001000) g")
         burst["rows"] = 1000
 

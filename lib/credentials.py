@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import atomic
+
 MASK = "***"
 # Parameter names that would carry a secret value. A name ending in ``_env`` holds a variable *name*.
 _SECRET_NAME = re.compile(r"(api_?key|token|secret|password|passwd|credential|dsn|private_?key)", re.I)
@@ -109,16 +111,23 @@ class Secret:
         return bool(self._value)
 
 
+_DSN_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/\s:@]+:([^/\s@]+)@")
+_KV_PASSWORD = re.compile(r"password\s*=\s*'?([^'\s]+)", re.I)
+
+
+def secret_parts(value: str) -> set[str]:
+    """The value and what a message may quote of it alone: the password of a URL or key=value DSN."""
+    parts = {value}
+    for pattern, find in ((_DSN_PASSWORD, re.match), (_KV_PASSWORD, re.search)):
+        m = find(pattern, value)
+        if m and len(m.group(1)) >= 4:
+            parts.add(m.group(1))
+    return parts
+
+
 def remember(value: str | None) -> None:
     if value and len(value) >= 4:
-        _known_values.add(value)
-        # a DSN's password alone must be scrubbed too
-        m = re.match(r"^[a-z][a-z0-9+.\-]*://[^/\s:@]+:([^/\s@]+)@", value)
-        if m and len(m.group(1)) >= 4:
-            _known_values.add(m.group(1))
-        m = re.search(r"password\s*=\s*'?([^'\s]+)", value, re.I)
-        if m and len(m.group(1)) >= 4:
-            _known_values.add(m.group(1))
+        _known_values.update(secret_parts(value))
 
 
 def get_secret(env_name: str, required: bool = True, purpose: str = "") -> Secret | None:
@@ -141,11 +150,13 @@ def get_secret(env_name: str, required: bool = True, purpose: str = "") -> Secre
 
 
 def secret_env_values(extra_names: Iterable[str] = ()) -> set[str]:
-    """Values of environment variables whose names look secret, plus the values read so far."""
+    """Values of environment variables whose names look secret (and their DSN passwords), plus the values
+    read so far."""
     values = set(_known_values)
+    extra = set(extra_names)
     for name, value in os.environ.items():
-        if (_SECRET_NAME.search(name) or name in set(extra_names)) and value and len(value) >= 8:
-            values.add(value)
+        if (_SECRET_NAME.search(name) or name in extra) and value and len(value) >= 8:
+            values.update(secret_parts(value))
     return values
 
 
@@ -155,6 +166,26 @@ def scrub(text: str, extra_values: Iterable[str] = ()) -> str:
         if v:
             text = text.replace(v, MASK)
     return text
+
+
+def scrub_data(obj, values: Iterable[str] | None = None):
+    """``obj`` (JSON-like: dicts, lists, strings, numbers) with secret values masked in every string and key;
+    by default the values read so far and those of secret-named environment variables."""
+    vals = sorted(secret_env_values() if values is None else set(values), key=len, reverse=True)
+
+    def walk(o):
+        if isinstance(o, str):
+            for v in vals:
+                if v:
+                    o = o.replace(v, MASK)
+            return o
+        if isinstance(o, dict):
+            return {walk(k): walk(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [walk(v) for v in o]
+        return o
+
+    return walk(obj)
 
 
 class ScrubbedError(RuntimeError):
@@ -172,6 +203,24 @@ def scrubbed_errors():
         if clean != text:
             raise ScrubbedError(clean) from None
         raise
+
+
+def scrub_files(folder: str | os.PathLike, values: Iterable[str]) -> dict[str, int]:
+    """Replace every value in every file under ``folder`` (bytes, any encoding), each file rewritten
+    atomically; returns {relative path: occurrences} of the files that held one (each is a leak to report)."""
+    needles = sorted({v.encode("utf-8") for v in values if v}, key=len, reverse=True)
+    found = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        data = path.read_bytes()
+        count = sum(data.count(n) for n in needles)
+        if count:
+            for n in needles:
+                data = data.replace(n, MASK.encode())
+            atomic.write_bytes(path, data)
+            found[path.relative_to(folder).as_posix()] = count
+    return found
 
 
 def scan_for_values(folder: str | os.PathLike, values: Iterable[str]) -> list[tuple[str, str]]:

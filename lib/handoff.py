@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from . import atomic
+from . import atomic, credentials
 from .paths import Layout, resolve
 
 
@@ -23,6 +23,9 @@ class MissingHandoffError(RuntimeError):
 
 def record(phase: str, data: dict, *, base_path: str, run_dir: str = "", dry_run: bool = False) -> dict:
     rec = {"phase": phase, "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **data}
+    rec = credentials.scrub_data(
+        rec
+    )  # an error message quoting a key stays out of the state and the run folder
     if dry_run:
         rec["dry_run"] = True
         if not run_dir:

@@ -14,7 +14,8 @@ def log(layout, phase: str, message: str, **fields) -> str:
     """Append one line ``<UTC time> [phase] message {fields}`` to the migration log and return it."""
     ts = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     extra = (" " + json.dumps(fields, ensure_ascii=False, default=str)) if fields else ""
-    line = credentials.scrub(f"{ts} [{phase}] {message}{extra}")
+    # values this process read, and those of secret-named variables a library may have read by itself
+    line = credentials.scrub(f"{ts} [{phase}] {message}{extra}", credentials.secret_env_values())
     path: Path = layout.migration_log
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:

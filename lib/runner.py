@@ -176,15 +176,6 @@ def render_html(nb_path: Path) -> Path:
     return out
 
 
-def scrub_file(path: Path, values: set[str]) -> int:
-    """Replace secret values in a file; returns how many were found (each is a bug to report)."""
-    text = path.read_text(encoding="utf-8")
-    count = sum(text.count(v) for v in values if v)
-    if count:
-        atomic.write_text(path, credentials.scrub(text, values))
-    return count
-
-
 def write_index(run_dir: Path, manifest: dict) -> Path:
     rows = []
     for ph in manifest["phases"]:
@@ -508,10 +499,12 @@ def run(
                 failure = f"phase {ph.stem} could not run: {entry['error']}"
             entry["duration_s"] = round(time.time() - t0, 1)
             entry["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            # the executed notebook, its hand-off and anything else the phase wrote in the run folder
+            leaked = credentials.scrub_files(run_dir, credentials.secret_env_values(env_names))
+            if leaked:
+                entry["secrets_scrubbed"] = sum(leaked.values())
+                entry["secrets_scrubbed_from"] = sorted(leaked)
             if out.exists():
-                leaked = scrub_file(out, credentials.secret_env_values(env_names))
-                if leaked:
-                    entry["secrets_scrubbed"] = leaked
                 render_html(out)
             handoff_file = run_dir / "handoff" / f"{ph.stem}.json"
             if handoff_file.exists():

@@ -68,9 +68,8 @@ def test_failing_phase_stops_the_run_naming_notebook_and_cell(tmp_path, outputs)
     with pytest.raises(runner.RunFailed) as e:
         runner.run(p, notebooks_dir=nbs)
     msg = str(e.value)
-    assert (
-        "01_broken" in msg and "cell 4" in msg
-    )  # of the executed notebook (papermill adds one) and "short by 3 chunks" in msg
+    # the cell is counted in the executed notebook (papermill adds one); the message is the notebook's own
+    assert "01_broken" in msg and "cell 4" in msg and "short by 3 chunks" in msg
     m = json.loads((e.value.run_dir / "manifest.json").read_text())
     assert [ph["status"] for ph in m["phases"]] == ["ok", "failed", "pending"] and m["status"] == "failed"
     assert (e.value.run_dir / "01_broken.html").exists() and (e.value.run_dir / "index.html").exists()
@@ -101,12 +100,13 @@ def test_prepare_only_writes_parameterised_notebooks(tmp_path, outputs):
 
 
 @pytest.mark.slow
-def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch):
-    """The demo params run every phase; a canary key in the environment appears in no file of the run."""
-    canary = "canary-KEY-d41d8cd98f00b204e980"
-    google_canary = "canary-GOOGLE-5b8e1c0d9a7f"  # answers come from the Gemini stand-in with this key
-    monkeypatch.setenv("LLAMA_CLOUD_API_KEY", canary)
-    monkeypatch.setenv("GOOGLE_API_KEY", google_canary)
+def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch, capfd):
+    """The demo params run every phase; canaries of every kind of secret in the environment appear in no
+    file of the run folder or the base path, and nowhere on the console."""
+    from .test_secret_canaries import CANARIES, NEEDLES
+
+    for name, value in CANARIES.items():  # the LlamaCloud key is the local server's, the Google key Gemini's
+        monkeypatch.setenv(name, value)
     # the shipped demo params, as `make demo` runs them; only the base path moves under tmp_path
     demo = yaml.safe_load((PROJECT_ROOT / "runbook_params" / "demo.yaml").read_text(encoding="utf-8"))
     p = write_params(tmp_path, **{**demo, "base_path": str(tmp_path / "base"), "embedding_cache": str(CACHE)})
@@ -134,9 +134,12 @@ def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch)
     assert (res.run_dir / "08_monitor.html").exists()
     log = (tmp_path / "base" / "logs" / "migration.log").read_text(encoding="utf-8")
     assert "[03_migrate] verification passed" in log and "[06_cutover] cutover complete" in log
-    # every file of the run folder and the migration log: no canary
-    assert credentials.scan_for_values(res.run_dir, [canary, google_canary]) == []
-    assert credentials.scan_for_values(tmp_path / "base" / "logs", [canary, google_canary]) == []
+    # every file of the run folder and of the base path (logs, state, export, Chroma), and the console
+    assert credentials.scan_for_values(res.run_dir, NEEDLES) == []
+    assert credentials.scan_for_values(tmp_path / "base", NEEDLES) == []
+    out, err = capfd.readouterr()
+    assert [n[:12] for n in NEEDLES if n in out + err] == []
+    assert "[08] ok" in out  # the console was captured
     assert "Based on" in (res.run_dir / "04_rag_service.html").read_text(encoding="utf-8")  # Gemini answered
     # a second run is a new folder; the first is untouched
     before = sorted(p.name for p in res.run_dir.iterdir())

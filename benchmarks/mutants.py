@@ -1,0 +1,178 @@
+"""Mutation testing of the safety-critical code with mutmut: ``make mutants`` (or this script).
+
+mutmut names a mutant after the file's path, while the tests import the library as ``runbook`` (the
+package lives in ``lib/``, a layout fixed by the user). So the run happens in a scratch workspace,
+``.mutants/`` (ignored by git), where ``runbook/`` is a copy of ``lib/`` next to copies of the tests,
+notebooks and params. mutmut mutates the functions in ``MODULES`` there, runs for each mutant the tests that
+reach the mutated function in-process (a mutant is judged by them; notebook kernels and servers started as
+subprocesses run the unmutated library), and this script prints the score per module: killed (a test
+failed, or the mutant hung past mutmut's timeout) over all mutants in scope, a mutant no test reaches
+counting as a survivor.
+
+    python benchmarks/mutants.py                       # every module below (about an hour on 2 cores)
+    python benchmarks/mutants.py credentials cutover   # some of them
+    python benchmarks/mutants.py --survivors --diffs   # after a run: scores, and each survivor's change
+
+Re-running re-tests only what changed (mutmut keeps its results in ``.mutants/mutants``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutants"
+
+# module -> (the functions that hold its safety-critical code, the test files that guard it). A function is a
+# mutmut name glob: ``x_<function>`` or ``xǁ<Class>ǁ<method>``. The scope is what issue 17 names: all of
+# verify and credentials, load's checkpointed load and resume, extract's resumable writer, cutover's
+# backup, write, restart, restore and rollback.
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "credentials": (["*"], ["tests/test_credentials.py", "tests/test_secret_canaries.py"]),
+    "cutover": (
+        [
+            "xǁCutoverǁbackup",
+            "xǁCutoverǁwrite",
+            "xǁCutoverǁ_replace",
+            "xǁCutoverǁrestart",
+            "xǁCutoverǁswitch",
+            "xǁCutoverǁcheck_stop",
+            "xǁCutoverǁrestore",
+            "x_update_env_text",
+            "x_end_group",
+            "x_signals_*",
+        ],
+        ["tests/test_cutover.py"],
+    ),
+    "load": (
+        ["x_load_export", "x__batches", "x_planned_ids"],
+        ["tests/test_load.py", "tests/test_odd_records_property.py"],
+    ),
+    "extract": (
+        ["xǁ_Writerǁ*", "x_find_resumable"],
+        ["tests/test_extract.py", "tests/test_export_writer.py", "tests/test_odd_records_property.py"],
+    ),
+    "verify": (
+        ["x_verify_export", "x__compare_with_source", "x_ensure_verified"],
+        ["tests/test_extract.py", "tests/test_load.py", "tests/test_odd_records_property.py"],
+    ),
+}
+
+
+def in_scope(module: str, key: str) -> bool:
+    """Whether the mutant ``key`` (``runbook.<module>.<function>__mutmut_<n>``) is in the module's scope."""
+    function = key.split(".", 2)[2].rsplit("__mutmut_", 1)[0]
+    return any(fnmatch.fnmatchcase(function, f) for f in MODULES[module][0])
+
+
+def sync() -> None:
+    """Refresh the workspace from the working tree; mutmut's own results under mutants/ are kept (and
+    re-used for the functions that did not change). The configuration always names every module, so the
+    results of one module survive a run of another."""
+    WORK.mkdir(exist_ok=True)
+    for name in ("runbook", "tests", "notebooks", "runbook_params"):
+        src = ROOT / ("lib" if name == "runbook" else name)
+        dst = WORK / name
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    tests = sorted({t for m in MODULES for t in MODULES[m][1] if (ROOT / t).exists()})
+    only = ", ".join(f'"runbook/{m}.py"' for m in MODULES)
+    (WORK / "pyproject.toml").write_text(
+        "[tool.mutmut]\n"
+        'source_paths = ["runbook"]\n'
+        f"only_mutate = [{only}]\n"
+        'also_copy = ["tests", "notebooks", "runbook_params"]\n'
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore"]\n'
+        "timeout_multiplier = 5.0\n"
+        # logging and messages that only decorate an error are not behaviour worth a test each
+        'do_not_mutate_patterns = ["^\\\\s*log\\\\.", "progress=", "desc="]\n'
+        "\n[tool.pytest.ini_options]\n"
+        'testpaths = ["tests"]\n'
+        'markers = ["slow: takes more than a few seconds"]\n',
+        encoding="utf-8",
+    )
+    # the demo's embedding cache is read, not rebuilt, by the mutated tree's tests
+    data = WORK / "mutants" / "data"
+    data.parent.mkdir(exist_ok=True)
+    if not data.exists() and (ROOT / "data").exists():
+        data.symlink_to(ROOT / "data")
+
+
+def scores(modules: list[str]) -> list[dict]:
+    from mutmut.stats import status_by_exit_code
+
+    rows = []
+    for m in modules:
+        meta = WORK / "mutants" / "runbook" / f"{m}.py.meta"
+        if not meta.exists():
+            rows.append({"module": m, "error": "no results (not run yet)"})
+            continue
+        codes = {k: c for k, c in json.loads(meta.read_text())["exit_code_by_key"].items() if in_scope(m, k)}
+        status = {k: status_by_exit_code[c] for k, c in codes.items()}
+        counted = [k for k, s in status.items() if s not in ("skipped", "not checked")]
+        killed = sum(1 for k in counted if status[k] in ("killed", "timeout"))
+        # as mutmut's own score: a mutant no test reaches counts against the score
+        survivors = sorted(k for k in counted if status[k] not in ("killed", "timeout"))
+        rows.append(
+            {
+                "module": m,
+                "mutants": len(codes),
+                "killed": killed,
+                "survived": sum(1 for k in survivors if status[k] == "survived"),
+                "no tests": sum(1 for k in survivors if status[k] == "no tests"),
+                "not checked": sum(1 for s in status.values() if s == "not checked"),
+                "score %": round(100 * killed / len(counted), 1) if counted else None,
+                "survivors": [f"{k} ({status[k]})" for k in survivors],
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help=f"modules to mutate (default: {' '.join(MODULES)})")
+    ap.add_argument("--max-children", type=int, default=2, help="parallel test processes (default 2)")
+    ap.add_argument("--survivors", action="store_true", help="only print the scores and the survivors")
+    ap.add_argument("--diffs", action="store_true", help="with --survivors: show each survivor's change")
+    args = ap.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        ap.error(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
+    modules = args.modules or list(MODULES)
+    if not args.survivors:
+        sync()
+        # subprocesses (notebook kernels, servers) import the unmutated library: a mutant is judged by the
+        # tests that reach it in-process
+        env = dict(os.environ)
+        mutmut = Path(sys.executable).with_name("mutmut")
+        names = [f"runbook.{m}.{f}__mutmut_*" for m in modules for f in MODULES[m][0]]
+        cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *names]
+        subprocess.run(cmd, cwd=WORK, env=env)
+    rows = scores(modules)
+    for r in rows:
+        surv = r.pop("survivors", [])
+        print(json.dumps(r, ensure_ascii=False))
+        for s in surv:
+            print("   survived:", s)
+            if args.diffs:
+                show = subprocess.run(
+                    [str(Path(sys.executable).with_name("mutmut")), "show", s.split()[0]],
+                    cwd=WORK,
+                    capture_output=True,
+                    text=True,
+                )
+                lines = [x for x in show.stdout.splitlines() if x[:1] in "+-" and x[:3] not in ("+++", "---")]
+                print("\n".join("      " + x for x in lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

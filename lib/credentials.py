@@ -28,7 +28,6 @@ _SECRET_VALUE_PATTERNS = [
     re.compile(r"^[a-z][a-z0-9+.\-]*://[^/\s:@]+:[^/\s@]+@"),  # URL / DSN with a password
     re.compile(r"(^|\s)password\s*=", re.I),  # libpq key=value DSN
 ]
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 _known_values: set[str] = set()
@@ -48,14 +47,12 @@ def looks_like_secret_value(value: object) -> bool:
     v = value.strip()
     if any(p.search(v) for p in _SECRET_VALUE_PATTERNS):
         return True
-    if _UUID.match(v) or re.fullmatch(r"[0-9a-f]{32,64}", v, re.I) or "/" in v or " " in v:
-        return False
-    # a long opaque token: letters and digits mixed, no separators a path or a name would have
+    # a long opaque token: digits, lower and upper case mixed, none of the separators a path or a sentence
+    # has (ids and checksums -- UUIDs, hex digests -- are one case only, so they are not taken for one)
     return (
         len(v) >= 32
         and re.fullmatch(r"[A-Za-z0-9_\-\.=]+", v) is not None
         and re.search(r"\d", v) is not None
-        and re.search(r"[A-Za-z]", v) is not None
         and re.search(r"[a-z]", v) is not None
         and re.search(r"[A-Z]", v) is not None
     )
@@ -208,16 +205,17 @@ def scrubbed_errors():
 def scrub_files(folder: str | os.PathLike, values: Iterable[str]) -> dict[str, int]:
     """Replace every value in every file under ``folder`` (bytes, any encoding), each file rewritten
     atomically; returns {relative path: occurrences} of the files that held one (each is a leak to report)."""
-    needles = sorted({v.encode("utf-8") for v in values if v}, key=len, reverse=True)
+    needles = sorted({v.encode() for v in values if v}, key=len, reverse=True)
     found = {}
     for path in sorted(Path(folder).rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
         data = path.read_bytes()
-        count = sum(data.count(n) for n in needles)
+        count = 0
+        for n in needles:  # the longest first: a value inside a longer one must not split it
+            count += data.count(n)
+            data = data.replace(n, MASK.encode())
         if count:
-            for n in needles:
-                data = data.replace(n, MASK.encode())
             atomic.write_bytes(path, data)
             found[path.relative_to(folder).as_posix()] = count
     return found
@@ -232,6 +230,6 @@ def scan_for_values(folder: str | os.PathLike, values: Iterable[str]) -> list[tu
             continue
         data = path.read_bytes()
         for v in needles:
-            if v.encode("utf-8") in data:
+            if v.encode() in data:
                 hits.append((str(path), v[:3] + "…"))
     return hits

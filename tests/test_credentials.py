@@ -133,7 +133,7 @@ def test_check_parameters_reads_every_parameter_and_names_the_fix():
     assert msg.startswith(
         "refusing secret-looking parameters (papermill would record them in the executed notebook):\n  - "
     )
-    assert msg.count("\n  - ") == 3
+    assert msg.count("\n  - ") == 3 and "\n  - api_token: looks like" in msg and "\n  - note: its" in msg
     assert (
         "required_env: must name an environment variable (like LLAMA_CLOUD_API_KEY), not hold a value" in msg
     )
@@ -201,7 +201,12 @@ def test_remember_keeps_values_and_dsn_passwords_from_four_characters():
 
 
 def test_scrub_replaces_the_longest_value_first():
+    """A value inside a longer one: masked first, it would leave the rest of the longer one in the text
+    (lengths differ from the alphabetical order here, so sorting by anything else fails)."""
     assert credentials.scrub("key=abcd1234efgh", ["abcd", "abcd1234efgh"]) == "key=***"
+    values = ["zz12", "ab zz12 cd"]
+    assert credentials.scrub("x ab zz12 cd y", values) == "x *** y"
+    assert credentials.scrub_data({"k": "x ab zz12 cd y"}, values) == {"k": "x *** y"}
     assert credentials.scrub("x", [""]) == "x"
 
 

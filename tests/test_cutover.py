@@ -527,3 +527,47 @@ def test_the_write_keeps_line_endings_and_writes_through_a_symlink(tmp_path):
     cutover.Cutover(link, "true", "").write({"USE_LOCAL_VECTOR_DB": "true"})
     assert link.is_symlink() and real.stat().st_mode & 0o777 == 0o640
     assert real.read_bytes() == b"# settings\r\nUSE_LOCAL_VECTOR_DB=true\r\nOTHER=1\r\n"
+
+
+@pytest.mark.parametrize(
+    "before,changes,after",
+    [
+        # every other line byte for byte; the key set where it stands, with its comment
+        (
+            "# top\nA=1\nUSE_LOCAL_VECTOR_DB=false  # the switch\n\nB = 2\n",
+            {"USE_LOCAL_VECTOR_DB": "true"},
+            "# top\nA=1\nUSE_LOCAL_VECTOR_DB=true  # the switch\n\nB = 2\n",
+        ),
+        # `export KEY=`, spaces around `=`; a key that only starts like another is left alone
+        (
+            "export CHROMA_PATH = /old\nCHROMA_PATH_OLD=/x\n",
+            {"CHROMA_PATH": "/new"},
+            "export CHROMA_PATH=/new\nCHROMA_PATH_OLD=/x\n",
+        ),
+        # a key the file lacks is appended, in the order given; CRLF stays CRLF
+        ("A=1\r\n", {"B": "2", "C": "3"}, "A=1\r\nB=2\r\nC=3\r\n"),
+        # a '#' inside a value without a space before it is part of the value, not a comment
+        ("URL=http://h/#frag\n", {"URL": "http://k/"}, "URL=http://k/\n"),
+        # a commented-out setting is a comment, not a setting
+        (
+            "# USE_LOCAL_VECTOR_DB=true\n",
+            {"USE_LOCAL_VECTOR_DB": "false"},
+            "# USE_LOCAL_VECTOR_DB=true\nUSE_LOCAL_VECTOR_DB=false\n",
+        ),
+        ("", {"A": "1"}, "A=1\n"),
+    ],
+)
+def test_update_env_text_changes_only_the_keys_it_is_given(before, changes, after):
+    assert cutover.update_env_text(before, changes) == after
+
+
+def test_the_backup_is_kept_twice_private_and_byte_for_byte(tmp_path):
+    cfg = tmp_path / "config.env"
+    cfg.write_bytes(b"USE_LOCAL_VECTOR_DB=false\nKEY=\xea\xb0\x80\n")
+    co = cutover.Cutover(cfg, "true", "")
+    assert co.backup() == cfg.read_bytes()
+    stamped = [p for p in tmp_path.iterdir() if p.name.startswith("config.env.backup.")]
+    assert co.backup_path.read_bytes() == cfg.read_bytes() and len(stamped) == 1
+    assert stamped[0].read_bytes() == cfg.read_bytes()
+    assert co.backup_path.stat().st_mode & 0o777 == 0o600 and stamped[0].stat().st_mode & 0o777 == 0o600
+    assert co.steps[-1]["step"] == "backup" and co.steps[-1]["ok"] is True

@@ -415,3 +415,19 @@ def test_the_source_comparison_names_each_changed_field_and_each_vanished_chunk(
     assert len(rep.issues) == 3  # nothing else differs: every other document and chunk matched
     check = next(c for c in rep.checks if c["check"] == "sample re-fetched from source")
     assert not check["ok"] and "3 difference(s)" in check["detail"]
+
+
+def test_the_source_count_now_is_compared_with_the_export(good_export, src, server):
+    rep = verify.verify_export(good_export, source=src, sample=5)
+    check = next(c for c in rep.checks if c["check"] == "documents vs source now")
+    assert check["ok"] and check["detail"] == "source has 50 now, export has 50"
+    sampled = next(c for c in rep.checks if c["check"] == "sample re-fetched from source")
+    assert sampled["ok"] and sampled["detail"].startswith("5 chunk(s) from ")  # the sample size is kept
+    doc = dict(next(iter(server.corpus.documents.values())), id="added-after-the-export")
+    server.corpus.put_document(doc, [])
+    rep = verify.verify_export(good_export, source=src, sample=5)
+    check = next(c for c in rep.checks if c["check"] == "documents vs source now")
+    assert not check["ok"]
+    assert check["detail"] == (
+        "source has 51 now, export has 50 (the source changed since: phase 07's delta sync catches up)"
+    )

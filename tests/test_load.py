@@ -372,8 +372,30 @@ def test_an_export_that_did_not_come_through_phase_01_is_verified_again(demo_exp
         "export_dir": str(demo_export),
         "manifest_sha256": export_format.open_export(demo_export).manifest_sha256,
     }
-    assert verify.ensure_verified(demo_export, h01)["verified by"].startswith("phase 01")
-    assert verify.ensure_verified(demo_export, None)["verified by"].startswith("this phase")
+    sha = h01["manifest_sha256"]
+    assert verify.ensure_verified(demo_export, h01) == {
+        "export": str(demo_export),
+        "verified by": "phase 01 (same manifest sha256)",
+        "sha256": sha,
+    }
+    offline = {
+        "export": str(demo_export),
+        "verified by": "this phase (verify_export, offline)",
+        "sha256": sha,
+    }
+    assert verify.ensure_verified(demo_export, None) == offline
+    # phase 01's word counts only for the same folder, the same manifest and the same odd-records policy
+    assert verify.ensure_verified(demo_export, {**h01, "export_dir": str(bad)}) == offline
+    assert verify.ensure_verified(demo_export, {**h01, "manifest_sha256": "0" * 64}) == offline
+    skip = records.Policy(empty_texts="skip")
+    assert verify.ensure_verified(demo_export, {**h01, "policy": vars(records.Policy())}, skip) == offline
+    assert verify.ensure_verified(demo_export, {**h01, "policy": vars(skip)}, skip)["verified by"].startswith(
+        "phase 01"
+    )
+    assert verify.ensure_verified(demo_export, h01, skip)["verified by"].startswith("phase 01")  # 01 had none
+    with pytest.raises(export_format.ExportError) as e:
+        verify.ensure_verified(bad, {**h01, "export_dir": str(bad), "manifest_sha256": "0" * 64})
+    assert "run `python -m runbook verify-export <folder>`" in str(e.value) and str(bad) in str(e.value)
 
 
 def test_a_policy_change_on_a_partly_loaded_collection_is_refused(demo_export, tmp_path):

@@ -97,6 +97,9 @@ def test_scrub_files_masks_every_text_file_and_counts(tmp_path):
     assert (tmp_path / "b.ipynb").read_text() == "*** twice ***"
     assert credentials.scan_for_values(tmp_path, NEEDLES) == []
     assert credentials.scrub_files(tmp_path, NEEDLES) == {}  # idempotent
+    (tmp_path / "c.txt").write_text("x ab zz12 cd y", encoding="utf-8")  # the longest value first
+    assert credentials.scrub_files(tmp_path, ["zz12", "ab zz12 cd"]) == {"c.txt": 1}
+    assert (tmp_path / "c.txt").read_text(encoding="utf-8") == "x *** y"
 
 
 def test_scrub_data_masks_strings_and_keys_at_any_depth():

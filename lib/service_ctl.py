@@ -15,18 +15,21 @@ import time
 from pathlib import Path
 
 
-def _alive(pid: int) -> bool:
+def leader_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process leading its own session, as one started with ``start_new_session``
+    does. A pid file outlives its process, and the pid is reused: by another process, or by a thread of one
+    (a thread's id is a pid to kill(2), which then signals that whole process). Signalling such a pid would
+    hit a stranger -- seen when a rehearsal's SIGTERM reached a test runner -- so it is not ours."""
     try:
-        os.kill(pid, 0)
-    except OSError:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return False
-    try:  # a zombie child is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
+    # after the command: state, ppid, process group, session
+    return stat[0] not in ("Z", "X") and int(stat[2]) == pid and int(stat[3]) == pid
 
 
 def stop(pidfile: Path, timeout: float = 10.0) -> bool:
+    """Stop the process group the pid file names, if it is still the one this module started."""
     if not pidfile.exists():
         return False
     try:
@@ -34,13 +37,19 @@ def stop(pidfile: Path, timeout: float = 10.0) -> bool:
     except ValueError:
         pidfile.unlink(missing_ok=True)
         return False
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.time() + timeout
-        while _alive(pid) and time.time() < deadline:
+    if not leader_alive(pid):
+        pidfile.unlink(missing_ok=True)
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except OSError:
+            break
+        deadline = time.time() + wait
+        while leader_alive(pid) and time.time() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if not leader_alive(pid):
+            break
     pidfile.unlink(missing_ok=True)
     return True
 

@@ -645,7 +645,7 @@ def restore_if_asked(ctx: Context, name: str) -> dict:
 
     pidfile = ctx.layout.base / "service" / "service.pid"
     pid = pidfile.read_text().strip() if pidfile.exists() else ""
-    if pid.isdigit() and service_ctl._alive(int(pid)):
+    if pid.isdigit() and service_ctl.leader_alive(int(pid)):
         raise RuntimeError(
             f"the reference service (pid {pid}) reads {ctx.layout.chroma_db}: stop it first "
             f"(python -m runbook.service_ctl stop --pidfile {pidfile}), restore, then start it again"

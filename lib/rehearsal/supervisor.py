@@ -27,16 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
+from ..service_ctl import leader_alive
 
 
 class Supervisor:
@@ -60,7 +51,7 @@ class Supervisor:
             pid = int(self.pidfile(name).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if leader_alive(pid) else None  # a reused pid is not ours
 
     def start(self, name: str, command: list[str], cwd: str = "") -> int:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -92,14 +83,14 @@ class Supervisor:
         if pid is None:
             self.pidfile(name).unlink(missing_ok=True)
             return False
-        try:
+        try:  # the group only: the pid was checked to lead its own session, as _launch started it
             os.killpg(pid, signal.SIGTERM)
         except OSError:
-            os.kill(pid, signal.SIGTERM)
+            pass
         deadline = time.time() + timeout
-        while _alive(pid) and time.time() < deadline:
+        while leader_alive(pid) and time.time() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if leader_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:

@@ -157,25 +157,41 @@ def secret_env_values(extra_names: Iterable[str] = ()) -> set[str]:
     return values
 
 
+# A value this long is masked wherever it occurs; a shorter one (a 4-7 character DSN password, say) only as a
+# whole token, so that a password "pass" does not turn "passed" into "***ed" in a hand-off phase 06 reads.
+WHOLE_TOKEN_BELOW = 8
+
+
+def _patterns(values: Iterable[str]) -> list[re.Pattern]:
+    """One pattern per value, the longest first (a value inside a longer one must not split it)."""
+    out = []
+    for v in sorted({v for v in values if v}, key=len, reverse=True):
+        body = re.escape(v)
+        out.append(re.compile(body if len(v) >= WHOLE_TOKEN_BELOW else rf"(?<![\w]){body}(?![\w])"))
+    return out
+
+
+def _mask(text: str, patterns: list[re.Pattern]) -> tuple[str, int]:
+    total = 0
+    for pat in patterns:
+        text, n = pat.subn(MASK, text)
+        total += n
+    return text, total
+
+
 def scrub(text: str, extra_values: Iterable[str] = ()) -> str:
-    values = sorted(set(_known_values) | set(extra_values), key=len, reverse=True)
-    for v in values:
-        if v:
-            text = text.replace(v, MASK)
-    return text
+    """``text`` with the values read so far (and ``extra_values``) masked."""
+    return _mask(text, _patterns(set(_known_values) | set(extra_values)))[0]
 
 
 def scrub_data(obj, values: Iterable[str] | None = None):
     """``obj`` (JSON-like: dicts, lists, strings, numbers) with secret values masked in every string and key;
     by default the values read so far and those of secret-named environment variables."""
-    vals = sorted(secret_env_values() if values is None else set(values), key=len, reverse=True)
+    patterns = _patterns(secret_env_values() if values is None else values)
 
     def walk(o):
         if isinstance(o, str):
-            for v in vals:
-                if v:
-                    o = o.replace(v, MASK)
-            return o
+            return _mask(o, patterns)[0]
         if isinstance(o, dict):
             return {walk(k): walk(v) for k, v in o.items()}
         if isinstance(o, list | tuple):
@@ -183,6 +199,43 @@ def scrub_data(obj, values: Iterable[str] | None = None):
         return o
 
     return walk(obj)
+
+
+class SecretInBinaryFile(RuntimeError):
+    """A secret value in a file that is not text: masking would corrupt it, so it is named instead."""
+
+
+def scrub_files(folder: str | os.PathLike, values: Iterable[str]) -> dict[str, int]:
+    """Mask every value in every text (UTF-8) file under ``folder``, each file rewritten atomically; returns
+    {relative path: occurrences} of the files that held one (each is a leak to report). A file that is not
+    text but holds a value is not touched: ``SecretInBinaryFile`` names it, after every text file is done."""
+    values = [v for v in values if v]
+    patterns = _patterns(values)
+    needles = [v.encode() for v in values]
+    found, binary = {}, []
+    for path in sorted(Path(folder).rglob("*")):
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            data = path.read_bytes()
+        except FileNotFoundError:  # gone since the listing: nothing left to leak
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            if any(n in data for n in needles):
+                binary.append(path.relative_to(folder).as_posix())
+            continue
+        text, count = _mask(text, patterns)
+        if count:
+            atomic.write_text(path, text)
+            found[path.relative_to(folder).as_posix()] = count
+    if binary:
+        raise SecretInBinaryFile(
+            f"a secret value is in {', '.join(binary)} under {folder}, which is not text and was not changed: "
+            "delete the file (or the whole run folder) before sharing it, and find what wrote the secret there"
+        )
+    return found
 
 
 class ScrubbedError(RuntimeError):
@@ -200,25 +253,6 @@ def scrubbed_errors():
         if clean != text:
             raise ScrubbedError(clean) from None
         raise
-
-
-def scrub_files(folder: str | os.PathLike, values: Iterable[str]) -> dict[str, int]:
-    """Replace every value in every file under ``folder`` (bytes, any encoding), each file rewritten
-    atomically; returns {relative path: occurrences} of the files that held one (each is a leak to report)."""
-    needles = sorted({v.encode() for v in values if v}, key=len, reverse=True)
-    found = {}
-    for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file() or path.is_symlink():
-            continue
-        data = path.read_bytes()
-        count = 0
-        for n in needles:  # the longest first: a value inside a longer one must not split it
-            count += data.count(n)
-            data = data.replace(n, MASK.encode())
-        if count:
-            atomic.write_bytes(path, data)
-            found[path.relative_to(folder).as_posix()] = count
-    return found
 
 
 def scan_for_values(folder: str | os.PathLike, values: Iterable[str]) -> list[tuple[str, str]]:

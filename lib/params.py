@@ -142,6 +142,17 @@ def choice_problem(name: str, value: object) -> str:
     return f"{name} must be one of {', '.join(allowed)}; the value given is {_shown(value)}: fix it in the params file"
 
 
+# numeric parameters with a least value (a repetition count of 0 would divide by nothing)
+_AT_LEAST = {"latency_repetitions": 1, "gate_latency_margin": 0}
+
+
+def range_problem(name: str, value: object) -> str:
+    least = _AT_LEAST.get(name)
+    if least is None or isinstance(value, bool) or not isinstance(value, int | float) or value >= least:
+        return ""
+    return f"{name} must be at least {least}; the value given is {_shown(value)}: fix it in the params file"
+
+
 def _raise(problems: list[str], where: str) -> None:
     if problems:
         raise ParameterError(
@@ -162,7 +173,7 @@ def check_params(params: Mapping, declared: Mapping[str, Mapping[str, dict]], so
         for t, nbs in sorted(by_type.items()):
             if not accepts(t, value):
                 problems.append(problem(name, t, value, nbs))
-        if by_type and (p := choice_problem(name, value)):
+        if by_type and (p := choice_problem(name, value) or range_problem(name, value)):
             problems.append(p)
     _raise(problems, (f" in {source}" if source else "") + "; nothing was run")
 
@@ -199,6 +210,6 @@ def check_types(namespace: Mapping, notebook: str = "") -> None:
         if not accepts(t, value):
             nbs = [notebook] if notebook else _declaring_notebooks(name)
             problems.append(problem(name, t, value, nbs))
-        elif p := choice_problem(name, value):
+        elif p := choice_problem(name, value) or range_problem(name, value):
             problems.append(p)
     _raise(problems, "; this phase stopped before doing anything")

@@ -24,6 +24,7 @@ import numpy as np
 from . import atomic, credentials, embeddings
 
 TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
 GOOGLE_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
 
@@ -80,10 +81,12 @@ def load_config(path: str | os.PathLike) -> RagConfig:
     v = {k: (x or "") for k, x in dotenv_values(path).items()}
     for k, x in v.items():
         # *_KEY_ENV entries name a variable; they are not keys themselves (masking them garbles outputs)
-        if any(s in k for s in ("KEY", "TOKEN", "SECRET", "PASSWORD")) and x and not k.endswith("_ENV"):
+        # nor are numbers and switches (MAX_TOKENS=1024 would mask every "1024" of every page)
+        secretish = any(s in k for s in ("KEY", "TOKEN", "SECRET", "PASSWORD")) and not k.endswith("_ENV")
+        if secretish and x and not x.strip().isdigit() and x.strip().lower() not in TRUE | FALSE:
             credentials.remember(x)
     flag = v.get("USE_LOCAL_VECTOR_DB", "").strip().lower()
-    if flag not in TRUE | {"0", "false", "no", "off"}:
+    if flag not in TRUE | FALSE:
         raise RagConfigError(
             f"{path}: USE_LOCAL_VECTOR_DB must be true or false, not {v.get('USE_LOCAL_VECTOR_DB')!r}"
         )

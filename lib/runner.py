@@ -500,7 +500,13 @@ def run(
             entry["duration_s"] = round(time.time() - t0, 1)
             entry["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             # the executed notebook, its hand-off and anything else the phase wrote in the run folder
-            leaked = credentials.scrub_files(run_dir, credentials.secret_env_values(env_names))
+            try:
+                leaked = credentials.scrub_files(run_dir, credentials.secret_env_values(env_names))
+            except credentials.SecretInBinaryFile as e:  # text is masked; a binary file stops the run
+                leaked = {}
+                entry["status"] = "failed"
+                entry["error"] = str(e)
+                failure = f"phase {ph.stem}: {e}"
             if leaked:
                 entry["secrets_scrubbed"] = sum(leaked.values())
                 entry["secrets_scrubbed_from"] = sorted(leaked)

@@ -77,6 +77,18 @@ def outputs(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _forget_remembered_secrets():
+    """Secret values a test's process read stay with that test: a later test's text is not masked by them
+    (the order of tests must not change what they see)."""
+    from runbook import credentials
+
+    before = set(credentials._known_values)
+    yield
+    credentials._known_values.clear()
+    credentials._known_values.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
     # loopback only: never route test traffic through a proxy
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):

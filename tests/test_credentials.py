@@ -4,15 +4,6 @@ from runbook import credentials
 from runbook.credentials import SecretParameterError
 
 
-@pytest.fixture(autouse=True)
-def _forget_remembered_values():
-    """Values remembered here stay here: later tests' text is not scrubbed by them."""
-    before = set(credentials._known_values)
-    yield
-    credentials._known_values.clear()
-    credentials._known_values.update(before)
-
-
 @pytest.mark.parametrize(
     "params",
     [

@@ -427,7 +427,8 @@ def test_retrieved_ids_check_knows_refused_and_later_chunks(export_dir, tmp_path
     m["refused"] = [{"document_id": "d", "chunk_id": "refused-at-export", "problem": "p", "what to do": "w"}]
     (copy_dir / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
     # a chunk phase 07 added since is known to the local collection
-    col = chromadb.EphemeralClient().get_or_create_collection("contract_ids")
+    # a persistent client under tmp_path: nothing outlives the test (the ephemeral one is process-wide)
+    col = chromadb.PersistentClient(path=str(tmp_path / "chroma")).create_collection("contract_ids")
     col.add(ids=["added-by-07"], embeddings=[[0.1, 0.2]])
     res = compare.retrieved_ids_check([run], copy_dir, col)
     assert (res["found"], res["unknown"], res["unknown examples"]) == (5, 1, ["new"])

@@ -253,3 +253,18 @@ def test_a_word_outside_a_parameters_choices_is_refused_before_anything_runs(tmp
     ns = {"__annotations__": {"empty_texts": str}, "empty_texts": "drop"}
     with pytest.raises(config.ParameterError, match="empty_texts must be one of load, skip"):
         params.check_types(ns, "03_migrate")
+
+
+def test_a_number_below_its_least_value_is_refused_before_anything_runs(tmp_path, outputs):
+    """latency_repetitions: 0 used to pass the runner and stop phase 05 only after phases 00-04."""
+    p = write_params(tmp_path, latency_repetitions=0, gate_latency_margin=-0.1)
+    with pytest.raises(config.ParameterError) as e:
+        runner.run(p)
+    msg = str(e.value)
+    assert "latency_repetitions must be at least 1; the value given is 0" in msg
+    assert "gate_latency_margin must be at least 0; the value given is -0.1" in msg and "nothing was run" in msg
+    assert not outputs.exists()
+    ns = {"__annotations__": {"latency_repetitions": int}, "latency_repetitions": 0}
+    with pytest.raises(config.ParameterError, match="latency_repetitions must be at least 1"):
+        params.check_types(ns, "05_ab_compare")
+    params.check_types({"__annotations__": {"latency_repetitions": int}, "latency_repetitions": 1})

@@ -90,16 +90,39 @@ def test_scrub_files_masks_every_text_file_and_counts(tmp_path):
         "sk-proj-CanaryOpenAI9z8y7x6w5v4u3t2s1r twice sk-proj-CanaryOpenAI9z8y7x6w5v4u3t2s1r"
     )
     (tmp_path / "clean.txt").write_text("nothing here", encoding="utf-8")
-    (tmp_path / "blob.bin").write_bytes(b"\xff\xfe CanaryPgPass-7c1e")
+    (tmp_path / "blob.bin").write_bytes(b"\xff\xfe\x00 no secret")
     found = credentials.scrub_files(tmp_path, NEEDLES)
-    assert found == {"b.ipynb": 2, "h/a.json": 1, "blob.bin": 1}
+    assert found == {"b.ipynb": 2, "h/a.json": 1}
     assert (tmp_path / "h" / "a.json").read_text(encoding="utf-8") == '{"e": "x *** y"}'
     assert (tmp_path / "b.ipynb").read_text() == "*** twice ***"
+    assert (tmp_path / "blob.bin").read_bytes() == b"\xff\xfe\x00 no secret"  # not text: never rewritten
     assert credentials.scan_for_values(tmp_path, NEEDLES) == []
     assert credentials.scrub_files(tmp_path, NEEDLES) == {}  # idempotent
     (tmp_path / "c.txt").write_text("x ab zz12 cd y", encoding="utf-8")  # the longest value first
     assert credentials.scrub_files(tmp_path, ["zz12", "ab zz12 cd"]) == {"c.txt": 1}
     assert (tmp_path / "c.txt").read_text(encoding="utf-8") == "x *** y"
+
+
+def test_a_secret_in_a_binary_file_is_named_not_corrupted(tmp_path):
+    blob = b"\x89PNG\xff\xfe CanaryPgPass-7c1e \x00"
+    (tmp_path / "figure.png").write_bytes(blob)
+    (tmp_path / "page.html").write_text("key CanaryPgPass-7c1e", encoding="utf-8")
+    with pytest.raises(credentials.SecretInBinaryFile, match="figure.png"):
+        credentials.scrub_files(tmp_path, NEEDLES)
+    assert (tmp_path / "figure.png").read_bytes() == blob
+    assert (tmp_path / "page.html").read_text(encoding="utf-8") == "key ***"  # text files were done first
+
+
+def test_a_short_secret_is_masked_only_as_a_whole_word(monkeypatch):
+    """A 4-character DSN password masked inside words would rewrite hand-offs that later phases read
+    ("passed" -> "***ed"): short values are masked only where they stand alone."""
+    monkeypatch.setenv("WELNO_PG_DSN", "postgresql://user:pass@host/wello")
+    record = {"passed": True, "detail": "verification passed; bypass", "path": "/srv/wello_v3"}
+    assert credentials.scrub_data(record) == record
+    assert credentials.scrub_data({"e": "auth failed for password pass"}) == {
+        "e": "auth failed for password ***"
+    }
+    assert credentials.scrub("x=pass; y", ["pass"]) == "x=***; y"
 
 
 def test_scrub_data_masks_strings_and_keys_at_any_depth():

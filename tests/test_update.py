@@ -419,6 +419,11 @@ def test_a_killed_build_is_finished_by_the_next_run_not_started_again(migrated, 
     n_original = m["col"].count()
     e = edit_the_cloud(srv.corpus)
     srv.set_faults(slow_rate=1.0, slow_seconds=60, path_pattern="/chunks$")  # the fetch hangs: kill it there
+
+    def chunk_fetches():
+        return sum(1 for r in list(srv.requests) if r[1].endswith("/chunks"))
+
+    fetched_before = chunk_fetches()
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_RUN, base, str(NEW_DOCS), srv.url, str(CACHE)], cwd=PROJECT_ROOT
     )
@@ -427,7 +432,10 @@ def test_a_killed_build_is_finished_by_the_next_run_not_started_again(migrated, 
     while not (st.exists() and "generation" in json.loads(st.read_text())) and time.time() < deadline:
         assert proc.poll() is None, "the update ended before it could be killed"
         time.sleep(0.2)
-    time.sleep(1.0)
+    # killed inside the hanging fetch, whatever the machine's speed: the server has the request
+    while chunk_fetches() == fetched_before and time.time() < deadline:
+        assert proc.poll() is None, "the update ended before it could be killed"
+        time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     srv.set_faults()

@@ -52,7 +52,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_cutover.py"],
     ),
     "load": (
-        ["x_load_export", "x__batches", "x_planned_ids"],
+        ["x_load_export", "x__batches"],
         ["tests/test_load.py", "tests/test_odd_records_property.py"],
     ),
     "extract": (

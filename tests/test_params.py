@@ -262,7 +262,9 @@ def test_a_number_below_its_least_value_is_refused_before_anything_runs(tmp_path
         runner.run(p)
     msg = str(e.value)
     assert "latency_repetitions must be at least 1; the value given is 0" in msg
-    assert "gate_latency_margin must be at least 0; the value given is -0.1" in msg and "nothing was run" in msg
+    assert (
+        "gate_latency_margin must be at least 0; the value given is -0.1" in msg and "nothing was run" in msg
+    )
     assert not outputs.exists()
     ns = {"__annotations__": {"latency_repetitions": int}, "latency_repetitions": 0}
     with pytest.raises(config.ParameterError, match="latency_repetitions must be at least 1"):

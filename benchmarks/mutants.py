@@ -13,7 +13,7 @@ counting as a survivor.
     python benchmarks/mutants.py credentials cutover   # some of them
     python benchmarks/mutants.py --survivors --diffs   # after a run: scores, and each survivor's change
 
-Re-running re-tests only what changed (mutmut keeps its results in ``.mutants/mutants``).
+Each run re-tests every mutant of the modules it names, with a fresh map of which tests reach which function.
 """
 
 from __future__ import annotations
@@ -98,6 +98,10 @@ def sync() -> None:
         'markers = ["slow: takes more than a few seconds"]\n',
         encoding="utf-8",
     )
+    # mutmut re-collects its test-to-function map only for tests it has not seen: a function added since (or a
+    # test that now reaches another function) would keep a stale map and its mutants run too few tests. The
+    # map is made afresh each run (the runs below name their mutants, so mutmut re-tests them all anyway).
+    (WORK / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     # the demo's embedding cache is read, not rebuilt, by the mutated tree's tests
     data = WORK / "mutants" / "data"
     data.parent.mkdir(exist_ok=True)

@@ -168,8 +168,8 @@ class _Writer:
             new = self._write_pair(sh["index"], keep_docs, chunks, sh.get("generation", 0) + 1)
             self.state["shards"][pos] = new
             atomic.write_json(self.partial_path, self.state)
-            for f in old:
-                (self.path / f).unlink(missing_ok=True)
+            for f in old:  # read above, so there; gone only once the manifest names the new pair
+                (self.path / f).unlink()
             removed += len(hit)
         self.state["shards"] = [s for s in self.state["shards"] if s["documents"] > 0]
         self.state["refused"] = [x for x in self.state.get("refused", []) if x["document_id"] not in doc_ids]

@@ -571,3 +571,39 @@ def test_the_backup_is_kept_twice_private_and_byte_for_byte(tmp_path):
     assert stamped[0].read_bytes() == cfg.read_bytes()
     assert co.backup_path.stat().st_mode & 0o777 == 0o600 and stamped[0].stat().st_mode & 0o777 == 0o600
     assert co.steps[-1]["step"] == "backup" and co.steps[-1]["ok"] is True
+
+
+TRAPS_TERM = """
+import signal, sys, time
+def on_term(*a):
+    open(sys.argv[1], "w").write("cleaned up")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+IGNORES_TERM = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _group(code, *args):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert proc.stdout.readline().strip() == "ready"  # its handler is in place
+    return proc
+
+
+def test_ending_a_group_gives_it_the_grace_period_then_kills_what_ignores_sigterm(tmp_path):
+    proc = _group(TRAPS_TERM, str(tmp_path / "done"))
+    cutover.end_group(proc, grace_s=30)
+    assert (tmp_path / "done").read_text() == "cleaned up"  # SIGTERM first, and time to act on it
+    assert proc.returncode == 0 and not cutover.group_alive(proc.pid)
+    stubborn = _group(IGNORES_TERM)
+    cutover.end_group(stubborn, grace_s=0.5)
+    assert stubborn.returncode == -signal.SIGKILL and not cutover.group_alive(stubborn.pid)

@@ -104,3 +104,41 @@ def test_a_refused_document_replaces_its_earlier_entries(tmp_path):
     ]
     assert w.state["refused_documents"] == ["d1", "d2"]
     assert atomic.read_json(path / "manifest.partial.json") == w.state
+
+
+def test_a_removal_cut_short_leaves_a_manifest_that_names_only_files_that_exist(demo_export, tmp_path):
+    """Killed between two rewritten shards: the first is swapped in the partial manifest, the second not yet;
+    every file the manifest names is there, so the resumed export reads a whole shard set."""
+    docs, chunks = _rows(demo_export)
+    path, w = _writer(tmp_path, docs, chunks)
+    shards = [dict(s) for s in w.state["shards"]]
+    gone = {_doc_ids(path, shards[0])[0], _doc_ids(path, shards[1])[0]}
+    real, calls = w._write_pair, []
+
+    def write_pair_then_die(*a, **kw):
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    w._write_pair = write_pair_then_die
+    try:
+        w.remove_documents(gone)
+    except KeyboardInterrupt:
+        pass
+    on_disk = atomic.read_json(path / "manifest.partial.json")
+    named = [s[k] for s in on_disk["shards"] for k in ("chunks_file", "documents_file")]
+    assert all((path / f).exists() for f in named)
+    assert on_disk["shards"][0]["generation"] == 1 and on_disk["shards"][1] == shards[1]
+    assert not (path / shards[0]["documents_file"]).exists()
+
+
+def test_a_shard_written_before_generations_existed_and_a_writer_with_nothing_refused(demo_export, tmp_path):
+    docs, chunks = _rows(demo_export)
+    path, w = _writer(tmp_path, docs, chunks, n_docs=2)
+    del w.state["shards"][0]["generation"]  # a partial manifest from before generations were recorded
+    del w.state["refused"]
+    doc = _doc_ids(path, w.state["shards"][0])[0]
+    assert w.remove_documents({doc}) == 1
+    assert w.state["shards"][0]["generation"] == 1 and w.state["refused"] == []
+    assert w.state["shards"][0]["documents_file"].endswith("-1.parquet")

@@ -221,7 +221,7 @@ def scrub_files(folder: str | os.PathLike, values: Iterable[str]) -> dict[str, i
         except FileNotFoundError:  # gone since the listing: nothing left to leak
             continue
         try:
-            text = data.decode("utf-8")
+            text = data.decode()
         except UnicodeDecodeError:
             if any(n in data for n in needles):
                 binary.append(path.relative_to(folder).as_posix())

@@ -6,6 +6,7 @@ none may reach the run folder, the base path or the console."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -107,8 +108,13 @@ def test_a_secret_in_a_binary_file_is_named_not_corrupted(tmp_path):
     blob = b"\x89PNG\xff\xfe CanaryPgPass-7c1e \x00"
     (tmp_path / "figure.png").write_bytes(blob)
     (tmp_path / "page.html").write_text("key CanaryPgPass-7c1e", encoding="utf-8")
-    with pytest.raises(credentials.SecretInBinaryFile, match="figure.png"):
+    (tmp_path / "index.db").write_bytes(blob)
+    with pytest.raises(credentials.SecretInBinaryFile) as e:
         credentials.scrub_files(tmp_path, NEEDLES)
+    assert str(e.value) == (
+        f"a secret value is in figure.png, index.db under {tmp_path}, which is not text and was not changed: "
+        "delete the file (or the whole run folder) before sharing it, and find what wrote the secret there"
+    )
     assert (tmp_path / "figure.png").read_bytes() == blob
     assert (tmp_path / "page.html").read_text(encoding="utf-8") == "key ***"  # text files were done first
 
@@ -132,3 +138,28 @@ def test_scrub_data_masks_strings_and_keys_at_any_depth():
         "t": (2,),
     }
     assert credentials.scrub_data(data, NEEDLES) == {"a": ["x ***", {"***": 1.5}], "n": None, "t": [2]}
+
+
+def test_a_file_gone_between_listing_and_reading_is_skipped_and_the_rest_still_scrubbed(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "a.json").write_text("x", encoding="utf-8")
+    (tmp_path / "b.html").write_text("key CanaryPgPass-7c1e", encoding="utf-8")
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "a.json":
+            raise FileNotFoundError(self)  # removed by another process after rglob listed it
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert credentials.scrub_files(tmp_path, NEEDLES) == {"b.html": 1}
+
+
+def test_eight_characters_are_masked_anywhere_shorter_values_only_as_words(monkeypatch):
+    assert credentials.scrub("xabcd1234y", ["abcd1234"]) == "x***y"
+    assert credentials.scrub("xabcd123y abcd123", ["abcd123"]) == "xabcd123y ***"
+    monkeypatch.setenv("EIGHT_TOKEN", "12345678")
+    monkeypatch.setenv("SEVEN_TOKEN", "1234567")
+    values = credentials.secret_env_values()
+    assert "12345678" in values and "1234567" not in values

@@ -92,8 +92,8 @@ class _Writer:
         done = {}
         for sh in self.state["shards"]:
             t = pq.read_table(self.path / sh["documents_file"], columns=["document_id", "content_sha256"])
-            for d, h in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
-                done[d] = (h, sh["index"])
+            for row in t.to_pylist():
+                done[row["document_id"]] = (row["content_sha256"], sh["index"])
         return done
 
     def add(self, doc_row: dict, chunk_rows: list[dict], refused: list[dict] = ()):
@@ -182,7 +182,6 @@ class _Writer:
         manifest = {
             **self.state,
             **extra,
-            "shards": shards,
             "total_documents": sum(s["documents"] for s in shards),
             "total_chunks": sum(s["rows"] for s in shards),
         }

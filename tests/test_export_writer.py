@@ -142,3 +142,29 @@ def test_a_shard_written_before_generations_existed_and_a_writer_with_nothing_re
     assert w.remove_documents({doc}) == 1
     assert w.state["shards"][0]["generation"] == 1 and w.state["refused"] == []
     assert w.state["shards"][0]["documents_file"].endswith("-1.parquet")
+
+
+def test_the_newest_unfinished_export_of_the_same_index_is_the_one_resumed(tmp_path):
+    for name, index_id, partial in (
+        ("20261101T000000Z", "ix", True),
+        ("20261102T000000Z", "ix", True),
+        ("20261103T000000Z", "other", True),
+        ("20261104T000000Z", "ix", False),  # complete: nothing to resume
+    ):
+        (tmp_path / name).mkdir()
+        f = "manifest.partial.json" if partial else "manifest.json"
+        atomic.write_json(tmp_path / name / f, {"index_id": index_id})
+    assert extract.find_resumable(tmp_path, "ix") == tmp_path / "20261102T000000Z"
+    assert extract.find_resumable(tmp_path, "other") == tmp_path / "20261103T000000Z"
+    assert extract.find_resumable(tmp_path, "none") is None
+
+
+def test_finalize_writes_the_complete_manifest_and_drops_the_partial_one(demo_export, tmp_path):
+    docs, chunks = _rows(demo_export)
+    path, w = _writer(tmp_path, docs, chunks, n_docs=5)
+    m = w.finalize({"finished_at": "now"})
+    assert m == atomic.read_json(path / "manifest.json") and not (path / "manifest.partial.json").exists()
+    assert m["status"] == "complete" and m["finished_at"] == "now" and m["export_id"] == "e1"
+    assert m["shards"] == w.state["shards"] and m["total_documents"] == 5
+    assert m["total_chunks"] == sum(len(chunks[d["document_id"]]) for d in docs[:5])
+    assert m["embedding_dimension"] == 384 == m["embeddings"]["dimension"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +78,6 @@ class _Writer:
         self.buf_chunks: list[dict] = []
         self.buf_docs: list[dict] = []
         self.buf_refused: list[dict] = []  # committed with the shard of their document
-        self.lock = threading.Lock()
 
     def _cleanup_orphans(self):
         named = {sh[k] for sh in self.state["shards"] for k in ("chunks_file", "documents_file")}

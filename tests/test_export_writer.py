@@ -168,3 +168,21 @@ def test_finalize_writes_the_complete_manifest_and_drops_the_partial_one(demo_ex
     assert m["shards"] == w.state["shards"] and m["total_documents"] == 5
     assert m["total_chunks"] == sum(len(chunks[d["document_id"]]) for d in docs[:5])
     assert m["embedding_dimension"] == 384 == m["embeddings"]["dimension"]
+
+
+def test_shards_are_named_from_zero_and_cut_once_they_hold_shard_rows(demo_export, tmp_path):
+    docs, chunks = _rows(demo_export)
+    sizes = [len(chunks[d["document_id"]]) for d in docs]
+    path = tmp_path / "e"
+    path.mkdir()
+    w = extract._Writer(path, {"index_id": "ix"}, shard_rows=sizes[0] + sizes[1])
+    w.add(docs[0], chunks[docs[0]["document_id"]])
+    assert w.state["shards"] == []  # below shard_rows: still buffered
+    w.add(docs[1], chunks[docs[1]["document_id"]])  # exactly shard_rows: the shard is cut
+    first = w.state["shards"][0]
+    assert (first["index"], first["chunks_file"], first["documents_file"]) == (
+        0,
+        "chunks-00000.parquet",
+        "documents-00000.parquet",
+    )
+    assert first["rows"] == sizes[0] + sizes[1] and first["documents"] == 2 and w.buf_chunks == []

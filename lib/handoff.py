@@ -23,9 +23,8 @@ class MissingHandoffError(RuntimeError):
 
 def record(phase: str, data: dict, *, base_path: str, run_dir: str = "", dry_run: bool = False) -> dict:
     rec = {"phase": phase, "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **data}
-    rec = credentials.scrub_data(
-        rec
-    )  # an error message quoting a key stays out of the state and the run folder
+    # an error message quoting a key stays out of the state and the run folder
+    rec = credentials.scrub_data(rec)
     if dry_run:
         rec["dry_run"] = True
         if not run_dir:

@@ -19,10 +19,12 @@ Each run re-tests every mutant of the modules it names, with a fresh map of whic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -161,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         mutmut = Path(sys.executable).with_name("mutmut")
         names = [f"runbook.{m}.{f}__mutmut_*" for m in modules for f in MODULES[m][0]]
         cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *names]
-        subprocess.run(cmd, cwd=WORK, env=env)
+        # mutmut's workers outlive an interrupted parent: run it in a process group of its own, ended whole
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below runs
+        proc = subprocess.Popen(cmd, cwd=WORK, env=env, start_new_session=True)
+        try:
+            proc.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
     rows = scores(modules)
     for r in rows:
         surv = r.pop("survivors", [])

@@ -13,9 +13,18 @@ shape. The answer is deterministic and built from the context passages in the pr
 passages: [1] <title>: <first sentence> ..."), so a rehearsal can check that answers reflect retrieval.
 Point the client at it with ``http_options={"base_url": url}`` (``GEMINI_BASE_URL`` in config.env).
 
+It also stands in for the **OpenAI embeddings API**: ``POST /v1/embeddings`` as the official ``openai``
+client and LlamaIndex's ``OpenAIEmbedding`` call it with ``base_url=<url>/v1`` (Bearer key from
+``--openai-key-env``, default OPENAI_API_KEY; unset: every key is refused), OpenAI's limits, error shape and
+``x-ratelimit-*`` headers, rate limits (``--openai-rpm``/``--openai-tpm``) and injected latency and errors;
+deterministic vectors (``--openai-vectors semantic``: MiniLM projected isometrically to 1536/3072-d, or
+``hash``). The logic and its settings are in ``runbook.rehearsal.openai_stand_in``; ``/_emulator/openai``
+(stats), ``/_emulator/openai/log`` (GET, DELETE) and ``/_emulator/openai/limits`` (POST) manage it.
+
     python -m runbook.cloud_emulator --corpus demo --port 8787   # Gemini key from GOOGLE_API_KEY
     python -m runbook.cloud_emulator --corpus /data/vector_db/welno/backup/exports/<id> --port 8787
     python -m runbook.cloud_emulator --corpus hostile --serve-embeddings   # every awkward case at once
+    python -m runbook.cloud_emulator --corpus demo-openai --openai-tpm 1000000   # a text-embedding-3-small index
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import corpus as corpus_mod
+from .rehearsal import openai_stand_in
 
 API = "/api/v1"
 
@@ -69,10 +79,18 @@ class Faults:
 
 
 class _State:
-    def __init__(self, corpus, api_key: str, serve_embeddings: bool, google_key: str = ""):
+    def __init__(
+        self,
+        corpus,
+        api_key: str,
+        serve_embeddings: bool,
+        google_key: str = "",
+        openai: openai_stand_in.OpenAIStandIn | None = None,
+    ):
         self.corpus = corpus
         self.api_key = api_key
         self.google_key = google_key  # the key the Gemini stand-in accepts ("": it refuses every key)
+        self.openai = openai or openai_stand_in.OpenAIStandIn("")  # POST /v1/embeddings
         self.serve_embeddings = serve_embeddings
         self.faults = Faults()
         self.rng = random.Random()
@@ -176,6 +194,8 @@ def _safe(fn, a, b):
     except TypeError:
         return False
 
+
+OPENAI_EMBEDDINGS = "/v1/embeddings"  # the OpenAI embeddings stand-in (before the Gemini routes under /v1/)
 
 # ---- the Gemini API stand-in (google-genai's routes; see the module docstring)
 GEMINI_PREFIXES = ("/v1beta/", "/v1/", "/v1alpha/")
@@ -373,6 +393,8 @@ class Handler(BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         raw_path = parsed.path
         query = urllib.parse.parse_qs(parsed.query)
+        if raw_path == OPENAI_EMBEDDINGS:
+            return self._openai(method)
         if raw_path.startswith(GEMINI_PREFIXES):
             return self._gemini(method, raw_path, query)
         try:
@@ -458,6 +480,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _admin(self, method, path, body):
         st = self.state
+        if path.startswith("/_emulator/openai"):
+            return self._openai_admin(method, path, body)
         if path == "/_emulator/requests":
             with st.lock:
                 return self._send(200, {"requests": [list(r) for r in st.requests]})
@@ -470,6 +494,38 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(
                 200, {"documents": st.corpus.total_documents(), "chunks": st.corpus.total_chunks()}
             )
+        return self._send(404, {"detail": "Not Found"})
+
+    # ---- the OpenAI embeddings stand-in (runbook.rehearsal.openai_stand_in holds the logic)
+    def _openai(self, method: str):
+        st = self.state
+        n = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(n) if n else b""  # read first: the connection is reused
+        with st.lock:
+            st.requests.append((method, OPENAI_EMBEDDINGS))
+        # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds the body until
+        # the client's delayed ACK (~40 ms on every request of a kept-alive connection, as the openai client's)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if method != "POST":
+            return self._send(
+                *openai_stand_in.error(405, f"Invalid method for URL ({method} {OPENAI_EMBEDDINGS})")
+            )
+        self._send(*st.openai.handle(dict(self.headers.items()), raw))
+
+    def _openai_admin(self, method, path, body):
+        oai = self.state.openai
+        if path == "/_emulator/openai" and method == "GET":
+            return self._send(200, oai.stats())
+        if path == "/_emulator/openai/log" and method == "GET":
+            return self._send(200, {"log": oai.log()})
+        if path == "/_emulator/openai/log" and method == "DELETE":
+            return self._send(200, {"cleared": oai.clear_log()})
+        if path == "/_emulator/openai/limits" and method == "POST":
+            try:
+                limits = oai.set_limits(**(body or {}))
+            except (TypeError, ValueError) as e:
+                return self._send(*_validation_error(["body"], str(e)))
+            return self._send(200, asdict(limits))
         return self._send(404, {"detail": "Not Found"})
 
     # ---- the Gemini API stand-in
@@ -713,8 +769,17 @@ class EmulatorServer:
         port: int = 0,
         serve_embeddings: bool = False,
         google_key: str = "",
+        openai_key: str = "",
+        openai_limits: openai_stand_in.Limits | dict | None = None,
+        openai_vectors: str = "semantic",
+        embed_cache=None,
     ):
-        self.state = _State(corpus, api_key, serve_embeddings, google_key)
+        """``openai_key``: the Bearer key ``POST /v1/embeddings`` accepts ("": it refuses every key);
+        ``openai_limits``: ``openai_stand_in.Limits`` or its fields; ``embed_cache``: the embedding cache (or
+        its path) the semantic OpenAI stand-in reads MiniLM vectors from (the corpus's own, for vectors equal
+        to the ones it was built with)."""
+        oai = openai_stand_in.OpenAIStandIn(openai_key, openai_limits, openai_vectors, embed_cache)
+        self.state = _State(corpus, api_key, serve_embeddings, google_key, oai)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -744,6 +809,19 @@ class EmulatorServer:
         """The key the Gemini stand-in accepts from now on ("" refuses every key)."""
         with self.state.lock:
             self.state.google_key = key
+
+    @property
+    def openai(self) -> openai_stand_in.OpenAIStandIn:
+        """The OpenAI embeddings stand-in (its ``log()``, ``stats()``, ``set_limits(...)``)."""
+        return self.state.openai
+
+    def set_openai_key(self, key: str):
+        """The key the OpenAI embeddings stand-in accepts from now on ("" refuses every key)."""
+        self.state.openai.set_api_key(key)
+
+    def set_openai_limits(self, **limits) -> openai_stand_in.Limits:
+        """Replace the OpenAI stand-in's limits (``openai_stand_in.Limits`` fields; others take defaults)."""
+        return self.state.openai.set_limits(**limits)
 
     def start(self):
         self.thread.start()
@@ -792,6 +870,19 @@ def set_faults_remote(url: str, api_key: str, **faults) -> dict:
         return json.loads(r.read())
 
 
+def set_openai_limits_remote(url: str, api_key: str, **limits) -> dict:
+    """Replace the OpenAI embeddings stand-in's limits on a running server (``openai_stand_in.Limits``
+    fields; those not given take their defaults). ``api_key``: the server's LlamaCloud key (admin routes)."""
+    req = urllib.request.Request(
+        url + "/_emulator/openai/limits",
+        data=json.dumps(limits).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {api_key}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def wait_healthy(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -815,9 +906,14 @@ def start_subprocess(
     embed_cache: str = "",
     serve_embeddings: bool = False,
     google_key_env: str = "GOOGLE_API_KEY",
+    openai_key_env: str = "OPENAI_API_KEY",
+    openai_vectors: str = "semantic",
+    openai_limits: dict | None = None,
 ) -> SubprocessHandle:
     """Start ``python -m runbook.cloud_emulator`` on a free loopback port; the keys come from the env
-    (the Gemini stand-in accepts the value of ``google_key_env``, and refuses every key when it is unset)."""
+    (the Gemini stand-in accepts the value of ``google_key_env``, the OpenAI embeddings stand-in that of
+    ``openai_key_env``; each refuses every key when its variable is unset). ``openai_limits``: fields of
+    ``openai_stand_in.Limits`` (e.g. ``{"tpm": 1_000_000, "latency_ms": 80, "error_rate": 0.01}``)."""
     port = port or free_port()
     cmd = [
         sys.executable,
@@ -831,7 +927,13 @@ def start_subprocess(
         api_key_env,
         "--google-key-env",
         google_key_env,
+        "--openai-key-env",
+        openai_key_env,
+        "--openai-vectors",
+        openai_vectors,
     ]
+    if openai_limits:
+        cmd += ["--openai-limits", json.dumps(openai_limits)]
     if embed_cache:
         cmd += ["--embed-cache", embed_cache]
     if serve_embeddings:
@@ -847,7 +949,8 @@ def start_subprocess(
     return SubprocessHandle(proc, url)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m runbook.cloud_emulator``."""
     ap = argparse.ArgumentParser(
         prog="python -m runbook.cloud_emulator",
         description=__doc__,
@@ -856,7 +959,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--corpus",
         default="demo",
-        help="demo | hostile | synthetic:N[:D[:chunks_per_doc]] | an export folder",
+        help="demo | demo-openai | hostile | synthetic:N[:D[:chunks_per_doc]] | an export folder",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8787)
@@ -872,6 +975,35 @@ def main(argv=None) -> int:
         "unset: the Gemini stand-in refuses every key",
     )
     ap.add_argument(
+        "--openai-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the key OpenAI clients must send to /v1/embeddings (Bearer); "
+        "unset: the OpenAI embeddings stand-in refuses every key",
+    )
+    ap.add_argument(
+        "--openai-vectors",
+        choices=openai_stand_in.VECTOR_MODES,
+        default="semantic",
+        help="the stand-in's vectors: semantic (MiniLM, projected isometrically) or hash (fast, not semantic)",
+    )
+    ap.add_argument("--openai-rpm", type=int, default=None, help="requests per minute (0: unlimited)")
+    ap.add_argument("--openai-tpm", type=int, default=None, help="tokens per minute (0: unlimited)")
+    ap.add_argument("--openai-latency-ms", type=float, default=None, help="latency added to every request")
+    ap.add_argument(
+        "--openai-error-rate", type=float, default=None, help="fraction of requests answered 500/503"
+    )
+    ap.add_argument(
+        "--openai-burst-seconds",
+        type=float,
+        default=None,
+        help="rate-limit bucket capacity in seconds of the limit (default 60)",
+    )
+    ap.add_argument(
+        "--openai-limits",
+        default="",
+        help="JSON of openai_stand_in.Limits fields (the --openai-* options above take precedence)",
+    )
+    ap.add_argument(
         "--embed-cache", default="", help="SQLite embedding cache (demo vectors are computed once)"
     )
     ap.add_argument(
@@ -879,18 +1011,39 @@ def main(argv=None) -> int:
         action="store_true",
         help="fill `embedding` in /chunks (real LlamaCloud is not known to)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from .paths import PROJECT_ROOT
 
     key = os.environ.get(args.api_key_env)
     if not key:
         print(f"error: set {args.api_key_env} to the key clients must send", file=sys.stderr)
         return 2
+    try:
+        limits = openai_stand_in.Limits(**_openai_limits(args))
+    except (TypeError, ValueError) as e:
+        print(f"error: OpenAI stand-in limits: {e}", file=sys.stderr)
+        return 2
     cache = args.embed_cache or str(PROJECT_ROOT / "data" / "cache" / "embeddings.sqlite")
     t0 = time.time()
     corpus = corpus_mod.load(args.corpus, cache)
     google_key = os.environ.get(args.google_key_env, "") if args.google_key_env else ""
-    srv = EmulatorServer(corpus, key, args.host, args.port, args.serve_embeddings, google_key)
+    openai_key = os.environ.get(args.openai_key_env, "") if args.openai_key_env else ""
+    srv = EmulatorServer(
+        corpus,
+        key,
+        args.host,
+        args.port,
+        args.serve_embeddings,
+        google_key,
+        openai_key,
+        limits,
+        args.openai_vectors,
+        cache,
+    )
     print(
         f"serving {corpus.total_documents()} documents / {corpus.total_chunks()} chunks of "
         f"{corpus.pipeline['name']!r} at {srv.url} (loaded in {time.time() - t0:.1f} s); Gemini stand-in "
@@ -898,6 +1051,12 @@ def main(argv=None) -> int:
             f"at the same base URL, key from {args.google_key_env}"
             if google_key
             else f"refuses every key ({args.google_key_env or '--google-key-env'} is not set)"
+        )
+        + "; OpenAI embeddings stand-in at /v1/embeddings "
+        + (
+            f"({args.openai_vectors} vectors), key from {args.openai_key_env}"
+            if openai_key
+            else f"refuses every key ({args.openai_key_env or '--openai-key-env'} is not set)"
         ),
         flush=True,
     )
@@ -909,6 +1068,23 @@ def main(argv=None) -> int:
     finally:
         srv.httpd.server_close()
     return 0
+
+
+def _openai_limits(args) -> dict:
+    """The OpenAI stand-in's Limits fields from ``--openai-limits`` (JSON) and the ``--openai-*`` options."""
+    out = json.loads(args.openai_limits) if args.openai_limits else {}
+    if not isinstance(out, dict):
+        raise ValueError("--openai-limits must be a JSON object of Limits fields")
+    for field_name, value in (
+        ("rpm", args.openai_rpm),
+        ("tpm", args.openai_tpm),
+        ("latency_ms", args.openai_latency_ms),
+        ("error_rate", args.openai_error_rate),
+        ("burst_seconds", args.openai_burst_seconds),
+    ):
+        if value is not None:
+            out[field_name] = value
+    return out
 
 
 if __name__ == "__main__":

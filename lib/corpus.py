@@ -13,6 +13,7 @@ import json
 import threading
 import unicodedata
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -141,12 +142,22 @@ class StaticCorpus:
     unit-normalised copy of the vectors that can be searched: those of the query model's dimension with
     finite elements and a finite, non-zero norm. The others are left out of search (``unsearchable``
     says which and why) instead of poisoning every score.
+
+    A query is embedded with ``query_embed(text)`` when given (a corpus whose vectors no local model makes
+    directly), else with the ``query_spec`` model.
     """
 
-    def __init__(self, project: dict, pipeline: dict, query_spec: embeddings.ModelSpec | None):
+    def __init__(
+        self,
+        project: dict,
+        pipeline: dict,
+        query_spec: embeddings.ModelSpec | None,
+        query_embed: Callable[[str], np.ndarray] | None = None,
+    ):
         self.project = project
         self.pipeline = pipeline
         self.query_spec = query_spec
+        self.query_embed = query_embed
         self._lock = threading.RLock()
         self.documents: dict[str, dict] = {}  # insertion-ordered
         self.chunks: dict[str, list[dict]] = {}
@@ -155,7 +166,9 @@ class StaticCorpus:
 
     def __deepcopy__(self, memo):
         """An independent copy (tests change corpora; vectors are shared read-only arrays)."""
-        new = StaticCorpus(copy.deepcopy(self.project), copy.deepcopy(self.pipeline), self.query_spec)
+        new = StaticCorpus(
+            copy.deepcopy(self.project), copy.deepcopy(self.pipeline), self.query_spec, self.query_embed
+        )
         with self._lock:
             new.documents = copy.deepcopy(self.documents)
             new.chunks = copy.deepcopy(self.chunks)
@@ -265,12 +278,15 @@ class StaticCorpus:
             return self._matrix
 
     def search(self, query: str, top_k: int, cutoff: float, predicate) -> list[tuple[dict, float]]:
-        if self.query_spec is None:
+        if self.query_spec is None and self.query_embed is None:
             raise NotImplementedError("this corpus has no query embedding model")
         nodes, mat, _ = self._search_matrix()
         if not nodes:
             return []
-        q = embeddings.embed_query(query, self.query_spec).astype(np.float64)
+        if self.query_embed is not None:
+            q = np.asarray(self.query_embed(query), dtype=np.float64).reshape(-1)
+        else:
+            q = embeddings.embed_query(query, self.query_spec).astype(np.float64)
         q = (q / (np.linalg.norm(q) or 1.0)).astype(np.float32)
         scores = mat @ q
         order = np.argsort(-scores, kind="stable")
@@ -428,13 +444,7 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
     vectors = None
     if with_vectors:
         cache = embeddings.EmbeddingCache(embed_cache) if embed_cache else None
-        from .export_format import embed_text, node_to_row
-
-        # vectors of what a LlamaIndex pipeline embeds: non-excluded metadata, then the chunk text
-        all_texts = [
-            embed_text(node_to_row(doc["id"], k, c)) for doc, chunks in pending for k, c in enumerate(chunks)
-        ]
-        vectors, _ = embeddings.embed_texts(all_texts, MINILM, cache)
+        vectors, _ = embeddings.embed_texts(_embed_texts(pending), MINILM, cache)
         if cache:
             cache.close()
     row = 0
@@ -442,6 +452,61 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
         v = vectors[row : row + len(chunks)] if vectors is not None else None
         row += len(chunks)
         corpus.put_document(doc, chunks, v)
+    return corpus
+
+
+def _embed_texts(pending: list[tuple[dict, list[dict]]]) -> list[str]:
+    """What a LlamaIndex pipeline embeds for each chunk: non-excluded metadata, then the chunk text."""
+    from .export_format import embed_text, node_to_row
+
+    return [embed_text(node_to_row(doc["id"], k, c)) for doc, chunks in pending for k, c in enumerate(chunks)]
+
+
+# the embedding_config a real LlamaCloud pipeline on its managed OpenAI model reports (llama_cloud's
+# EmbeddingConfigManagedOpenAIEmbeddingConfig: model_name is the literal "openai-text-embedding-3-small")
+MANAGED_OPENAI_EMBEDDING = {
+    "type": "MANAGED_OPENAI_EMBEDDING",
+    "component": {
+        "model_name": "openai-text-embedding-3-small",
+        "embed_batch_size": 10,
+        "class_name": "ManagedOpenAIEmbedding",
+    },
+}
+OPENAI_SMALL = "text-embedding-3-small"
+
+
+def demo_openai_query_vector(query: str) -> np.ndarray:
+    """A query of the ``demo-openai`` corpus: its MiniLM query vector, projected as the OpenAI stand-in's
+    semantic text-embedding-3-small vectors are (1536-d; cosines equal MiniLM's)."""
+    from .rehearsal import openai_stand_in
+
+    return openai_stand_in.project_minilm(embeddings.embed_query(query, MINILM), OPENAI_SMALL)[0]
+
+
+def build_demo_openai_corpus(embed_cache: str | Path | None = None) -> StaticCorpus:
+    """The demo index as if LlamaCloud had embedded it with its managed OpenAI model (the production shape):
+    the same documents, chunks and ids, the pipeline's ``embedding_config`` MANAGED_OPENAI_EMBEDDING, and
+    1536-d chunk vectors: what the OpenAI stand-in (``runbook.rehearsal.openai_stand_in``, semantic mode)
+    answers for text-embedding-3-small, i.e. the demo's MiniLM vectors projected isometrically. Retrieval
+    embeds the query the same way, so it ranks exactly as on the ``demo`` corpus."""
+    from .rehearsal import openai_stand_in
+
+    base = build_demo_corpus(embed_cache, with_vectors=False)
+    pipeline = copy.deepcopy(base.pipeline)
+    pipeline["embedding_config"] = copy.deepcopy(MANAGED_OPENAI_EMBEDDING)
+    spec = embeddings.spec_from_pipeline(pipeline["embedding_config"])
+    corpus = StaticCorpus(base.project, pipeline, spec, demo_openai_query_vector)
+    pending = [(base.documents[d], base.chunks[d]) for d in base.documents]
+    cache = embeddings.EmbeddingCache(embed_cache) if embed_cache else None
+    try:
+        vectors = openai_stand_in.vectors_for(_embed_texts(pending), OPENAI_SMALL, 1536, "semantic", cache)
+    finally:
+        if cache:
+            cache.close()
+    row = 0
+    for doc, chunks in pending:
+        corpus.put_document(doc, chunks, vectors[row : row + len(chunks)])
+        row += len(chunks)
     return corpus
 
 
@@ -934,9 +999,12 @@ class SyntheticCorpus:
 
 
 def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_export: bool = False):
-    """``demo``, ``hostile``, ``synthetic:N[:D[:chunks_per_doc]]`` or the path of an export folder."""
+    """``demo``, ``demo-openai``, ``hostile``, ``synthetic:N[:D[:chunks_per_doc]]`` or the path of an export
+    folder."""
     if corpus == "demo":
         return build_demo_corpus(embed_cache)
+    if corpus == "demo-openai":
+        return build_demo_openai_corpus(embed_cache)
     if corpus == "hostile":
         return build_hostile_corpus()
     if corpus.startswith("synthetic:"):
@@ -946,5 +1014,5 @@ def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_e
     if (p / "manifest.json").exists():
         return corpus_from_export(p)
     raise ValueError(
-        f"corpus {corpus!r}: use 'demo', 'hostile', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json"
+        f"corpus {corpus!r}: use 'demo', 'demo-openai', 'hostile', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json"
     )

@@ -505,6 +505,8 @@ def switch_changes(verified: dict, spec: dict, current: dict) -> dict:
         LOCAL_EMBED_DIMENSION=spec.get("dimension") or "",
         LOCAL_EMBED_API_KEY_ENV=spec.get("api_key_env") or "",
     )
+    if spec.get("api_base") or current.get("LOCAL_EMBED_API_BASE"):
+        ch["LOCAL_EMBED_API_BASE"] = spec.get("api_base") or ""  # the endpoint 04 tested (not OpenAI's own)
     return {k: str(v) for k, v in ch.items()}
 
 
@@ -729,6 +731,7 @@ def _tested_embedder(h04: dict, h01: dict) -> dict:
             "model_name": e.get("LOCAL_EMBED_MODEL", ""),
             "dimension": e.get("LOCAL_EMBED_DIMENSION") or "",
             "api_key_env": e.get("LOCAL_EMBED_API_KEY_ENV", ""),
+            "api_base": e.get("LOCAL_EMBED_API_BASE", ""),
         }
     return h01["embedding_spec"]
 

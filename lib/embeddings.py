@@ -10,6 +10,7 @@ Providers:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 import threading
@@ -40,11 +41,17 @@ class ModelSpec:
     model_name: str
     dimension: int | None = None
     api_key_env: str = ""
+    api_base: str = ""  # an OpenAI-compatible endpoint other than OpenAI's own (the rehearsal's stand-in)
 
     @property
     def model_id(self) -> str:
-        return f"{self.provider}:{self.model_name}" + (
-            f"@{self.dimension}" if self.provider == "openai" and self.dimension else ""
+        """The cache key of the model's vectors. Another endpoint makes other vectors under the same model
+        name (the rehearsal's stand-in does), so its URL is part of the name: a rehearsal's cached vectors
+        can never be loaded as production's."""
+        return (
+            f"{self.provider}:{self.model_name}"
+            + (f"@{self.dimension}" if self.provider == "openai" and self.dimension else "")
+            + (f" via {self.api_base}" if self.api_base else "")
         )
 
     @property
@@ -89,19 +96,30 @@ def spec_from_params(
     dimension: int | None,
     api_key_env: str,
     pipeline_embedding_config: dict | None = None,
+    api_base: str = "",
 ) -> ModelSpec:
-    """``provider: auto`` (or empty) takes the pipeline's own model; otherwise the params' model."""
+    """``provider: auto`` (or empty) takes the pipeline's own model; otherwise the params' model.
+    ``api_base``: an OpenAI-compatible endpoint instead of OpenAI's own (for an OpenAI model only)."""
     if not provider or provider == "auto":
         if not pipeline_embedding_config:
             raise EmbeddingConfigError(
                 "embed_provider is 'auto' but no pipeline embedding config is known yet"
             )
-        return spec_from_pipeline(pipeline_embedding_config, api_key_env)
-    if provider not in ("huggingface", "openai", "gemini", "hash"):
+        spec = spec_from_pipeline(pipeline_embedding_config, api_key_env)
+    elif provider not in ("huggingface", "openai", "gemini", "hash"):
         raise EmbeddingConfigError(
             f"embed_provider {provider!r}: use auto, huggingface, openai, gemini or hash"
         )
-    return ModelSpec(provider, model_name, dimension or None, api_key_env)
+    else:
+        spec = ModelSpec(provider, model_name, dimension or None, api_key_env)
+    if api_base:
+        if spec.provider != "openai":
+            raise EmbeddingConfigError(
+                f"embed_api_base {api_base!r} is set but the embedding model is {spec.model_id}: an API base "
+                "applies to an OpenAI-compatible model only; leave embed_api_base empty"
+            )
+        spec = dataclasses.replace(spec, api_base=api_base.rstrip("/"))
+    return spec
 
 
 class HashEmbedding:
@@ -165,6 +183,8 @@ def _build(spec: ModelSpec, batch_size: int):
 
         key = credentials.get_secret(spec.api_key_env or "OPENAI_API_KEY", purpose="OpenAI embeddings")
         kwargs = {"dimensions": spec.dimension} if spec.dimension and "3-" in spec.model_name else {}
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
         return OpenAIEmbedding(
             model=spec.model_name, api_key=key.reveal(), embed_batch_size=batch_size, **kwargs
         )
@@ -225,18 +245,50 @@ class EmbeddingCache:
             self._db.close()
 
 
+def rate_limited(spec: ModelSpec, **options):
+    """The re-embedder that runs an OpenAI-compatible API at the account's rate limit
+    (``openai_embedder.RateLimitedEmbedder``; ``options`` are its settings)."""
+    from .openai_embedder import RateLimitedEmbedder
+
+    if spec.provider != "openai":
+        raise EmbeddingConfigError(f"{spec.model_id}: only an OpenAI-compatible API is rate-limited")
+    key = credentials.get_secret(spec.api_key_env or "OPENAI_API_KEY", purpose="OpenAI embeddings")
+    options.setdefault("price_per_mtok", PRICE_PER_MTOK.get(f"openai:{spec.model_name}", 0.0))
+    dims = spec.dimension if spec.dimension and "3-" in spec.model_name else None
+    return RateLimitedEmbedder(spec.model_name, key.reveal(), spec.api_base, dims, **options)
+
+
 def embed_texts(
     texts: Sequence[str],
     spec: ModelSpec,
     cache: EmbeddingCache | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    embedder=None,
+    on_done=None,
 ) -> tuple[np.ndarray, int]:
-    """Vectors for ``texts`` (float32, one row each) and how many had to be computed (not cached)."""
+    """Vectors for ``texts`` (float32, one row each) and how many had to be computed (not cached).
+
+    ``embedder`` (from ``rate_limited``) sends what is not cached concurrently at the rate limit, each
+    completed request stored in the cache at once; ``on_done(n)`` is told of every ``n`` texts computed."""
     hashes = [text_hash(t) for t in texts]
     found = cache.get_many(spec.model_id, list(dict.fromkeys(hashes))) if cache else {}
     todo = list(dict.fromkeys(h for h in hashes if h not in found))
-    if todo:
+    if todo and embedder is not None:
+        by_hash = dict(zip(hashes, texts, strict=True))
+
+        def sink(hs: list[str], vecs: np.ndarray) -> None:
+            new = dict(zip(hs, vecs, strict=True))
+            found.update(new)
+            if cache:
+                cache.put_many(spec.model_id, new)
+
+        embedder.run(
+            ((h, by_hash[h]) for h in todo),
+            sink,
+            on_progress=(lambda n, _p: on_done(n)) if on_done else None,
+        )
+    elif todo:
         by_hash = dict(zip(hashes, texts, strict=True))
         model = build(spec, batch_size)
         it = range(0, len(todo), batch_size)
@@ -251,6 +303,8 @@ def embed_texts(
             found.update(new)
             if cache:
                 cache.put_many(spec.model_id, new)
+            if on_done:
+                on_done(len(part))
     if not texts:
         return np.zeros((0, spec.dimension or 0), dtype=np.float32), 0
     return np.stack([found[h] for h in hashes]).astype(np.float32), len(todo)

@@ -527,6 +527,7 @@ def _spec_dict(spec) -> dict:
         "model_name": spec.model_name,
         "dimension": spec.dimension,
         "api_key_env": spec.api_key_env,
+        "api_base": spec.api_base,
     }
 
 
@@ -543,6 +544,7 @@ def plan_export(
     embed_dimension: int = 0,
     embed_api_key_env: str = "",
     allow_embedding_spend: bool = False,
+    embed_api_base: str = "",
 ) -> dict:
     """Dry run of phase 01: the export it would write, from read-only requests (the pipeline, one listing
     page, a sample's chunks). Nothing is written, not even the exports folder. The keys are those of
@@ -564,7 +566,12 @@ def plan_export(
         path = path or exports_dir / f"<UTC start time of the real run>-{_slug(pipeline.name)}"
     pipeline_embedding = pipeline.model_dump(mode="json", by_alias=True).get("embedding_config") or {}
     spec = embeddings.spec_from_params(
-        embed_provider, embed_model, embed_dimension or None, embed_api_key_env, pipeline_embedding
+        embed_provider,
+        embed_model,
+        embed_dimension or None,
+        embed_api_key_env,
+        pipeline_embedding,
+        embed_api_base,
     )
     vectors = f"from the cloud where served; otherwise computed with {spec.model_id}"
     if spec.paid:

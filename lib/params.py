@@ -143,7 +143,14 @@ def choice_problem(name: str, value: object) -> str:
 
 
 # numeric parameters with a least value (a repetition count of 0 would divide by nothing)
-_AT_LEAST = {"latency_repetitions": 1, "gate_latency_margin": 0}
+_AT_LEAST = {
+    "latency_repetitions": 1,
+    "gate_latency_margin": 0,
+    "embed_concurrency": 1,
+    "embed_rpm": 0,
+    "embed_tpm": 0,
+    "max_embedding_cost_usd": 0,
+}
 
 
 def range_problem(name: str, value: object) -> str:

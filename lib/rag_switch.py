@@ -95,6 +95,7 @@ def load_config(path: str | os.PathLike) -> RagConfig:
         v.get("LOCAL_EMBED_MODEL", "text-embedding-3-small"),
         int(v["LOCAL_EMBED_DIMENSION"]) if v.get("LOCAL_EMBED_DIMENSION") else None,
         v.get("LOCAL_EMBED_API_KEY_ENV", "OPENAI_API_KEY"),
+        v.get("LOCAL_EMBED_API_BASE", "").strip(),
     )
     return RagConfig(
         use_local=flag in TRUE,
@@ -425,6 +426,7 @@ def config_entries(
         "LOCAL_EMBED_MODEL": spec.model_name,
         "LOCAL_EMBED_DIMENSION": spec.dimension or "",
         "LOCAL_EMBED_API_KEY_ENV": spec.api_key_env,
+        "LOCAL_EMBED_API_BASE": spec.api_base,
         "LLAMACLOUD_INDEX_NAME": index_name,
         "LLAMACLOUD_INDEX_ID": index_id,
         "LLAMACLOUD_PROJECT": project,

@@ -1,8 +1,10 @@
 """Vectors for the chunks the cloud served without one (LlamaCloud is not known to return them).
 
-First ``plan`` shows what it would cost (tokens by tiktoken, $ by the model's price); ``apply`` spends
-only with ``allow_spend`` for a paid model. Vectors are cached by (model, text hash), so a re-run pays
-nothing twice. Each shard is rewritten under a new name, the manifest swapped atomically, then the old
+First ``plan`` shows what it would cost (tokens by tiktoken, $ by the model's price) and names every chunk
+over the API's per-input token limit; ``apply`` spends only with ``allow_spend`` for a paid model, within
+``max_cost_usd``. An OpenAI-compatible model is called at the account's rate limit, concurrently
+(``openai_embedder``). Vectors are cached by (model, text hash) as each request completes, so a re-run --
+after a kill, a spend cap, an outage -- pays nothing twice. Each shard is rewritten under a new name, the manifest swapped atomically, then the old
 file removed: the manifest always matches the files.
 """
 
@@ -17,6 +19,9 @@ import pyarrow.parquet as pq
 
 from . import atomic, embeddings, export_format, records
 from .export_format import ExportError
+from .openai_embedder import InputTooLong, Limits, SpendCapReached, count_tokens, truncate
+
+__all__ = ["InputTooLong", "Limits", "Plan", "SpendCapReached", "SpendNotAllowed", "apply", "plan"]
 
 MAX_LISTED = 1000  # replaced vectors named in the manifest; all are counted
 
@@ -32,6 +37,9 @@ class Plan:
     tokens: int
     price_per_mtok: float
     cached: int
+    max_input_tokens: int = 0  # the API's per-input limit (0: the model has none known here)
+    too_long: list = None  # the first MAX_LISTED chunks over it: {document_id, chunk_id, tokens}
+    too_long_count: int = 0
 
     @property
     def est_cost_usd(self) -> float:
@@ -45,7 +53,20 @@ class Plan:
             "tokens (cl100k)": self.tokens,
             "price $/1M tokens": self.price_per_mtok,
             "estimated cost $": round(self.est_cost_usd, 4),
+            "chunks over the per-input token limit": self.too_long_count,
         }
+
+    def too_long_message(self) -> str:
+        named = ", ".join(
+            f"{c['document_id']}/{c['chunk_id']} ({c['tokens']:,} tokens)" for c in (self.too_long or [])[:10]
+        )
+        more = f" and {self.too_long_count - 10} more" if self.too_long_count > 10 else ""
+        return (
+            f"{self.too_long_count} chunk(s) are longer than {self.model_id}'s limit of "
+            f"{self.max_input_tokens:,} tokens per input: {named}{more}. The API refuses them (and the whole "
+            "request they are in). Shorten them at the source, or set truncate_long_inputs: true to embed "
+            "their first tokens (each is listed in the manifest as truncated_inputs)"
+        )
 
 
 def _unusable(emb, dim: int) -> str | None:
@@ -70,6 +91,26 @@ def _needs(batch_rows: list[dict], force: bool, bad_dim: int | None = None) -> l
     return [i for i, r in enumerate(batch_rows) if force or r["embedding"] is None or bad[i]]
 
 
+def _texts(rows: list[dict], idx: list[int], limit: int, truncate_long: bool):
+    """The texts to embed for rows ``idx``, their token counts, and the rows over ``limit`` tokens (cut to
+    their first ``limit`` tokens with ``truncate_long``)."""
+    texts = [export_format.embed_text(rows[i]) for i in idx]
+    counts = count_tokens(texts)
+    over = []
+    for j, (i, c) in enumerate(zip(idx, counts, strict=True)):
+        if limit and c == 0:  # an empty string: the API refuses it, and the whole request with it
+            raise InputTooLong(
+                f"chunk {rows[i]['chunk_id']} of document {rows[i]['document_id']} has nothing to embed (no text, "
+                "no metadata) and the embeddings API refuses empty inputs; nothing was sent. Remove the chunk at "
+                "the source or re-embed with a model that takes it"
+            )
+        if limit and c > limit:
+            over.append({"document_id": rows[i]["document_id"], "chunk_id": rows[i]["chunk_id"], "tokens": c})
+            if truncate_long:
+                texts[j] = truncate(texts[j], limit)
+    return texts, counts, over
+
+
 def plan(
     export_dir: str | os.PathLike,
     spec: embeddings.ModelSpec,
@@ -77,32 +118,35 @@ def plan(
     force: bool = False,
     price_per_mtok: float | None = None,
     replace_bad: bool = True,
+    max_input_tokens: int = Limits.max_input_tokens,
+    truncate_long: bool = False,
 ) -> Plan:
-    from llama_index.core.utils import get_tokenizer
-
-    tok = get_tokenizer()
     exp = export_format.open_export(export_dir)
     bad_dim = expected_dim(exp, spec) if replace_bad else None
+    limit = max_input_tokens if spec.provider == "openai" else 0
     cache = embeddings.EmbeddingCache(cache_path)
-    n = tokens = cached = 0
+    n = tokens = cached = too_long_count = 0
+    too_long: list[dict] = []
     for batch in exp.iter_chunk_batches():
         rows = batch.to_pylist()
         idx = _needs(rows, force, bad_dim)
-        texts = [export_format.embed_text(rows[i]) for i in idx]
+        texts, counts, over = _texts(rows, idx, limit, truncate_long)
+        too_long_count += len(over)
+        too_long.extend(over[: MAX_LISTED - len(too_long)])
         hits = cache.get_many(spec.model_id, [embeddings.text_hash(t) for t in texts])
-        for t in texts:
+        for t, c in zip(texts, counts, strict=True):
             if embeddings.text_hash(t) in hits:
                 cached += 1
             else:
-                tokens += len(tok(t))
+                tokens += min(c, limit) if limit else c
         n += len(idx)
     cache.close()
     price = (
         price_per_mtok
         if price_per_mtok is not None
-        else (embeddings.PRICE_PER_MTOK.get(spec.model_id.split("@")[0], 0.0) if spec.paid else 0.0)
+        else (embeddings.PRICE_PER_MTOK.get(f"{spec.provider}:{spec.model_name}", 0.0) if spec.paid else 0.0)
     )
-    return Plan(spec.model_id, n, tokens, price, cached)
+    return Plan(spec.model_id, n, tokens, price, cached, limit, too_long, too_long_count)
 
 
 def apply(
@@ -116,14 +160,36 @@ def apply(
     progress: bool = True,
     price_per_mtok: float | None = None,
     replace_bad: bool = True,
+    limits: Limits | None = None,
+    concurrency: int = 8,
+    truncate_long: bool = False,
 ) -> dict:
     """Fill missing vectors (all vectors with ``force``; served vectors that cannot be loaded -- NaN, zeros,
     another dimension -- with ``replace_bad``, each listed in the manifest) and record which were computed,
-    with what model."""
+    with what model.
+
+    An OpenAI-compatible model runs at the rate limit (``limits``: the account's; 0 figures are learnt from
+    the API's headers) with up to ``concurrency`` requests in flight. A chunk over the per-input token limit
+    stops everything before any spend unless ``truncate_long`` (then it is embedded cut to the limit and
+    listed in the manifest). The spend cap holds during the run too: a request that could take the billed
+    total over ``max_cost_usd`` is not sent (``SpendCapReached``); what was embedded is cached, no shard is
+    half-written, and the manifest still names the files it did."""
     export_dir = Path(export_dir)
-    p = plan(export_dir, spec, cache_path, force, price_per_mtok, replace_bad)
+    limits = limits or Limits()
+    p = plan(
+        export_dir,
+        spec,
+        cache_path,
+        force,
+        price_per_mtok,
+        replace_bad,
+        limits.max_input_tokens,
+        truncate_long,
+    )
     if p.chunks_to_embed == 0:
         return {"embedded": 0, "computed_now": 0, **p.as_dict()}
+    if p.too_long_count and not truncate_long:
+        raise InputTooLong(p.too_long_message())
     if spec.paid and p.tokens and not allow_spend:
         raise SpendNotAllowed(
             f"re-embedding {p.chunks_to_embed} chunks with {spec.model_id} costs about ${p.est_cost_usd:.2f} "
@@ -140,11 +206,32 @@ def apply(
     computed_total = 0
     replaced = list(manifest.get("replaced_vectors", []))
     replaced_count = int(manifest.get("replaced_vectors_count", len(replaced)))
+    truncated = list(manifest.get("truncated_inputs", []))
+    embedder = None
+    if spec.provider == "openai" and p.cached < p.chunks_to_embed:  # something to send (the key is read now)
+        embedder = embeddings.rate_limited(
+            spec,
+            limits=limits,
+            concurrency=concurrency,
+            price_per_mtok=p.price_per_mtok,
+            max_cost_usd=max_cost_usd if spec.paid else 0.0,
+        )
     bar = None
     if progress:
         from .display import progress as tqdm
 
         bar = tqdm(total=p.chunks_to_embed, desc=f"re-embedding ({spec.model_id})", unit="chunk")
+
+    def on_done(n: int) -> None:
+        if bar is None:
+            return
+        bar.update(n)
+        if embedder is not None:
+            st = embedder.progress
+            bar.set_postfix_str(
+                f"{st.tokens:,} tokens, ${st.usd:.4f}, {st.rate_limited} × 429", refresh=False
+            )
+
     try:
         for pos, sh in enumerate(manifest["shards"]):
             table = pq.read_table(export_dir / sh["chunks_file"])
@@ -164,9 +251,13 @@ def apply(
                             "served": why,
                         }
                     )
-            texts = [export_format.embed_text(rows[i]) for i in idx]
-            vecs, computed = embeddings.embed_texts(texts, spec, cache, batch_size)
+            texts, _counts, over = _texts(rows, idx, p.max_input_tokens, truncate_long)
+            vecs, computed = embeddings.embed_texts(
+                texts, spec, cache, batch_size, embedder=embedder, on_done=on_done
+            )
             computed_total += computed
+            if bar is not None:
+                bar.update(len(idx) - computed)  # the cached ones
             got = records.vector_problems(
                 pa.array(list(vecs), type=pa.list_(pa.float32())), bad_dim or vecs.shape[1]
             )
@@ -197,6 +288,12 @@ def apply(
             old = sh["chunks_file"]
             manifest["replaced_vectors"] = replaced  # the first MAX_LISTED, named
             manifest["replaced_vectors_count"] = replaced_count
+            if over:  # embedded cut to the per-input limit (only with truncate_long)
+                truncated.extend({**o, "embedded_tokens": p.max_input_tokens} for o in over)
+                manifest["truncated_inputs"] = truncated[:MAX_LISTED]
+                manifest["truncated_inputs_count"] = int(manifest.get("truncated_inputs_count", 0)) + len(
+                    over
+                )
             manifest["shards"][pos] = {
                 **sh,
                 "chunks_file": new_name,
@@ -206,8 +303,6 @@ def apply(
             }
             atomic.write_json(export_dir / "manifest.json", manifest)  # the swap: new file named, old unnamed
             (export_dir / old).unlink(missing_ok=True)
-            if bar is not None:
-                bar.update(len(idx))
     finally:
         cache.close()
         if bar is not None:
@@ -217,4 +312,7 @@ def apply(
     manifest["embeddings"] = embedding_stats(export_dir, manifest["shards"])
     manifest["embedding_dimension"] = manifest["embeddings"]["dimension"]
     atomic.write_json(export_dir / "manifest.json", manifest)
-    return {"embedded": p.chunks_to_embed, "computed_now": computed_total, **p.as_dict()}
+    out = {"embedded": p.chunks_to_embed, "computed_now": computed_total, **p.as_dict()}
+    if embedder is not None:
+        out["api"] = embedder.progress.as_dict()
+    return out

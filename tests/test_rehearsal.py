@@ -19,7 +19,11 @@ from runbook.rehearsal import __main__ as rehearsal
 
 from .conftest import CACHE
 
-KEYS = {"LLAMA_CLOUD_API_KEY": "rehearsal-cloud-key-5f3a", "GOOGLE_API_KEY": "rehearsal-google-key-9c1d"}
+KEYS = {
+    "LLAMA_CLOUD_API_KEY": "rehearsal-cloud-key-5f3a",
+    "GOOGLE_API_KEY": "rehearsal-google-key-9c1d",
+    "OPENAI_API_KEY": "sk-rehearsal-openai-key-7e2b",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,7 @@ def stage(tmp_path_factory):
             base_path=str(home / "vector_db"),
             source_base_url=info["cloud_url"],
             gemini_base_url=info["cloud_url"],
+            embed_api_base=info["embed_api_base"],
             config_env_path=info["config_env"],
             restart_command=info["restart_command"],
             health_url=info["health_url"],

@@ -1,13 +1,16 @@
 """A production-shaped rehearsal: the services ``runbook_params/rehearsal.yaml`` talks to, started once and
 left running between runs (as production's are), so that a run can stop for a go and be approved later.
 
-    export LLAMA_CLOUD_API_KEY=any-value GOOGLE_API_KEY=any-value   # the stand-ins accept these keys
+    export LLAMA_CLOUD_API_KEY=any-value GOOGLE_API_KEY=any-value OPENAI_API_KEY=any-value   # accepted keys
     python -m runbook.rehearsal up      # the LlamaCloud + Gemini stand-in and the Welno backend (WELLO_BE)
     python -m runbook.rehearsal status
     python -m runbook.rehearsal down
 
 ``up`` starts, under the rehearsal supervisor (``runbook.rehearsal.supervisor``, the stand-in for pm2):
-``LLAMACLOUD``, the LlamaCloud-compatible server with the demo corpus (which also speaks the Gemini API), and
+``LLAMACLOUD``, the LlamaCloud-compatible server with the ``demo-openai`` corpus -- the demo documents in an
+index that embeds with OpenAI's text-embedding-3-small at 1536 dimensions, as Dr.Welno's does -- which also
+speaks the Gemini API and the OpenAI embeddings API (``<cloud_url>/v1/embeddings``, at a tier-1 account's
+limits with OpenAI-like latency and a few transient errors: ``OPENAI_LIMITS``), and
 ``WELLO_BE``, the Welno-like backend, on the cloud arm, reading ``<home>/backend/config.env`` in the seed's
 format. An existing ``config.env`` is kept (it is the backend's state: a rehearsal cutover changed it);
 ``--fresh`` writes it anew.
@@ -67,17 +70,25 @@ def _wait(url: str, timeout: float, what: str) -> None:
     raise SystemExit(f"rehearsal: {what} did not answer at {url} within {timeout:.0f} s")
 
 
+# What the OpenAI embeddings stand-in imposes: a tier-1 account's limits for text-embedding-3-small (3,000
+# requests and 1,000,000 tokens a minute), a latency like the real API's, and 1% transient 5xx -- what a long
+# re-embedding meets in production, so phase 01 is rehearsed against it rather than against a kind server.
+OPENAI_LIMITS = {"rpm": 3000, "tpm": 1_000_000, "latency_ms": 150, "error_rate": 0.01}
+
+
 def up(
     home: str = DEFAULT_HOME,
     cloud_port: int = 8787,
     backend_port: int = 8790,
-    corpus: str = "demo",
+    corpus: str = "demo-openai",
     query_latency_ms: float = 250.0,
     fresh: bool = False,
     cloud_key_env: str = "LLAMA_CLOUD_API_KEY",
     google_key_env: str = "GOOGLE_API_KEY",
+    openai_key_env: str = "OPENAI_API_KEY",
+    openai_limits: dict | None = None,
 ) -> dict:
-    missing = [n for n in (cloud_key_env, google_key_env) if not os.environ.get(n)]
+    missing = [n for n in (cloud_key_env, google_key_env, openai_key_env) if not os.environ.get(n)]
     if missing:
         raise SystemExit(
             f"rehearsal: set {' and '.join(missing)} to any value first; the stand-ins accept those keys"
@@ -93,6 +104,8 @@ def up(
         [
             py, "-m", "runbook.cloud_emulator", "--corpus", corpus, "--port", str(cloud_port),
             "--api-key-env", cloud_key_env, "--google-key-env", google_key_env, "--embed-cache", cache,
+            "--openai-key-env", openai_key_env,
+            "--openai-limits", json.dumps(OPENAI_LIMITS if openai_limits is None else openai_limits),
         ],
         cwd=str(PROJECT_ROOT),
     )  # fmt: skip
@@ -136,6 +149,7 @@ def up(
         "cloud_url": cloud_url,
         "config_env": str(cfg),
         "faults": str(faults),
+        "embed_api_base": cloud_url + "/v1",
         "restart_command": f"{py} -m runbook.rehearsal.supervisor --home {sup.home} restart WELLO_BE",
         "health_url": backend_url + "/health",
         "query_url": backend_url + "/api/rag/query",
@@ -162,7 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--home", default=DEFAULT_HOME, help="the rehearsal's folder (git-ignored under data/)")
     ap.add_argument("--cloud-port", type=int, default=8787)
     ap.add_argument("--backend-port", type=int, default=8790)
-    ap.add_argument("--corpus", default="demo", help="demo | an export folder | synthetic:N:D")
+    ap.add_argument(
+        "--corpus", default="demo-openai", help="demo-openai | demo | an export folder | synthetic:N:D"
+    )
     ap.add_argument("--query-latency-ms", type=float, default=250.0, help="network delay of cloud retrieve")
     ap.add_argument("--fresh", action="store_true", help="write the backend's config.env anew")
     args = ap.parse_args(argv)

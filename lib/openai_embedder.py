@@ -25,6 +25,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -154,17 +155,6 @@ class _Bucket:
         self.level -= amount
 
 
-def _duration_s(v: str | None) -> float | None:
-    """OpenAI's reset durations ("1s", "6m0s", "120ms", "0.5s") in seconds."""
-    if not v:
-        return None
-    total, ok = 0.0, False
-    for num, unit in re.findall(r"([\d.]+)(ms|h|m|s)", v):
-        total += float(num) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-        ok = True
-    return total if ok else None
-
-
 def _retry_after_s(headers) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
@@ -226,7 +216,7 @@ class RateLimitedEmbedder:
         self._pause_until = 0.0
         self._stop = threading.Event()  # set when the run stops: no worker sends another request
         self._too_large = 0  # the smallest request the service called too large
-        self._remaining: dict[str, tuple[float, float]] = {}  # kind -> (remaining, when the service said so)
+        self._admitted: deque[tuple[float, int]] = deque()  # (time, tokens) of the requests of the last 2 min
         self._rng = random.Random(seed)
         self._req_bucket: _Bucket | None = None
         self._tok_bucket: _Bucket | None = None
@@ -265,11 +255,13 @@ class RateLimitedEmbedder:
                 target = max(target, int(1.5 * lim.tpm / lim.rpm))
         return max(1, min(target, cap))
 
-    def _learn(self, headers) -> None:
+    def _learn(self, headers, sent: float) -> None:
         """Adopt the service's own limits when they are lower than (or instead of) the configured ones, and
-        remember what remains of them."""
+        what it says remains of them: the account's other users (the live service's queries) spend them too.
+        The service counted its remaining budget when it took the request sent at ``sent``; since then it has
+        refilled at its limit's rate and our requests admitted after that one will spend from it. Our bucket
+        never holds more than that."""
         changed = False
-        now = time.monotonic()
         for kind, attr in (("requests", "rpm"), ("tokens", "tpm")):
             lim = headers.get(f"x-ratelimit-limit-{kind}")
             if lim and lim.isdigit():
@@ -278,32 +270,27 @@ class RateLimitedEmbedder:
                 if v and (not cur or v < cur):
                     setattr(self.limits, attr, v)
                     changed = True
-            rem = headers.get(f"x-ratelimit-remaining-{kind}")
-            if rem and rem.isdigit():
-                self._remaining[kind] = (float(rem), now)
         if changed:
             self._configure_buckets()
+        now = time.monotonic()
+        for kind, attr, bucket in (
+            ("requests", "rpm", self._req_bucket),
+            ("tokens", "tpm", self._tok_bucket),
+        ):
+            rem = headers.get(f"x-ratelimit-remaining-{kind}")
+            if bucket is None or not rem or not rem.isdigit():
+                continue
+            since = sum((1 if kind == "requests" else n) for t, n in self._admitted if t > sent)
+            estimate = float(rem) + (now - sent) * getattr(self.limits, attr) / 60.0 - since
+            bucket.wait_time(0, now)  # brings the level up to now
+            bucket.level = min(bucket.level, estimate)
 
-    def _service_wait(self, kind: str, need: float, now: float) -> float:
-        """How long until what the service last said remains of a limit (refilled since at the limit's
-        rate) covers ``need`` -- the account's other users (the live service's queries) spend it too."""
-        seen = self._remaining.get(kind)
-        per_s = (self.limits.rpm if kind == "requests" else self.limits.tpm) / 60.0
-        if not seen or not per_s:
-            return 0.0
-        limit = per_s * 60.0
-        have = min(limit, seen[0] + (now - seen[1]) * per_s)
-        need = min(need, limit)
-        return 0.0 if have >= need else (need - have) / per_s
-
-    def _acquire(self, tokens: int) -> None:
-        """Wait until the request fits the pacing buckets, the service's remaining budget and any pause."""
+    def _acquire(self, tokens: int) -> float:
+        """Wait until the request fits the pacing buckets and any pause; the time it was admitted."""
         while True:
             with self._lock:
                 now = time.monotonic()
                 wait_s = max(0.0, self._pause_until - now)
-                for kind, need in (("requests", 1), ("tokens", tokens)):
-                    wait_s = max(wait_s, self._service_wait(kind, need, now))
                 if self._req_bucket is not None:
                     wait_s = max(wait_s, self._req_bucket.wait_time(1, now))
                 if self._tok_bucket is not None:
@@ -315,11 +302,10 @@ class RateLimitedEmbedder:
                         self._req_bucket.take(1)
                     if self._tok_bucket is not None:
                         self._tok_bucket.take(tokens)
-                    for kind, need in (("requests", 1), ("tokens", tokens)):
-                        if kind in self._remaining:
-                            r, t = self._remaining[kind]
-                            self._remaining[kind] = (r - need, t)  # spent by this request, in flight
-                    return
+                    self._admitted.append((now, tokens))
+                    while self._admitted and self._admitted[0][0] < now - 120:
+                        self._admitted.popleft()
+                    return now
             self._sleep(min(wait_s, 5.0))
 
     # --- one request
@@ -328,14 +314,14 @@ class RateLimitedEmbedder:
 
         attempt = 0
         while True:
-            self._acquire(tokens)
+            sent = self._acquire(tokens)
             kw = {"dimensions": self.dimensions} if self.dimensions and "3-" in self.model else {}
             try:
                 raw = self._client.embeddings.with_raw_response.create(
                     model=self.model, input=texts, encoding_format="base64", **kw
                 )
                 with self._lock:
-                    self._learn(raw.headers)
+                    self._learn(raw.headers, sent)
                     self.progress.requests += 1
                 body = raw.http_response.json()
                 return self._decode(body, len(texts)), int(body.get("usage", {}).get("prompt_tokens", tokens))
@@ -360,7 +346,7 @@ class RateLimitedEmbedder:
                 with self._lock:
                     self.progress.rate_limited += 1
                     self.progress.retries += 1
-                    self._learn(e.response.headers)
+                    self._learn(e.response.headers, sent)
                     until = time.monotonic() + after
                     if until > self._pause_until:  # the time all workers pause, counted once
                         self.progress.waited_s += until - max(self._pause_until, time.monotonic())

@@ -88,15 +88,6 @@ print(json.dumps({"chunks": chunks, "tokens": tokens, "seconds": round(dt, 1), "
 )
 
 
-def stats(url: str, key: str) -> dict:
-    import json
-    import urllib.request
-
-    req = urllib.request.Request(url + "/_emulator/openai", headers={"Authorization": f"Bearer {key}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 500_000])
@@ -130,7 +121,7 @@ def main() -> None:
                         str(args.concurrency),
                         timeout=6 * 3600,
                     )
-                st = stats(srv.url, "bench-key")
+                st = cloud_emulator.admin_request(srv.url, "/_emulator/openai", "bench-key")
             finally:
                 srv.stop()
             if "error" in r:

@@ -858,29 +858,28 @@ class SubprocessHandle:
                 self.proc.kill()
 
 
-def set_faults_remote(url: str, api_key: str, **faults) -> dict:
-    """Set fault injection on a running server (e.g. one started with ``start_subprocess``)."""
+def admin_request(url: str, path: str, api_key: str, body: dict | None = None) -> dict:
+    """A running server's admin route (``/_emulator/...``): GET, or POST with ``body``. ``api_key``: the
+    server's LlamaCloud key."""
     req = urllib.request.Request(
-        url + "/_emulator/faults",
-        data=json.dumps(faults).encode(),
-        method="POST",
+        url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method="POST" if body is not None else "GET",
         headers={"Authorization": f"Bearer {api_key}", "content-type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+def set_faults_remote(url: str, api_key: str, **faults) -> dict:
+    """Set fault injection on a running server (e.g. one started with ``start_subprocess``)."""
+    return admin_request(url, "/_emulator/faults", api_key, faults)
 
 
 def set_openai_limits_remote(url: str, api_key: str, **limits) -> dict:
     """Replace the OpenAI embeddings stand-in's limits on a running server (``openai_stand_in.Limits``
-    fields; those not given take their defaults). ``api_key``: the server's LlamaCloud key (admin routes)."""
-    req = urllib.request.Request(
-        url + "/_emulator/openai/limits",
-        data=json.dumps(limits).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {api_key}", "content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
+    fields; those not given take their defaults)."""
+    return admin_request(url, "/_emulator/openai/limits", api_key, limits)
 
 
 def wait_healthy(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:

@@ -4,8 +4,8 @@ First ``plan`` shows what it would cost (tokens by tiktoken, $ by the model's pr
 over the API's per-input token limit; ``apply`` spends only with ``allow_spend`` for a paid model, within
 ``max_cost_usd``. An OpenAI-compatible model is called at the account's rate limit, concurrently
 (``openai_embedder``). Vectors are cached by (model, text hash) as each request completes, so a re-run --
-after a kill, a spend cap, an outage -- pays nothing twice. Each shard is rewritten under a new name, the manifest swapped atomically, then the old
-file removed: the manifest always matches the files.
+after a kill, a spend cap, an outage -- pays nothing twice. Each shard is rewritten under a new name, the
+manifest swapped atomically, then the old file removed: the manifest always matches the files.
 """
 
 from __future__ import annotations

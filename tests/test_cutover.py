@@ -318,6 +318,40 @@ def test_restore_reports_what_its_comparison_found(tmp_path):
     assert "NOT byte-identical" in msg and "restored byte-identical" not in msg
 
 
+def test_restore_that_cannot_write_says_so_and_still_brings_the_service_back(tmp_path):
+    """A restore whose write fails (a full disk, a read-only mount) never raises: it names the failure, says
+    the file differs from the backup and where the backup is, and goes on to restart and probe."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=true\n")
+    marker = tmp_path / "restarted"
+    co = cutover.Cutover(
+        cfg, f"touch {marker}", "http://127.0.0.1:9/health", health_timeout_s=1, restore_timeout_s=1
+    )
+
+    def full_disk(data):
+        raise OSError(28, "No space left on device")
+
+    co._replace = full_disk
+    msg = co.restore(b"USE_LOCAL_VECTOR_DB=false\n", BACK)
+    steps = [s for s in co.steps if s["step"] == "restore config.env from backup"]
+    assert [s["ok"] for s in steps] == [False, False]
+    assert "could not write it" in steps[0]["detail"] and "No space left on device" in steps[0]["detail"]
+    assert "DIFFERS" in steps[1]["detail"] and str(co.backup_path) in steps[1]["detail"]
+    assert msg.startswith("config.env NOT byte-identical") and "BUT the service is not back" in msg
+    assert marker.exists()  # the restart still ran
+
+
+def test_restore_that_writes_the_backup_says_byte_identical(tmp_path):
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=true\n")
+    co = cutover.Cutover(cfg, "true", "http://127.0.0.1:9/health", health_timeout_s=1, restore_timeout_s=1)
+    msg = co.restore(b"USE_LOCAL_VECTOR_DB=false\n", BACK)
+    assert cfg.read_bytes() == b"USE_LOCAL_VECTOR_DB=false\n"
+    step = next(s for s in co.steps if s["step"] == "restore config.env from backup")
+    assert step["ok"] is True and step["detail"] == "byte-identical to the backup"
+    assert msg.startswith("config.env restored byte-identical, BUT the service is not back")
+
+
 CRASH = """
 import os, sys, time
 from pathlib import Path

@@ -610,6 +610,7 @@ def test_the_backup_is_kept_twice_private_and_byte_for_byte(tmp_path):
 TRAPS_TERM = """
 import signal, sys, time
 def on_term(*a):
+    time.sleep(1.0)  # a clean-up that takes a while: it must be given the time
     open(sys.argv[1], "w").write("cleaned up")
     sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)

@@ -21,6 +21,31 @@ deterministic vectors (``--openai-vectors semantic``: MiniLM projected isometric
 ``hash``). The logic and its settings are in ``runbook.rehearsal.openai_stand_in``; ``/_emulator/openai``
 (stats), ``/_emulator/openai/log`` (GET, DELETE) and ``/_emulator/openai/limits`` (POST) manage it.
 
+``POST /pipelines/{id}/retrieve`` imitates LlamaCloud's hybrid search and reranking (an approximation: how
+the service does it is not public; the ranking code is ``runbook.rehearsal.cloud_ranking``). Each ranking
+field (``dense_similarity_top_k``, ``dense_similarity_cutoff``, ``sparse_similarity_top_k``, ``alpha``,
+``enable_reranking``, ``rerank_top_n``, ``search_filters``) comes from the body, else the pipeline's
+``preset_retrieval_parameters``, else the API's default (30, 0, 30, null, null, 6, none); a null counts as
+not given. Out-of-range values are a FastAPI-shaped 422.
+
+- ``alpha`` null or 1: exact dense cosine, ``dense_similarity_top_k`` chunks at or above the cutoff; the
+  score is the cosine.
+- ``alpha`` 0: BM25 over the chunk texts only (character bigrams for Korean), ``sparse_similarity_top_k``
+  chunks with a score above 0; the score is the BM25 score min-max normalised over those candidates (the
+  best is 1.0).
+- ``0 < alpha < 1``: the dense candidates (top k after the cutoff) and the sparse ones, each min-max
+  normalised over its own list, fused as ``alpha * dense + (1 - alpha) * sparse`` (0 where a chunk is
+  missing from a list); **up to max(dense_similarity_top_k, sparse_similarity_top_k) results**, scored by
+  the fused score in [0, 1].
+- ``enable_reranking`` true: those results reordered by a deterministic stand-in for a reranking model
+  (query-term coverage and proximity, a little of the incoming score), at most ``rerank_top_n`` of them,
+  scored in [0, 1].
+- ``search_filters`` restrict the dense and the sparse candidates before their top k is taken. A corpus
+  without text search (``SyntheticCorpus``) answers dense-only and says so in ``metadata["sparse"]``.
+
+``retrieval_latency`` gives ``dense_retrieval``, ``sparse_retrieval`` and ``reranking`` (ms) for what ran;
+``metadata`` says what was done (``search``, ``sparse``, ``reranking``, ``unsearchable_chunks``).
+
     python -m runbook.cloud_emulator --corpus demo --port 8787   # Gemini key from GOOGLE_API_KEY
     python -m runbook.cloud_emulator --corpus /data/vector_db/welno/backup/exports/<id> --port 8787
     python -m runbook.cloud_emulator --corpus hostile --serve-embeddings   # every awkward case at once
@@ -31,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -47,7 +73,8 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import corpus as corpus_mod
-from .rehearsal import openai_stand_in
+from . import metadata_filters
+from .rehearsal import cloud_ranking, openai_stand_in
 
 API = "/api/v1"
 
@@ -147,52 +174,8 @@ def _int_param(q, name, default, lo=0, hi=10_000):
     return v, None
 
 
-_OPS = {
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    ">": lambda a, b: a is not None and a > b,
-    "<": lambda a, b: a is not None and a < b,
-    ">=": lambda a, b: a is not None and a >= b,
-    "<=": lambda a, b: a is not None and a <= b,
-    "in": lambda a, b: a in (b or []),
-    "nin": lambda a, b: a not in (b or []),
-    "any": lambda a, b: isinstance(a, list) and any(x in a for x in (b or [])),
-    "all": lambda a, b: isinstance(a, list) and all(x in a for x in (b or [])),
-    "contains": lambda a, b: isinstance(a, list) and b in a,
-    "text_match": lambda a, b: isinstance(a, str) and str(b) in a,
-    "text_match_insensitive": lambda a, b: isinstance(a, str) and str(b).lower() in a.lower(),
-    "is_empty": lambda a, b: a in (None, "", []),
-}
-
-
-def make_predicate(search_filters):
-    """A metadata predicate from LlamaCloud's ``search_filters`` (MetadataFilters, nested allowed)."""
-    if not search_filters:
-        return lambda meta: True
-    filters = search_filters.get("filters") or []
-    condition = (search_filters.get("condition") or "and").lower()
-    parts = []
-    for f in filters:
-        if "filters" in f:
-            parts.append(make_predicate(f))
-            continue
-        op = f.get("operator", "==")
-        if op not in _OPS:
-            raise ValueError(f"unsupported filter operator {op!r}")
-        key, value, fn = f.get("key"), f.get("value"), _OPS[op]
-        parts.append(lambda meta, key=key, value=value, fn=fn: _safe(fn, meta.get(key), value))
-    if condition == "or":
-        return lambda meta: any(p(meta) for p in parts)
-    if condition == "not":
-        return lambda meta: not any(p(meta) for p in parts)
-    return lambda meta: all(p(meta) for p in parts)
-
-
-def _safe(fn, a, b):
-    try:
-        return bool(fn(a, b))
-    except TypeError:
-        return False
+# LlamaCloud's search_filters (MetadataFilters, nested allowed): the one implementation the local arm uses too
+make_predicate = metadata_filters.predicate
 
 
 OPENAI_EMBEDDINGS = "/v1/embeddings"  # the OpenAI embeddings stand-in (before the Gemini routes under /v1/)
@@ -712,33 +695,17 @@ class Handler(BaseHTTPRequestHandler):
         mode = body.get("retrieval_mode") or "chunks"
         if mode != "chunks":
             return 400, {"detail": f"retrieval_mode {mode!r} is not served by the local server; use 'chunks'"}
-        top_k = body.get("dense_similarity_top_k") or preset.get("dense_similarity_top_k") or 30
-        cutoff = body.get("dense_similarity_cutoff")
-        cutoff = preset.get("dense_similarity_cutoff", 0.0) if cutoff is None else cutoff
+        params, err = retrieval_params(body, preset)
+        if err:
+            return err
         try:
-            predicate = make_predicate(body.get("search_filters") or preset.get("search_filters"))
+            predicate = make_predicate(params["search_filters"])
         except ValueError as e:
             return _validation_error(["body", "search_filters"], str(e))
-        t0 = time.perf_counter()
         try:
-            hits = st.corpus.search(body["query"], int(top_k), float(cutoff or 0.0), predicate)
+            hits, latency, meta = rank_chunks(st.corpus, body["query"], params, predicate)
         except NotImplementedError as e:
             return 501, {"detail": str(e)}
-        dense_ms = (time.perf_counter() - t0) * 1000
-        meta = {"search": "exact dense cosine (local LlamaCloud-compatible server)"}
-        skipped = getattr(st.corpus, "unsearchable", None)
-        if skipped:
-            meta["unsearchable_chunks"] = (
-                f"{len(skipped)} chunk(s) left out of search: their vectors have the wrong dimension, "
-                "non-finite elements or a zero norm"
-            )
-        alpha = body.get("alpha", preset.get("alpha"))
-        if alpha is not None and float(alpha) < 1.0:
-            meta["sparse"] = (
-                f"alpha={alpha} asked for hybrid search; the local server ranks by dense cosine only"
-            )
-        if body.get("enable_reranking", preset.get("enable_reranking")):
-            meta["reranking"] = "asked for; not imitated by the local server (dense order returned)"
         nodes = []
         for node, score in hits:
             n = dict(node)
@@ -751,11 +718,167 @@ class Handler(BaseHTTPRequestHandler):
             "retrieval_nodes": nodes,
             "image_nodes": [],
             "page_figure_nodes": [],
-            "retrieval_latency": {"dense_retrieval": dense_ms},
+            "retrieval_latency": latency,
             "metadata": meta,
             "inferred_search_filters": None,
             "class_name": "RetrieveResults",
         }
+
+
+# ---- retrieve: parameters, and dense / hybrid / reranked ranking (see the module docstring)
+RETRIEVAL_DEFAULTS = {  # the API's defaults (ref: RetrievalParams)
+    "dense_similarity_top_k": 30,
+    "dense_similarity_cutoff": 0.0,
+    "sparse_similarity_top_k": 30,
+    "enable_reranking": None,
+    "rerank_top_n": 6,
+    "alpha": None,
+    "search_filters": None,
+}
+
+
+def retrieval_params(body: dict, preset: dict) -> tuple[dict, tuple | None]:
+    """Every ranking field of ``RETRIEVAL_DEFAULTS`` from the request body, else the pipeline's
+    ``preset_retrieval_parameters``, else the API's default (a null counts as not given), checked as FastAPI
+    would: (params, None), or (None, a 422 naming the field; a bad preset value is named under
+    ``preset_retrieval_parameters``)."""
+    params = {}
+    for name, default in RETRIEVAL_DEFAULTS.items():
+        if body.get(name) is not None:
+            value, loc = body[name], ["body", name]
+        elif preset.get(name) is not None:
+            value, loc = preset[name], ["preset_retrieval_parameters", name]
+        else:
+            params[name] = default
+            continue
+        value, problem = _check_param(name, value)
+        if problem:
+            return None, _validation_error(loc, *problem)
+        params[name] = value
+    return params, None
+
+
+def _check_param(name: str, value):
+    """(the value to use, None) or (None, (message, pydantic error type))."""
+    if name in ("dense_similarity_top_k", "sparse_similarity_top_k", "rerank_top_n"):
+        least = 1 if name == "rerank_top_n" else 0
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, ("Input should be a valid integer", "int_type")
+        if value < least:
+            return None, (f"Input should be greater than or equal to {least}", "greater_than_equal")
+        return value, None
+    if name in ("alpha", "dense_similarity_cutoff"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, ("Input should be a valid number", "float_type")
+        value = float(value)
+        if not math.isfinite(value):
+            return None, ("Input should be a finite number", "finite_number")
+        if name == "alpha" and not 0.0 <= value <= 1.0:
+            bound = "greater than or equal to 0" if value < 0 else "less than or equal to 1"
+            return None, (
+                f"Input should be {bound}",
+                "greater_than_equal" if value < 0 else "less_than_equal",
+            )
+        return value, None
+    if name == "enable_reranking":
+        if not isinstance(value, bool):
+            return None, ("Input should be a valid boolean", "bool_type")
+        return value, None
+    if not isinstance(value, dict):  # search_filters
+        return None, ("Input should be a valid dictionary or instance of MetadataFilters", "model_type")
+    return value, None
+
+
+def _timed(latency: dict, name: str, fn, *args):
+    """``fn(*args)``, its wall time in ms recorded under ``latency[name]``."""
+    t0 = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        latency[name] = (time.perf_counter() - t0) * 1000
+
+
+def _node_key(node: dict) -> tuple[str, str]:
+    """A chunk's identity across the dense and sparse lists: (its document's id, its chunk id)."""
+    source = (node.get("relationships") or {}).get("1") or {}
+    return str(source.get("node_id") or ""), str(node.get("id_"))
+
+
+def _sparse_hits(corpus, query: str, top_k: int, predicate, latency: dict):
+    """(the corpus's BM25 hits, or None when it has no text search; what ``metadata["sparse"]`` says)."""
+    search = getattr(corpus, "sparse_search", None)
+    if search is None:
+        return None, "not available for this corpus (no text search): dense cosine only"
+    try:
+        hits = _timed(latency, "sparse_retrieval", search, query, top_k, predicate)
+    except NotImplementedError as e:
+        latency.pop("sparse_retrieval", None)
+        return None, f"not available for this corpus ({e}): dense cosine only"
+    note = (
+        f"BM25 over character bigrams and words (local imitation): {len(hits)} candidate(s), "
+        f"sparse_similarity_top_k {top_k}"
+    )
+    return hits, note
+
+
+def rank_chunks(corpus, query: str, p: dict, predicate) -> tuple[list[tuple[dict, float]], dict, dict]:
+    """The retrieved chunks as (node, score), best first, with ``retrieval_latency`` and ``metadata``.
+
+    Raises NotImplementedError when the dense search it needs is not offered."""
+    latency: dict[str, float] = {}
+    meta: dict[str, str] = {}
+    alpha = p["alpha"]
+    sparse_hits = None
+    if alpha is not None and alpha < 1.0:
+        sparse_hits, meta["sparse"] = _sparse_hits(
+            corpus, query, p["sparse_similarity_top_k"], predicate, latency
+        )
+    dense_hits = []
+    if sparse_hits is None or alpha > 0.0:
+        args = (query, p["dense_similarity_top_k"], p["dense_similarity_cutoff"], predicate)
+        dense_hits = _timed(latency, "dense_retrieval", corpus.search, *args)
+        skipped = getattr(corpus, "unsearchable", None)
+        if skipped:
+            meta["unsearchable_chunks"] = (
+                f"{len(skipped)} chunk(s) left out of dense search: their vectors have the wrong dimension, "
+                "non-finite elements or a zero norm"
+            )
+    if sparse_hits is None:
+        hits = dense_hits
+        meta["search"] = "exact dense cosine (local LlamaCloud-compatible server)"
+    else:
+        hits, meta["search"] = _fused(dense_hits, sparse_hits, alpha, p)
+    if p["enable_reranking"]:
+        top_n = p["rerank_top_n"]
+        candidates = [(i, node.get("text"), score) for i, (node, score) in enumerate(hits)]
+        ranked = _timed(latency, "reranking", cloud_ranking.rerank, query, candidates, top_n)
+        hits = [(hits[i][0], score) for i, score in ranked]
+        meta["reranking"] = (
+            f"reranked: query-term coverage and proximity (local imitation of a reranking model), "
+            f"top {top_n} of {len(candidates)}"
+        )
+    return hits, latency, meta
+
+
+def _fused(dense_hits, sparse_hits, alpha: float, p: dict):
+    """(the fused list as (node, score), what ``metadata["search"]`` says)."""
+    by_key = {_node_key(n): n for n, _ in dense_hits + sparse_hits}
+    fused = cloud_ranking.fuse(
+        [(_node_key(n), s) for n, s in dense_hits], [(_node_key(n), s) for n, s in sparse_hits], alpha
+    )
+    if alpha == 0.0:
+        return [(by_key[k], s) for k, s in fused], (
+            "sparse only (alpha 0): BM25 over character bigrams and words (local imitation), scores "
+            "min-max normalised over the candidates"
+        )
+    keep = max(p["dense_similarity_top_k"], p["sparse_similarity_top_k"])
+    note = (
+        f"hybrid: alpha {alpha:g}, exact dense cosine + BM25 over character bigrams (local imitation), each "
+        f"min-max normalised, fused as alpha * dense + (1 - alpha) * sparse; up to {keep} results"
+    )
+    return [(by_key[k], s) for k, s in fused[:keep]], note
 
 
 class EmulatorServer:
@@ -958,7 +1081,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--corpus",
         default="demo",
-        help="demo | demo-openai | hostile | synthetic:N[:D[:chunks_per_doc]] | an export folder",
+        help="demo | demo-openai | demo-ko | hostile | synthetic:N[:D[:chunks_per_doc]] | an export folder",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8787)

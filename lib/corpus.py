@@ -163,6 +163,7 @@ class StaticCorpus:
         self.chunks: dict[str, list[dict]] = {}
         self._vectors: dict[tuple[str, str], np.ndarray] = {}  # (doc id, chunk id) -> vector as given
         self._matrix = None  # (nodes, unit matrix, unsearchable) built lazily
+        self._sparse = None  # (nodes, cloud_ranking.SparseIndex) over every chunk's text, built lazily
 
     def __deepcopy__(self, memo):
         """An independent copy (tests change corpora; vectors are shared read-only arrays)."""
@@ -194,6 +195,7 @@ class StaticCorpus:
                     arr.flags.writeable = False
                     self._vectors[(doc["id"], c["id_"])] = arr
             self._matrix = None
+            self._sparse = None
 
     def _drop_vectors(self, doc_id: str) -> None:
         for c in self.chunks.get(doc_id, []):
@@ -207,6 +209,7 @@ class StaticCorpus:
             self.chunks.pop(doc_id, None)
             del self.documents[doc_id]
             self._matrix = None
+            self._sparse = None
             return True
 
     # --- reads ---
@@ -301,6 +304,35 @@ class StaticCorpus:
                     break
         return out
 
+    def _sparse_index(self):
+        with self._lock:
+            if self._sparse is None:
+                from .rehearsal.cloud_ranking import SparseIndex  # the server's imitation of LlamaCloud
+
+                nodes = [c for chunks in self.chunks.values() for c in chunks]
+                self._sparse = (nodes, SparseIndex([n.get("text") for n in nodes]))
+            return self._sparse
+
+    def sparse_search(self, query: str, top_k: int, predicate) -> list[tuple[dict, float]]:
+        """The ``top_k`` chunks with the best BM25 score for ``query`` over their text (every chunk, with a
+        vector or without: see ``runbook.rehearsal.cloud_ranking``), best first, as (node, score); chunks
+        ``predicate`` refuses are left out before the top k is taken, chunks that score 0 (no query token)
+        are never returned, and equal scores keep the corpus's order."""
+        nodes, index = self._sparse_index()
+        if top_k <= 0 or not nodes:
+            return []
+        scores = index.scores(query)
+        out = []
+        for i in np.argsort(-scores, kind="stable"):
+            s = float(scores[i])
+            if not s > 0.0:
+                break
+            if predicate(nodes[i].get("extra_info") or {}):
+                out.append((nodes[i], s))
+                if len(out) >= top_k:
+                    break
+        return out
+
 
 def _unsearchable_reason(v: np.ndarray, dim: int | None) -> str:
     """Why a vector cannot be searched ("" when it can)."""
@@ -357,6 +389,24 @@ def demo_document_text(t: dict) -> tuple[str, list[int]]:
 
 def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool = True) -> StaticCorpus:
     """The demo index: 50 health-checkup documents, Korean titles and file names, MiniLM vectors."""
+    return build_topic_corpus(
+        demo_topics(), demo_document_text, DEMO_CHUNK_SIZE, DEMO_CHUNK_OVERLAP, embed_cache, with_vectors
+    )
+
+
+def build_topic_corpus(
+    topics: list[dict],
+    text_of,
+    chunk_size: int,
+    chunk_overlap: int,
+    embed_cache: str | Path | None = None,
+    with_vectors: bool = True,
+    preset: dict | None = None,
+    file_suffix: str = "_가이드.pdf",
+) -> StaticCorpus:
+    """A demo index from topics (one document each, ``text_of(topic) -> (text, page starts)``), chunked by
+    LlamaIndex's SentenceSplitter as a LlamaCloud pipeline would, with MiniLM vectors; ``preset`` overrides
+    the pipeline's ``preset_retrieval_parameters``."""
     from llama_index.core.node_parser import SentenceSplitter
 
     project = copy.deepcopy(DEMO_PROJECT)
@@ -372,17 +422,18 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
                 "class_name": "HuggingFaceInferenceAPIEmbedding",
             },
         },
-        {"mode": "auto", "chunk_size": DEMO_CHUNK_SIZE, "chunk_overlap": DEMO_CHUNK_OVERLAP},
+        {"mode": "auto", "chunk_size": chunk_size, "chunk_overlap": chunk_overlap},
     )
+    pipeline["preset_retrieval_parameters"].update(preset or {})
     corpus = StaticCorpus(project, pipeline, MINILM)
-    splitter = SentenceSplitter(chunk_size=DEMO_CHUNK_SIZE, chunk_overlap=DEMO_CHUNK_OVERLAP)
+    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     pending = []
     base_time = dt.datetime(2025, 3, 2, 9, 0, tzinfo=dt.UTC)
-    for i, t in enumerate(demo_topics()):
+    for i, t in enumerate(topics):
         doc_id = demo_document_id(i, t)
-        text, pages = demo_document_text(t)
+        text, pages = text_of(t)
         file_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"welno-demo-file/{t['slug']}"))
-        file_name = f"{t['ko']}_가이드.pdf"
+        file_name = f"{t['ko']}{file_suffix}"
         doc_meta = {
             "file_id": file_id,
             "file_name": file_name,
@@ -407,7 +458,7 @@ def build_demo_corpus(embed_cache: str | Path | None = None, with_vectors: bool 
         chunk_ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{doc_id}#chunk{k}")) for k in range(len(nodes))]
         chunks, search_from = [], 0
         for k, ctext in enumerate(nodes):
-            start = text.find(ctext[:40], max(0, search_from - DEMO_CHUNK_OVERLAP * 8))
+            start = text.find(ctext[:40], max(0, search_from - chunk_overlap * 8))
             start = start if start >= 0 else None
             end = start + len(ctext) if start is not None else None
             if start is not None:
@@ -999,12 +1050,16 @@ class SyntheticCorpus:
 
 
 def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_export: bool = False):
-    """``demo``, ``demo-openai``, ``hostile``, ``synthetic:N[:D[:chunks_per_doc]]`` or the path of an export
+    """``demo``, ``demo-openai``, ``demo-ko`` (Korean text, hybrid reranked preset), ``hostile``, ``synthetic:N[:D[:chunks_per_doc]]`` or the path of an export
     folder."""
     if corpus == "demo":
         return build_demo_corpus(embed_cache)
     if corpus == "demo-openai":
         return build_demo_openai_corpus(embed_cache)
+    if corpus == "demo-ko":
+        from .rehearsal import korean_demo
+
+        return korean_demo.build(embed_cache)
     if corpus == "hostile":
         return build_hostile_corpus()
     if corpus.startswith("synthetic:"):
@@ -1014,5 +1069,5 @@ def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_e
     if (p / "manifest.json").exists():
         return corpus_from_export(p)
     raise ValueError(
-        f"corpus {corpus!r}: use 'demo', 'demo-openai', 'hostile', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json"
+        f"corpus {corpus!r}: use 'demo', 'demo-openai', 'demo-ko', 'hostile', 'synthetic:N[:D[:chunks_per_doc]]' or an export folder with manifest.json"
     )

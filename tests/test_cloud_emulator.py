@@ -138,7 +138,7 @@ def test_retrieve_filters_and_cutoff(server):
     )
     assert len(cut.retrieval_nodes) == 3
     rr = c.pipelines.retrieve(pipeline_id=pid, query="x", enable_reranking=True, alpha=0.5)
-    assert "reranking" in rr.metadata and "sparse" in rr.metadata  # says what it does not imitate
+    assert "reranking" in rr.metadata and "sparse" in rr.metadata  # says what it did (hybrid, reranked)
 
 
 def test_llamacloudindex_and_retriever_work_unchanged(server):

@@ -20,18 +20,23 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import embeddings
-from .paths import PACKAGE_DATA
+from .paths import PACKAGE_DATA, resolve
 
 
-def load_questions(path: str = "") -> list[dict]:
-    """JSONL or YAML list of {id, question, expected_document_ids?}; "" = the demo question set."""
-    p = Path(path) if path else PACKAGE_DATA / "demo_questions.jsonl"
+def load_questions(path: str = "", corpus: str = "") -> list[dict]:
+    """JSONL or YAML list of {id, question, expected_document_ids?, kind?}; "" = the demo question set.
+    ``kind`` (e.g. keyword, paraphrase) groups the questions in ``hits_by_kind``. A relative path is the
+    project root's; with no path, the rehearsal ``corpus`` "demo-ko" brings its Korean question set."""
+    if not path and corpus == "demo-ko":
+        from .rehearsal import korean_demo
+
+        return korean_demo.questions()
+    p = resolve(path) if path else PACKAGE_DATA / "demo_questions.jsonl"
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):
         import yaml
@@ -50,6 +55,7 @@ def load_questions(path: str = "") -> list[dict]:
                 "id": q.get("id") or f"q{i + 1:03d}",
                 "question": q["question"],
                 "expected_document_ids": list(q.get("expected_document_ids") or []),
+                "kind": str(q.get("kind") or ""),
             }
         )
     return out
@@ -101,6 +107,223 @@ def _local_once(collection, spec: embeddings.ModelSpec, q: dict, top_k: int) -> 
         "docs": [m.get("ref_doc_id") for m in res["metadatas"][0]],
         "scores": [1.0 - d for d in res["distances"][0]],  # cosine space: distance = 1 - cosine
     }
+
+
+def _retriever_once(retriever, q: dict, top_k: int) -> dict:
+    """One query through a LlamaIndex retriever (the local arm as the service runs it: hybrid, reranked)."""
+    t0 = time.perf_counter()
+    nodes = retriever.retrieve(q["question"])[:top_k]
+    ms = (time.perf_counter() - t0) * 1000
+
+    def doc(n):
+        md = n.node.metadata or {}
+        return n.node.ref_doc_id or md.get("ref_doc_id") or md.get("document_id")
+
+    return {
+        "id": q["id"],
+        "latency_ms": ms,
+        "ids": [n.node.node_id for n in nodes],
+        "docs": [doc(n) for n in nodes],
+        "scores": [float(n.score or 0.0) for n in nodes],
+    }
+
+
+# ---- arms: each a function of one question giving one timed result row
+def cloud_arm(src, pipeline_id: str, top_k: int, dense_only: bool = False):
+    """The cloud index as its preset says (or dense-only: alpha 1, reranking off, sent by the raw client
+    since LlamaCloudRetriever drops falsy settings)."""
+    extra = {"alpha": 1.0, "enable_reranking": False} if dense_only else {}
+    return lambda q: _cloud_once(src, pipeline_id, q, top_k, extra)
+
+
+def local_dense_arm(collection, spec: embeddings.ModelSpec, top_k: int):
+    """Chroma alone, queried directly (embedding and search timed apart)."""
+    embeddings.embed_query("warm-up", spec)
+    return lambda q: _local_once(collection, spec, q, top_k)
+
+
+def retriever_arm(retriever, top_k: int):
+    """Any LlamaIndex retriever: the local hybrid and reranked modes as ``rag_switch`` builds them."""
+    retriever.retrieve("warm-up")
+    return lambda q: _retriever_once(retriever, q, top_k)
+
+
+def run_arms(arms: dict, questions: list[dict], repetitions: int = 3, timed: tuple = ()) -> dict:
+    """Every arm on every question, query by query and in turn (the order rotates with each repetition, so
+    load on the machine falls on all arms alike). The ``timed`` arms (the two the latency gate compares; all
+    when empty) run ``repetitions`` times per query, the others once (a cloud arm's run is a billed query);
+    each query keeps its first run's results and its fastest run's timings. Returns {name: ArmRun}."""
+    check_latency_params(repetitions, 0.0)
+    names = list(arms)
+    timed = tuple(timed) or tuple(names)
+    out = {n: ArmRun(n, interleaved=n in timed and len(timed) > 1) for n in names}
+    for q in questions:
+        runs: dict[str, list] = {n: [] for n in names}
+        for r in range(repetitions):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                if r == 0 or n in timed:
+                    runs[n].append(arms[n](q))
+        for n in names:
+            out[n].rows.append(_best_of(runs[n]))
+    return out
+
+
+CLOUD = "cloud as configured"
+CLOUD_DENSE = "cloud dense-only"
+
+
+def build_arms(src, pipeline_id: str, cfg, collection, top_k: int, hybrid: bool) -> dict:
+    """Phase 05's arms: the cloud as its preset says; the cloud dense-only (when the preset is hybrid or
+    reranked); the local modes: dense (Chroma alone), hybrid (when the collection has a sparse index; with
+    the configured mode's ``alpha``, else the cloud's), and hybrid + rerank (when a local reranker is
+    configured). The local arm ``cfg`` (config.env) configures is among them, named ``cfg.retrieval.label``.
+    Hybrid and reranked arms are the retrievers ``rag_switch`` builds for the service."""
+    from dataclasses import replace
+
+    from . import rag_switch, retrieval_modes
+
+    arms = {CLOUD: cloud_arm(src, pipeline_id, top_k)}
+    if hybrid:
+        arms[CLOUD_DENSE] = cloud_arm(src, pipeline_id, top_k, dense_only=True)
+    mode = cfg.retrieval
+    arms[retrieval_modes.Mode().label] = local_dense_arm(collection, cfg.embed, top_k)
+    if mode.sparse_path:
+        modes = [replace(mode, mode="hybrid", rerank="", rerank_top_n=0)]
+        if mode.rerank:
+            modes.append(replace(mode, mode="hybrid"))
+        if mode.mode == "dense" and mode.rerank:
+            modes.append(mode)
+        for m in modes:
+            arms[m.label] = retriever_arm(rag_switch.build_retriever(replace(cfg, retrieval=m)), top_k)
+    elif mode.rerank:
+        arms[mode.label] = retriever_arm(rag_switch.build_retriever(cfg), top_k)
+    return arms
+
+
+def alpha_sweep(cfg, cloud: ArmRun, questions: list[dict], k: int, alphas: list) -> list[dict]:
+    """The local hybrid mode at each ``alpha`` (0 sparse only ... 1 dense only), one run per question, each
+    against the ``cloud`` arm's results and the labels: the figures a team picks its ``alpha`` by. Needs the
+    collection's sparse index (``cfg.retrieval.sparse_path``); local queries only, nothing billed."""
+    from dataclasses import replace
+
+    from . import rag_switch
+
+    if not cfg.retrieval.sparse_path:
+        return []
+    runs = {CLOUD: cloud}
+    for a in sorted({float(x) for x in alphas}):
+        mode = replace(cfg.retrieval, mode="hybrid", alpha=a, rerank="", rerank_top_n=0).check()
+        arm = retriever_arm(rag_switch.build_retriever(replace(cfg, retrieval=mode)), k)
+        runs[a] = run_arms({a: arm}, questions, 1)[a]
+    rows = arms_table(runs, CLOUD, questions, k)[1:]
+    return [{"alpha": r.pop("arm"), **r} for r in rows]
+
+
+def sweep_figure(sweep: list[dict], k: int, configured: float | None, cloud_alpha: float | None):
+    """Label hit@k and MRR of the local hybrid by alpha, the configured and the cloud's alpha marked."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    x = [r["alpha"] for r in sweep]
+    for col in (f"hit@{k} (labels)", "MRR (labels)", f"recall@{k} of {CLOUD}"):
+        if any(r.get(col) is not None for r in sweep):
+            fig.add_scatter(x=x, y=[r.get(col) for r in sweep], mode="lines+markers", name=col)
+    for a, what in ((configured, "configured"), (cloud_alpha, "cloud's alpha")):
+        if a is not None:
+            fig.add_vline(x=a, line_dash="dot", annotation_text=what)
+    fig.update_layout(
+        height=360,
+        title="Local hybrid by alpha (0 sparse only, 1 dense only)",
+        xaxis_title="alpha",
+        yaxis_range=[0, 1.05],
+    )
+    return fig
+
+
+def skipped_arms(cfg) -> list[dict]:
+    """The local arms ``build_arms`` leaves out for this configuration, and why (shown on the page)."""
+    mode, out = cfg.retrieval, []
+    if not mode.sparse_path:
+        out.append(
+            {"arm": "local hybrid", "why": "the collection has no sparse index (phase 03: sparse_index)"}
+        )
+    if not mode.rerank:
+        out.append(
+            {"arm": "local hybrid + rerank", "why": "no local reranker configured (phase 04: local_rerank)"}
+        )
+    return out
+
+
+def arms_figure(table: list[dict], k: int):
+    """Label hit@k, MRR and recall of the cloud's top-k, per arm: one grouped bar chart."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for col in (f"hit@{k} (labels)", "MRR (labels)", f"recall@{k} of {CLOUD}"):
+        if any(r.get(col) is not None for r in table):
+            fig.add_bar(name=col, x=[r["arm"] for r in table], y=[r.get(col) for r in table])
+    fig.update_layout(barmode="group", height=380, title="Retrieval quality per arm", yaxis_range=[0, 1.05])
+    return fig
+
+
+def modes_verdict(table: list[dict], configured: str, k: int, tolerance: float) -> str:
+    """One sentence on the local modes: which meet the label gates against the cloud, and what to do when
+    the configured one does not."""
+    rows = {r["arm"]: r for r in table}
+    if rows[configured][f"hit@{k} (labels)"] is None:
+        return f"The service is configured for **{configured}**; the question set has no labels to judge modes by."
+    meeting = modes_meeting(table, CLOUD, k, tolerance)
+    c = rows[CLOUD]
+    head = (
+        f"The cloud as configured: hit@{k} {c[f'hit@{k} (labels)']:.3f}, MRR {c['MRR (labels)']:.3f}. "
+        + "Local modes "
+        + (
+            f"meeting the label gates: **{', '.join(meeting)}**."
+            if meeting
+            else "meeting the label gates: **none**."
+        )
+    )
+    if configured in meeting:
+        return head + f" The service is configured for **{configured}**."
+    fix = (
+        f" Set local_retrieval_mode in phase 04 to the mode of **{meeting[0]}** and run 04 and 05 again."
+        if meeting
+        else " No local mode answers as well as the cloud: do not cut over."
+    )
+    return head + f" The configured **{configured}** does not meet them." + fix
+
+
+def arms_table(runs: dict, reference: str, questions: list[dict], k: int) -> list[dict]:
+    """One row per arm: recall of the ``reference`` arm's top-k, label hit@k and MRR (when labelled),
+    p50/p95 of the queries' fastest runs."""
+    labels = {q["id"]: set(q["expected_document_ids"]) for q in questions}
+    labelled = any(labels.values())
+    ref = {row["id"]: row["ids"][:k] for row in runs[reference].rows}
+    table = []
+    for name, run in runs.items():
+        recall, hits, rr = [], [], []
+        for row in run.rows:
+            a, b = ref[row["id"]], row["ids"][:k]
+            recall.append(len(set(a) & set(b)) / len(a) if a else 1.0)
+            want = labels.get(row["id"])
+            if want:
+                docs = row["docs"][:k]
+                hits.append(float(bool(want & set(docs))))
+                rank = next((i + 1 for i, d in enumerate(docs) if d in want), None)
+                rr.append(1.0 / rank if rank else 0.0)
+        lat = [row["latency_ms"] for row in run.rows]
+        table.append(
+            {
+                "arm": name,
+                f"recall@{k} of {reference}": round(float(np.mean(recall)), 4),
+                f"hit@{k} (labels)": round(float(np.mean(hits)), 4) if labelled else None,
+                "MRR (labels)": round(float(np.mean(rr)), 4) if labelled else None,
+                "p50 ms": round(float(np.percentile(lat, 50)), 1),
+                "p95 ms": round(float(np.percentile(lat, 95)), 1),
+            }
+        )
+    return table
 
 
 def _best_of(runs: list[dict]) -> dict:
@@ -323,8 +546,9 @@ def summary(df: pd.DataFrame, k: int) -> dict:
     out.update(
         latency_figures(list(df["cloud_runs_ms"]), list(df["local_runs_ms"]), bool(df["interleaved"].all()))
     )
-    out["local embedding p50 ms"] = round(pct("local_embed_ms", 50), 2)
-    out["local search p50 ms"] = round(pct("local_search_ms", 50), 2)
+    if df["local_embed_ms"].notna().all():  # the dense arm times embedding and search apart
+        out["local embedding p50 ms"] = round(pct("local_embed_ms", 50), 2)
+        out["local search p50 ms"] = round(pct("local_search_ms", 50), 2)
     for col in (f"overlap@{k}", "jaccard", "rbo", f"recall@{k} of cloud"):
         out[f"mean {col}"] = round(float(df[col].mean()), 4)
     out["mean kendall tau (shared)"] = (
@@ -411,6 +635,61 @@ def gates(
     return rows
 
 
+def hits_by_kind(runs: dict, questions: list[dict], k: int) -> list[dict]:
+    """Label hit@k per arm and per kind of question (keyword, paraphrase, ...): where each arm wins or
+    loses. Empty when the questions carry no kinds or no labels."""
+    kinds = {q["id"]: q.get("kind") for q in questions if q.get("kind") and q["expected_document_ids"]}
+    labels = {q["id"]: set(q["expected_document_ids"]) for q in questions}
+    if not kinds:
+        return []
+    order = list(dict.fromkeys(kinds.values()))
+    table = []
+    for name, run in runs.items():
+        row: dict = {"arm": name}
+        for kind in order:
+            hits = [
+                float(bool(labels[r["id"]] & set(r["docs"][:k])))
+                for r in run.rows
+                if kinds.get(r["id"]) == kind
+            ]
+            row[f"{kind} hit@{k} ({len(hits)})"] = round(float(np.mean(hits)), 4)
+        table.append(row)
+    return table
+
+
+def label_gates(table: list[dict], arm: str, cloud: str, k: int, tolerance: float) -> list[dict]:
+    """Label quality first: ``arm``'s hit@k and MRR on the labelled questions no lower than the ``cloud``
+    arm's minus ``tolerance``. No rows when the question set is unlabelled."""
+    rows = {r["arm"]: r for r in table}
+    a, c = rows[arm], rows[cloud]
+    if a[f"hit@{k} (labels)"] is None:
+        return []
+    out = []
+    for what in (f"hit@{k} (labels)", "MRR (labels)"):
+        floor = c[what] - tolerance
+        out.append(
+            {
+                "check": f"{arm}: {what.replace(' (labels)', '')} on labelled questions, vs {cloud}",
+                "ok": a[what] >= floor - 1e-9,
+                "detail": f"{a[what]:.3f} vs {c[what]:.3f} (gate >= {floor:.3f}: the cloud's minus {tolerance:g})",
+            }
+        )
+    return out
+
+
+def modes_meeting(
+    table: list[dict], cloud: str, k: int, tolerance: float, local_prefix: str = "local"
+) -> list[str]:
+    """The local arms whose label quality meets the label gates against ``cloud`` (every local arm when the
+    question set is unlabelled: then only agreement with the cloud can judge)."""
+    return [
+        r["arm"]
+        for r in table
+        if r["arm"].startswith(local_prefix)
+        and all(g["ok"] for g in label_gates(table, r["arm"], cloud, k, tolerance))
+    ]
+
+
 def gate_plan(
     k: int,
     min_recall: float,
@@ -419,10 +698,15 @@ def gate_plan(
     min_local_hit_rate: float = 0.0,
     latency_margin: float = 0.25,
     latency_repetitions: int = 3,
+    label_tolerance: float = 0.02,
 ) -> list[dict]:
-    """The gates ``gates`` would apply (same checks, same order), before any comparison: a dry run."""
+    """The gates ``label_gates`` and ``gates`` would apply (same checks, same order), before any comparison: a dry run."""
     check_latency_params(latency_repetitions, latency_margin)
     rows = [
+        {
+            "check": f"the configured local mode's hit@{k} and MRR on labelled questions, vs the cloud's",
+            "gate": f">= the cloud's minus {label_tolerance:g} (when the question set is labelled)",
+        },
         {"check": f"mean recall@{k} of the cloud's results", "gate": f">= {min_recall}"},
         {"check": "queries with empty local results", "gate": f"<= {max_empty}"},
     ]
@@ -490,6 +774,20 @@ def plan(
     }
 
 
+ENGLISH_ONLY = ("all-MiniLM-L6-v2",)
+
+
+def model_note(spec: embeddings.ModelSpec) -> str:
+    """What the page must say about the dense side's model, when it is one trained on English only."""
+    if any(m in spec.model_name for m in ENGLISH_ONLY):
+        return (
+            f"Dense retrieval embeds with {spec.model_name}, a model trained on English text: on Korean text "
+            "it matches little more than shared Latin terms and numbers. The dense-only arms show what that "
+            "costs; the hybrid arms add keyword (BM25) matching."
+        )
+    return f"Dense retrieval embeds queries with {spec.model_id}, the model that made the stored vectors."
+
+
 def cost_table(price_per_query: float, monthly_queries: int, local_monthly_cost: float = 0.0) -> dict:
     cloud = price_per_query * monthly_queries
     return {
@@ -514,8 +812,12 @@ def figures(df: pd.DataFrame, k: int) -> list:
     lat = pd.concat(
         [
             pd.DataFrame({"arm": "cloud (HTTP)", "ms": df["cloud_ms"]}),
-            pd.DataFrame({"arm": "local (embed + search)", "ms": df["local_ms"]}),
-            pd.DataFrame({"arm": "local search only", "ms": df["local_search_ms"]}),
+            pd.DataFrame({"arm": "local (configured mode)", "ms": df["local_ms"]}),
+            *(
+                [pd.DataFrame({"arm": "local search only", "ms": df["local_search_ms"]})]
+                if df["local_search_ms"].notna().all()
+                else []
+            ),
         ]
     )
     f1 = px.box(lat, x="arm", y="ms", points="all", title="Latency per query (its fastest run)")
@@ -532,7 +834,11 @@ def figures(df: pd.DataFrame, k: int) -> list:
     )
     lo = float(np.nanmin([df["cloud_top_score"].min(), df["local_top_score"].min()]))
     f3.add_shape(type="line", x0=lo, y0=lo, x1=1, y1=1, line={"dash": "dot"})
-    f3.update_layout(title="Top-1 cosine score, cloud vs local", xaxis_title="cloud", yaxis_title="local")
+    f3.update_layout(
+        title="Top-1 score, cloud vs local (cosine when dense only; fused or reranked scores otherwise)",
+        xaxis_title="cloud",
+        yaxis_title="local",
+    )
     for f in (f1, f2, f3):
         f.update_layout(height=360)
     return [f1, f2, f3]
@@ -541,6 +847,12 @@ def figures(df: pd.DataFrame, k: int) -> list:
 def verdict(gate_rows: list[dict], s: dict, k: int) -> str:
     ok = all(g["ok"] for g in gate_rows)
     head = "**PASS** — the local index may replace the cloud." if ok else "**FAIL** — do not cut over."
+    if f"local hit@{k} (labels)" in s:
+        head += (
+            f" On the labelled questions the local arm finds the right document in its top {k} for "
+            f"{s[f'local hit@{k} (labels)']:.1%} of them (the cloud {s[f'cloud hit@{k} (labels)']:.1%}), MRR "
+            f"{s['local MRR (labels)']:.3f} (the cloud {s['cloud MRR (labels)']:.3f})."
+        )
     return (
         f"{head} Mean recall@{k} of the cloud's results {s[f'mean recall@{k} of cloud']:.3f}, "
         f"RBO {s['mean rbo']:.3f}; local p95 {s['local best-run latency p95 ms']} ms vs cloud p95 "

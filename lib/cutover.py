@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, credentials, runlog
+from . import atomic, credentials, retrieval_modes, runlog
 from .paths import PROJECT_ROOT, Layout, resolve
 
 
@@ -489,8 +489,10 @@ class Plan:
         self.rows.append({"check": name, "ok": bool(ok), "detail": detail})
 
 
-def switch_changes(verified: dict, spec: dict, current: dict) -> dict:
-    """Every setting the switch factory needs for the verified collection (nothing else)."""
+def switch_changes(verified: dict, spec: dict, current: dict, retrieval: dict | None = None) -> dict:
+    """Every setting the switch factory needs for the verified collection (nothing else): where it is, the
+    query embedder and the retrieval mode (``retrieval``: the LOCAL_RETRIEVAL_MODE... entries phase 04
+    wrote and phase 05 gated)."""
     ch = {"USE_LOCAL_VECTOR_DB": "true", "LOCAL_VECTOR_DB_COLLECTION": verified["collection"]}
     if verified.get("chroma_mode") == "http":
         ch["LOCAL_VECTOR_DB_HOST"] = verified.get("chroma_host") or "127.0.0.1"
@@ -507,6 +509,7 @@ def switch_changes(verified: dict, spec: dict, current: dict) -> dict:
     )
     if spec.get("api_base") or current.get("LOCAL_EMBED_API_BASE"):
         ch["LOCAL_EMBED_API_BASE"] = spec.get("api_base") or ""  # the endpoint 04 tested (not OpenAI's own)
+    ch.update(retrieval or {})
     return {k: str(v) for k, v in ch.items()}
 
 
@@ -611,6 +614,14 @@ def plan(
             bool(name) and h04.get("collection") == name,
             f"phase 04 wrote config for {h04.get('collection')!r}",
         )
+        mode = _tested_retrieval(h04)
+        if h05.get("configured_mode") is not None or mode:
+            label = retrieval_modes.from_values(mode).label
+            p.check(
+                "phase 05 gated the retrieval mode phase 04 configured",
+                h05.get("configured_mode") == label,
+                f"phase 04 configured {label!r}; phase 05 gated {h05.get('configured_mode')!r}",
+            )
         if not dry_run and name:
             try:
                 col = _open_verified(v, base_path)
@@ -635,7 +646,7 @@ def plan(
                 "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
             )
         if name:
-            p.changes = switch_changes(v, _tested_embedder(h04, h01), current)
+            p.changes = switch_changes(v, _tested_embedder(h04, h01), current, _tested_retrieval(h04))
         p.expect = Expect("local", name or "", v.get("count"))
         p.back = Expect("cloud")
     else:
@@ -720,6 +731,12 @@ def _index_check(p: Plan, current: dict, h01: dict) -> None:
         ok,
         f"{detail}; exported {h01.get('index_name')} ({h01.get('index_id')})",
     )
+
+
+def _tested_retrieval(h04: dict) -> dict:
+    """The retrieval-mode entries of the config.env phase 04 wrote ({} from a phase 04 before modes)."""
+    e = h04.get("entries") or {}
+    return {k: e[k] for k in retrieval_modes.entries(retrieval_modes.Mode()) if k in e}
 
 
 def _tested_embedder(h04: dict, h01: dict) -> dict:

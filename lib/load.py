@@ -671,3 +671,28 @@ def _llamaindex_roundtrip(col, picked: list[tuple[dict, str]]) -> tuple[int, int
         ):
             ok += 1
     return ok, len(picked)
+
+
+def loaded_rows(export_dir, policy: records.Policy | None = None, batch_size: int = 4096):
+    """The records ``load_export`` puts into Chroma, in export order, as the sparse index takes them:
+    ``{chunk_id: the Chroma id (qualified where it is), document_id, text, metadata: the flat Chroma
+    metadata without LlamaIndex's node JSON}``, so ids, texts and filterable metadata are the collection's."""
+    exp = export_format.open_export(export_dir)
+    ctx = context(exp, policy)
+    pos = 0
+    for batch in exp.iter_chunk_batches(batch_size=batch_size):
+        ids, docs, _, metas, _ = _prepare_batch(batch, ctx, pos)
+        pos += batch.num_rows
+        for cid, text, md in zip(ids, docs, metas, strict=True):
+            yield {
+                "chunk_id": cid,
+                "document_id": md.get("ref_doc_id"),
+                "text": text,
+                "metadata": sparse_metadata(md),
+            }
+
+
+def sparse_metadata(md: dict) -> dict:
+    """A record's flat Chroma metadata as the sparse index keeps it: what filters see on Chroma, without
+    LlamaIndex's own keys (the node JSON, its type, the document id it repeats)."""
+    return {k: v for k, v in md.items() if k not in records.LLAMAINDEX_KEYS}

@@ -132,6 +132,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "duplicate_chunk_ids": DUPLICATE_ID_POLICIES,
         "chroma_mode": ("embedded", "http"),
         "direction": ("cutover", "rollback"),
+        "local_retrieval_mode": ("match-cloud", "dense", "hybrid"),
     }
 
 
@@ -150,6 +151,7 @@ _AT_LEAST = {
     "embed_rpm": 0,
     "embed_tpm": 0,
     "max_embedding_cost_usd": 0,
+    "gate_label_tolerance": 0,
 }
 
 

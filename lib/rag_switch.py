@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, credentials, embeddings
+from . import atomic, credentials, embeddings, retrieval_modes
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -57,6 +57,7 @@ class RagConfig:
     llm_model: str = "gemini-2.0-flash"
     llm_key_env: str = "GOOGLE_API_KEY"
     llm_base_url: str = ""  # GEMINI_BASE_URL: "" is Google's own endpoint; the rehearsal server stands in
+    retrieval: retrieval_modes.Mode = field(default_factory=retrieval_modes.Mode)  # the local arm's mode
     values: dict = field(default_factory=dict, repr=False)  # the file's other entries (may hold keys)
 
     @property
@@ -114,8 +115,16 @@ def load_config(path: str | os.PathLike) -> RagConfig:
         llm_model=v.get("GEMINI_MODEL", "gemini-2.0-flash"),
         llm_key_env=v.get("GEMINI_API_KEY_ENV", "GOOGLE_API_KEY"),
         llm_base_url=v.get("GEMINI_BASE_URL", "").strip(),
+        retrieval=_retrieval(path, v),
         values=v,
     )
+
+
+def _retrieval(path: Path, v: dict) -> retrieval_modes.Mode:
+    try:
+        return retrieval_modes.from_values(v)
+    except retrieval_modes.RetrievalModeError as e:
+        raise RagConfigError(f"{path}: {e}") from None
 
 
 def write_config(path: str | os.PathLike, entries: dict, mode: int = 0o600) -> Path:
@@ -178,8 +187,9 @@ def open_local_collection(cfg: RagConfig):
         ) from None
 
 
-def build_retriever(cfg: RagConfig):
-    """The retriever for the arm the flag selects, scores in cosine on both arms."""
+def build_retriever(cfg: RagConfig, filters=None):
+    """The retriever for the arm the flag selects, scores in cosine on both arms (fused or reranked scores
+    on a hybrid or reranked arm). ``filters``: LlamaIndex ``MetadataFilters``, on either arm."""
     if cfg.use_local:
         from llama_index.core import VectorStoreIndex
         from llama_index.vector_stores.chroma import ChromaVectorStore
@@ -191,9 +201,18 @@ def build_retriever(cfg: RagConfig):
         index = VectorStoreIndex.from_vector_store(
             ChromaVectorStore(chroma_collection=col), embed_model=embeddings.build(spec)
         )
-        return _filtered_retriever(
-            index.as_retriever(similarity_top_k=cfg.top_k), cfg.similarity_cutoff, chroma_score_to_cosine
-        )
+
+        def dense(k: int, filters=None):
+            return _filtered_retriever(
+                index.as_retriever(similarity_top_k=k, filters=filters),
+                cfg.similarity_cutoff,
+                chroma_score_to_cosine,
+            )
+
+        llm = None
+        if cfg.retrieval.rerank == "gemini":
+            llm = build_llm(cfg, cfg.secret(cfg.llm_key_env, "Google API key (Gemini reranking)"))
+        return retrieval_modes.build(cfg.retrieval, dense, cfg.top_k, llm, filters)
     from llama_cloud.lib.index import LlamaCloudIndex
 
     key = cfg.secret(cfg.cloud_key_env, "LlamaCloud API key")
@@ -203,7 +222,7 @@ def build_retriever(cfg: RagConfig):
             **ident, project_name=cfg.cloud_project, api_key=key.reveal(), base_url=cfg.cloud_base_url or None
         )
     # LlamaCloudRetriever drops falsy settings (0.0 never reaches the server): filter the cutoff here
-    inner = index.as_retriever(dense_similarity_top_k=cfg.top_k)
+    inner = index.as_retriever(dense_similarity_top_k=cfg.top_k, filters=filters)
     return _filtered_retriever(inner, cfg.similarity_cutoff)
 
 
@@ -415,9 +434,11 @@ def config_entries(
     llm_model: str,
     llm_key_env: str,
     gemini_base_url: str = "",
+    retrieval: retrieval_modes.Mode | None = None,
 ) -> dict:
     """The settings of a config.env for the switch (names of key variables, never their values).
-    ``gemini_base_url``: "" for Google's own endpoint, or the rehearsal server's URL."""
+    ``gemini_base_url``: "" for Google's own endpoint, or the rehearsal server's URL. ``retrieval``: the
+    local arm's mode (``retrieval_modes.choose``); None is dense."""
     return {
         "USE_LOCAL_VECTOR_DB": "true" if use_local else "false",
         "LOCAL_VECTOR_DB_PATH": chroma_path,
@@ -437,6 +458,7 @@ def config_entries(
         "GEMINI_MODEL": llm_model,
         "GEMINI_API_KEY_ENV": llm_key_env,
         "GEMINI_BASE_URL": gemini_base_url,
+        **retrieval_modes.entries(retrieval or retrieval_modes.Mode()),
     }
 
 
@@ -482,6 +504,7 @@ def health_report(cfg: RagConfig, collection=None) -> dict:
             collection=col.name,
             count=col.count(),
             embedding_model=cfg.embed.model_id,
+            retrieval=cfg.retrieval.label,
             chroma=f"{cfg.chroma_host}:{cfg.chroma_port}" if cfg.chroma_host else cfg.local_path,
         )
     else:

@@ -31,7 +31,18 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, chroma_target, embeddings, export_format, extract, handoff, load, reembed, runlog
+from . import (
+    atomic,
+    chroma_target,
+    embeddings,
+    export_format,
+    extract,
+    handoff,
+    load,
+    reembed,
+    runlog,
+    sparse_sync,
+)
 from .paths import Layout, resolve
 
 PHASE = "07_update_vectors"
@@ -46,12 +57,14 @@ def _now() -> dt.datetime:
 
 # ---------------------------------------------------------------- snapshots
 def snapshot(layout: Layout, label: str = "", note: dict | None = None) -> Path:
-    """Copy ``chroma_db/`` to ``backup/chroma_snapshots/``; ``note`` (e.g. the verified collection at that
-    moment) is kept beside it as ``<name>.json`` for ``restore``."""
+    """Copy ``chroma_db/`` to ``backup/chroma_snapshots/``, with the sparse indexes beside it (inside the
+    snapshot as ``sparse_index/``: both indexes come back together); ``note`` (e.g. the verified collection
+    at that moment) is kept beside it as ``<name>.json`` for ``restore``."""
     stamp = _now().strftime("%Y%m%dT%H%M%S%fZ")
     dest = layout.backup / "chroma_snapshots" / (stamp + (f"-{label}" if label else ""))
     tmp = dest.with_name(dest.name + ".partial")
     shutil.copytree(layout.chroma_db, tmp)
+    sparse_sync.snapshot_into(layout, tmp)
     if note is not None:
         atomic.write_json(dest.with_name(dest.name + ".json"), note)
     os.replace(tmp, dest)  # a snapshot is either complete or absent
@@ -68,17 +81,20 @@ def list_snapshots(layout: Layout) -> list[str]:
 
 
 def restore(layout: Layout, name: str) -> Path:
-    """Put a snapshot back as ``chroma_db/``; the current one is kept aside, never deleted."""
+    """Put a snapshot back as ``chroma_db/`` and its sparse indexes as ``sparse_index/``; the current ones
+    are kept aside, never deleted."""
     src = layout.backup / "chroma_snapshots" / name
     if not src.is_dir():
         raise FileNotFoundError(f"no snapshot {name!r}; snapshots: {list_snapshots(layout)}")
-    aside = layout.base / f"chroma_db.replaced-{_now().strftime('%Y%m%dT%H%M%SZ')}"
+    stamp = _now().strftime("%Y%m%dT%H%M%SZ")
+    aside = layout.base / f"chroma_db.replaced-{stamp}"
     tmp = layout.base / "chroma_db.restoring"
     if tmp.exists():
         shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
+    shutil.copytree(src, tmp, ignore=lambda d, names: [sparse_sync.DIRNAME] if Path(d) == src else [])
     os.replace(layout.chroma_db, aside)
     os.replace(tmp, layout.chroma_db)
+    sparse_sync.restore_from(layout, src, layout.base / f"{sparse_sync.DIRNAME}.replaced-{stamp}")
     return aside
 
 
@@ -870,6 +886,8 @@ def apply_update(ctx: Context, plan: UpdatePlan, snapshot_before: bool = True) -
             {"chunks added": 0, "chunks removed": 0, "reconciliation": reconcile(target, exp)}
         )
     out["expected count"] = _expected_count(plan, out)
+    touched = sparse_sync.touched_documents(out, plan.local.rows if plan.local is not None else None)
+    out["sparse"] = sparse_sync.after_update(layout, plan.start, target, touched)
     state["stage"] = "applied"
     save()
     return out
@@ -877,7 +895,7 @@ def apply_update(ctx: Context, plan: UpdatePlan, snapshot_before: bool = True) -
 
 def brief(d: dict) -> dict:
     """A result or hand-off without its bulky parts (shown in their own tables)."""
-    return {k: v for k, v in d.items() if k not in ("cloud", "checks", "plan")}
+    return {k: v for k, v in d.items() if k not in ("cloud", "checks", "plan", "sparse")}
 
 
 def _export_of(ctx: Context, applied: dict):
@@ -949,7 +967,7 @@ def verify_update(ctx: Context, plan: UpdatePlan, applied: dict) -> list[dict]:
     if not recon:
         recon = reconcile(target, exp)
         rec_check = [{"check": "collection and export ids agree", "ok": recon["clean"], "detail": str(recon)}]
-    return rows + rec_check
+    return rows + rec_check + list((applied.get("sparse") or {}).get("checks") or [])
 
 
 def _next_step(ctx: Context, plan: UpdatePlan, applied: dict) -> str:

@@ -140,4 +140,6 @@ def test_gate_plan_names_the_gates_the_comparison_applies():
         "local hit@5 (labels)": 1.0,
     }
     planned = compare.gate_plan(5, 0.9, 0, True, 0.8)
-    assert [g["check"] for g in planned] == [g["check"] for g in compare.gates(s, 5, 0.9, 0, True, 0.8)]
+    # label quality first (compare.label_gates, named by the configured arm), then the gates in order
+    assert "hit@5 and MRR on labelled questions, vs the cloud's" in planned[0]["check"]
+    assert [g["check"] for g in planned[1:]] == [g["check"] for g in compare.gates(s, 5, 0.9, 0, True, 0.8)]

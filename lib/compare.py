@@ -255,6 +255,14 @@ def skipped_arms(cfg) -> list[dict]:
     return out
 
 
+def gated_settings(cfg) -> dict:
+    """The config.env retrieval settings of the configured local mode, as phase 05 gated them: phase 06
+    refuses to switch to any others."""
+    from . import retrieval_modes
+
+    return retrieval_modes.entries(cfg.retrieval)
+
+
 def arms_figure(table: list[dict], k: int):
     """Label hit@k, MRR and recall of the cloud's top-k, per arm: one grouped bar chart."""
     import plotly.graph_objects as go
@@ -287,7 +295,8 @@ def modes_verdict(table: list[dict], configured: str, k: int, tolerance: float) 
     if configured in meeting:
         return head + f" The service is configured for **{configured}**."
     fix = (
-        f" Set local_retrieval_mode in phase 04 to the mode of **{meeting[0]}** and run 04 and 05 again."
+        f" Set local_retrieval_mode (and local_hybrid_alpha, or local_rerank) in phase 04 for **{meeting[0]}** "
+        "and run 04 and 05 again."
         if meeting
         else " No local mode answers as well as the cloud: do not cut over."
     )

@@ -616,11 +616,18 @@ def plan(
         )
         mode = _tested_retrieval(h04)
         if h05.get("configured_mode") is not None or mode:
-            label = retrieval_modes.from_values(mode).label
+            try:
+                label, err = retrieval_modes.from_values(mode).label, ""
+            except retrieval_modes.RetrievalModeError as e:
+                label, err = None, f"; the settings cannot work: {e}"
+            gated = h05.get("retrieval_entries")
+            same = gated == mode if gated is not None else h05.get("configured_mode") == label
             p.check(
-                "phase 05 gated the retrieval mode phase 04 configured",
-                h05.get("configured_mode") == label,
-                f"phase 04 configured {label!r}; phase 05 gated {h05.get('configured_mode')!r}",
+                "phase 05 gated the retrieval settings phase 04 configured",
+                same and not err,
+                f"phase 04 configured {label!r}; phase 05 gated {h05.get('configured_mode')!r}"
+                + ("" if same else " (the settings differ: run 04 and 05 again)")
+                + err,
             )
         if not dry_run and name:
             try:

@@ -694,5 +694,5 @@ def loaded_rows(export_dir, policy: records.Policy | None = None, batch_size: in
 
 def sparse_metadata(md: dict) -> dict:
     """A record's flat Chroma metadata as the sparse index keeps it: what filters see on Chroma, without
-    LlamaIndex's own keys (the node JSON, its type, the document id it repeats)."""
-    return {k: v for k, v in md.items() if k not in records.LLAMAINDEX_KEYS}
+    LlamaIndex's node JSON and node type (the document id keys stay: filters see them too)."""
+    return {k: v for k, v in md.items() if k not in ("_node_content", "_node_type")}

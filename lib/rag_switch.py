@@ -121,8 +121,9 @@ def load_config(path: str | os.PathLike) -> RagConfig:
 
 
 def _retrieval(path: Path, v: dict) -> retrieval_modes.Mode:
+    local = (v.get("USE_LOCAL_VECTOR_DB") or "").strip().lower() in TRUE
     try:
-        return retrieval_modes.from_values(v)
+        return retrieval_modes.from_values(v, check=local)
     except retrieval_modes.RetrievalModeError as e:
         raise RagConfigError(f"{path}: {e}") from None
 
@@ -187,6 +188,27 @@ def open_local_collection(cfg: RagConfig):
         ) from None
 
 
+def chroma_nodes(col, ids: list[str]) -> list:
+    """The collection's records as LlamaIndex nodes, in the order of ``ids``, read back exactly as
+    ``ChromaVectorStore`` reads a query's results (so a hybrid search fuses one node per chunk)."""
+    from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
+    if not ids:
+        return []
+    got = col.get(ids=list(ids), include=["documents", "metadatas"])
+    by_id = {
+        i: metadata_dict_to_node(m, text=t)
+        for i, t, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+    }
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise RagConfigError(
+            f"the sparse index names {len(missing)} record(s) the collection {col.name!r} does not hold "
+            f"(e.g. {missing[0]!r}): it is out of step; run phase 07 (or phase 03) to rebuild it"
+        )
+    return [by_id[i] for i in ids]
+
+
 def build_retriever(cfg: RagConfig, filters=None):
     """The retriever for the arm the flag selects, scores in cosine on both arms (fused or reranked scores
     on a hybrid or reranked arm). ``filters``: LlamaIndex ``MetadataFilters``, on either arm."""
@@ -212,7 +234,9 @@ def build_retriever(cfg: RagConfig, filters=None):
         llm = None
         if cfg.retrieval.rerank == "gemini":
             llm = build_llm(cfg, cfg.secret(cfg.llm_key_env, "Google API key (Gemini reranking)"))
-        return retrieval_modes.build(cfg.retrieval, dense, cfg.top_k, llm, filters)
+        return retrieval_modes.build(
+            cfg.retrieval, dense, cfg.top_k, llm, filters, lambda ids: chroma_nodes(col, ids)
+        )
     from llama_cloud.lib.index import LlamaCloudIndex
 
     key = cfg.secret(cfg.cloud_key_env, "LlamaCloud API key")

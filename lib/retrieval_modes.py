@@ -53,6 +53,8 @@ class Mode:
             raise RetrievalModeError(
                 f"LOCAL_HYBRID_ALPHA {self.alpha} must lie in [0, 1] (0 sparse only, 1 dense only)"
             )
+        if self.rerank_top_n < 0:
+            raise RetrievalModeError(f"LOCAL_RERANK_TOP_N {self.rerank_top_n} must be 0 (the top_k) or more")
         if self.candidates < 1:
             raise RetrievalModeError(f"LOCAL_CANDIDATES_TOP_K {self.candidates} must be at least 1")
         if self.mode == "hybrid" and not self.sparse_path:
@@ -75,8 +77,10 @@ class Mode:
         return self
 
 
-def from_values(v: dict) -> Mode:
-    """The mode from config.env's entries (absent entries: dense, as before these settings existed)."""
+def from_values(v: dict, check: bool = True) -> Mode:
+    """The mode from config.env's entries (absent entries: dense, as before these settings existed);
+    ``check``: refuse settings that cannot work (off while the flag selects the cloud arm, so a broken local
+    setting never blocks going back to the cloud)."""
 
     def num(key, cast, default):
         raw = str(v.get(key) or "").strip()
@@ -87,14 +91,15 @@ def from_values(v: dict) -> Mode:
         except ValueError:
             raise RetrievalModeError(f"{key}={raw!r} is not a number") from None
 
-    return Mode(
+    mode = Mode(
         mode=(v.get("LOCAL_RETRIEVAL_MODE") or "dense").strip().lower(),
         alpha=num("LOCAL_HYBRID_ALPHA", float, 0.5),
         sparse_path=(v.get("LOCAL_SPARSE_INDEX_PATH") or "").strip(),
         candidates=num("LOCAL_CANDIDATES_TOP_K", int, 30),
         rerank=(v.get("LOCAL_RERANK") or "").strip(),
         rerank_top_n=num("LOCAL_RERANK_TOP_N", int, 0),
-    ).check()
+    )
+    return mode.check() if check else mode
 
 
 def entries(mode: Mode) -> dict:
@@ -185,11 +190,12 @@ def reranker(mode: Mode, top_n: int, llm=None):
     return SentenceTransformerRerank(model=mode.rerank.split(":", 1)[1], top_n=top_n, device="cpu")
 
 
-def build(mode: Mode, dense_factory, top_k: int, llm=None, filters=None):
+def build(mode: Mode, dense_factory, top_k: int, llm=None, filters=None, nodes_from=None):
     """The local retriever of ``mode``: ``dense_factory(k, filters)`` gives Chroma's dense retriever for k
     results (scores in cosine, the cutoff applied); hybrid adds the sparse index; reranking comes last.
-    ``filters`` (LlamaIndex ``MetadataFilters``) restrict the dense and the sparse candidates alike. Returns
-    at most ``top_k`` nodes per query."""
+    ``filters`` (LlamaIndex ``MetadataFilters``) restrict the dense and the sparse candidates alike;
+    ``nodes_from(chroma ids)`` gives the sparse hits as the collection's own nodes (the same node for a chunk
+    both sides find). Returns at most ``top_k`` nodes per query."""
     mode.check()
     final = mode.rerank_top_n or top_k
     want = max(mode.candidates, top_k, final) if (mode.rerank or mode.mode == "hybrid") else top_k
@@ -199,7 +205,10 @@ def build(mode: Mode, dense_factory, top_k: int, llm=None, filters=None):
         from . import sparse_index
 
         sparse = sparse_index.SparseRetriever(
-            sparse_index.SparseIndex.open(mode.sparse_path), similarity_top_k=want, filters=filters
+            sparse_index.SparseIndex.open(mode.sparse_path),
+            similarity_top_k=want,
+            filters=filters,
+            nodes_from=nodes_from,
         )
         fused = want if mode.rerank else top_k
         base = sparse_index.hybrid_retriever(dense_factory(want, filters), sparse, mode.alpha, fused)

@@ -1063,7 +1063,11 @@ class SparseRetriever(_BaseRetriever):
         filters=None,
         callback_manager=None,
         verbose: bool = False,
+        nodes_from=None,
     ):
+        """``nodes_from(chunk_ids) -> nodes``: where the returned nodes come from (the Chroma collection, so
+        a chunk found by both sides of a hybrid search is the very same node); default: the index's own."""
+        self.nodes_from = nodes_from
         if not isinstance(index, SparseIndex):
             index = SparseIndex.open(index)
         if not isinstance(similarity_top_k, int) or similarity_top_k < 1:
@@ -1077,19 +1081,24 @@ class SparseRetriever(_BaseRetriever):
     def _retrieve(self, query_bundle):
         from llama_index.core.schema import NodeWithScore
 
+        if self.nodes_from is not None:
+            found = self.index.search(query_bundle.query_str, self.similarity_top_k, self.filters)
+            nodes = self.nodes_from([cid for cid, _ in found])
+            return [NodeWithScore(node=n, score=s) for n, (_, s) in zip(nodes, found, strict=True)]
         hits = self.index.search_nodes(query_bundle.query_str, self.similarity_top_k, self.filters)
         return [NodeWithScore(node=n, score=s) for n, s in hits]
 
 
 def _same_chunk_same_node(results: dict) -> dict:
-    """Within one fusion, make every result for a node id carry the same node object (the first seen:
+    """Within one fusion, make every result for a (node id, document) carry the same node object (the first seen:
     the dense one), so LlamaIndex's fusion, which recognises a node by ``node.hash`` (text + metadata),
     merges a chunk both arms found even where their metadata are written differently (Chroma's node JSON
     vs the flat metadata the sparse index may hold)."""
     first: dict = {}
     for nodes_with_scores in results.values():
         for nws in nodes_with_scores:
-            nws.node = first.setdefault(nws.node.node_id, nws.node)
+            key = (nws.node.node_id, nws.node.ref_doc_id)  # two documents may share a chunk id
+            nws.node = first.setdefault(key, nws.node)
     return results
 
 

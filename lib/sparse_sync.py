@@ -42,7 +42,12 @@ def build_for_load(
 
     path = index_path(layout, col.name)
     idx = sparse_index.SparseIndex.build(path, rows(), show_progress=True)
-    checks = idx.verify(expected_documents=len(docs), expected_chunks=col.count(), probes=probes)
+    checks = idx.verify(
+        expected_documents=len(docs),
+        expected_chunks=col.count(),
+        probes=probes,
+        expected_chunk_ids=col.get(include=[])["ids"],  # Chroma's own ids, not the rows it was built from
+    )
     return {"path": str(path), "stats": idx.stats(), "checks": checks}
 
 
@@ -109,13 +114,35 @@ def snapshot_into(layout: Layout, dest: Path) -> bool:
     return True
 
 
-def restore_from(layout: Layout, snap: Path, aside: Path) -> bool:
-    """Put a snapshot's sparse indexes back with its ``chroma_db/`` (the current ones kept at ``aside``);
-    a snapshot without them leaves no sparse index, as it was when the snapshot was taken."""
+def stage_restore(layout: Layout, snap: Path) -> Path | None:
+    """Copy a snapshot's sparse indexes to ``sparse_index.restoring`` before ``chroma_db/`` is swapped, so
+    the two swaps that follow are renames only (None: the snapshot holds none)."""
+    staged = layout.base / f"{DIRNAME}.restoring"
+    shutil.rmtree(staged, ignore_errors=True)
+    if not (snap / DIRNAME).is_dir():
+        return None
+    shutil.copytree(snap / DIRNAME, staged)
+    return staged
+
+
+def finish_restore(layout: Layout, staged: Path | None, aside: Path) -> bool:
+    """Put the staged sparse indexes in place, the current ones kept at ``aside``; a snapshot without any
+    leaves none, as it was when the snapshot was taken."""
     cur = layout.base / DIRNAME
     if cur.exists():
         cur.replace(aside)
-    if (snap / DIRNAME).is_dir():
-        shutil.copytree(snap / DIRNAME, cur)
-        return True
-    return False
+    if staged is None:
+        return False
+    staged.replace(cur)
+    return True
+
+
+def set_aside(layout: Layout, collection: str, stamp: str) -> str:
+    """Phase 03 without a sparse index: an older index of the same collection name is moved aside (it
+    would describe another load), so phase 04 never configures a hybrid arm over it. Returns where."""
+    path = index_path(layout, collection)
+    if not path.exists():
+        return ""
+    aside = path.with_name(f"{path.name}.replaced-{stamp}")
+    path.replace(aside)
+    return str(aside)

@@ -92,9 +92,10 @@ def restore(layout: Layout, name: str) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(src, tmp, ignore=lambda d, names: [sparse_sync.DIRNAME] if Path(d) == src else [])
+    staged = sparse_sync.stage_restore(layout, src)  # both copies made before either swap
     os.replace(layout.chroma_db, aside)
     os.replace(tmp, layout.chroma_db)
-    sparse_sync.restore_from(layout, src, layout.base / f"{sparse_sync.DIRNAME}.replaced-{stamp}")
+    sparse_sync.finish_restore(layout, staged, layout.base / f"{sparse_sync.DIRNAME}.replaced-{stamp}")
     return aside
 
 

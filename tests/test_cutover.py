@@ -642,3 +642,53 @@ def test_ending_a_group_gives_it_the_grace_period_then_kills_what_ignores_sigter
     stubborn = _group(IGNORES_TERM)
     cutover.end_group(stubborn, grace_s=0.5)
     assert stubborn.returncode == -signal.SIGKILL and not cutover.group_alive(stubborn.pid)
+
+
+def test_cutover_refuses_retrieval_settings_other_than_the_ones_05_gated(tmp_path, monkeypatch):
+    """Phase 06 switches the backend to the retrieval mode 04 wrote only if 05 gated exactly those settings
+    (mode, alpha, sparse index, candidates, reranker), and writes them with the other switch settings."""
+    from runbook import retrieval_modes
+
+    monkeypatch.delenv("CUTOVER_TEST_KEY", raising=False)
+    base = str(tmp_path / "base")
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\nCUTOVER_TEST_KEY=abc\n")
+    mode = retrieval_modes.Mode(mode="hybrid", alpha=0.3, sparse_path=str(tmp_path / "sp"))
+    entries = retrieval_modes.entries(mode)
+    _state(base)
+    handoff.record("04_rag_service", {"collection": COLLECTION, "entries": entries}, base_path=base)
+    check = "phase 05 gated the retrieval settings phase 04 configured"
+
+    def h05(**kw):
+        handoff.record(
+            "05_ab_compare",
+            {"passed": True, "collection": COLLECTION, "export_manifest_sha256": "sha-A", **kw},
+            base_path=base,
+        )
+
+    h05(configured_mode=mode.label, retrieval_entries=entries)
+    p = cutover.plan(**{**_plan_args(base, cfg)})
+    assert {r["check"]: r for r in p.rows}[check]["ok"]
+    assert p.changes["LOCAL_RETRIEVAL_MODE"] == "hybrid" and p.changes["LOCAL_HYBRID_ALPHA"] == "0.3"
+    h05(configured_mode=mode.label, retrieval_entries={**entries, "LOCAL_CANDIDATES_TOP_K": "10"})
+    row = _plan(base, cfg)[check]
+    assert not row["ok"] and "the settings differ" in row["detail"]
+    h05()  # a phase 05 from before the modes gated none
+    assert not _plan(base, cfg)[check]["ok"]
+
+
+def _plan_args(base, cfg):
+    return dict(
+        base_path=base,
+        run_dir="",
+        dry_run=False,
+        direction="cutover",
+        config_env=str(cfg),
+        health_url="http://127.0.0.1:9/health",
+        query_url="",
+        approval="--approve run-x",
+        allow_unverified_health=False,
+        max_disk_pct=99.9,
+        cloud_key_env="CUTOVER_TEST_KEY",
+        restart_command="true",
+    )

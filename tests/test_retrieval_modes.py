@@ -122,3 +122,30 @@ def test_run_arms_repeats_only_the_timed_arms_and_rotates_the_order():
     assert [len(runs[n].rows[0]["runs_ms"]) for n in ("c", "l", "x")] == [3, 3, 1]
     assert runs["c"].rows[0]["latency_ms"] == 1  # the fastest run's timing
     assert runs["c"].interleaved and not runs["x"].interleaved
+
+
+def test_a_broken_local_setting_never_blocks_the_cloud_arm(tmp_path):
+    """Rollback flips USE_LOCAL_VECTOR_DB only: a reranker folder gone since must not stop the cloud arm."""
+    body = "LOCAL_RETRIEVAL_MODE=hybrid\nLOCAL_SPARSE_INDEX_PATH=/x\nLOCAL_RERANK=cross-encoder:/nonexistent/ce\n"
+    (tmp_path / "cloud.env").write_text("USE_LOCAL_VECTOR_DB=false\n" + body)
+    (tmp_path / "local.env").write_text("USE_LOCAL_VECTOR_DB=true\n" + body)
+    assert not rag_switch.load_config(tmp_path / "cloud.env").use_local
+    with pytest.raises(rag_switch.RagConfigError, match="not a folder"):
+        rag_switch.load_config(tmp_path / "local.env")
+
+
+def test_fusion_keeps_apart_two_documents_that_share_a_chunk_id():
+    from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
+
+    from runbook.sparse_index import _same_chunk_same_node
+
+    def hit(doc, text):
+        n = TextNode(id_="c1", text=text)
+        n.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc)
+        return NodeWithScore(node=n, score=1.0)
+
+    dense = [hit("docA", "A의 청크"), hit("docB", "B의 청크")]
+    sparse = [hit("docB", "B의 청크 (희소)")]
+    out = _same_chunk_same_node({("q", 0): dense, ("q", 1): sparse})
+    assert [n.node.ref_doc_id for n in out[("q", 0)]] == ["docA", "docB"]
+    assert out[("q", 1)][0].node is out[("q", 0)][1].node  # the same chunk of docB: one node

@@ -291,18 +291,7 @@ class StaticCorpus:
         else:
             q = embeddings.embed_query(query, self.query_spec).astype(np.float64)
         q = (q / (np.linalg.norm(q) or 1.0)).astype(np.float32)
-        scores = mat @ q
-        order = np.argsort(-scores, kind="stable")
-        out = []
-        for i in order:
-            s = float(scores[i])
-            if s < cutoff:
-                break
-            if predicate(nodes[i].get("extra_info") or {}):
-                out.append((nodes[i], s))
-                if len(out) >= top_k:
-                    break
-        return out
+        return _best(nodes, mat @ q, top_k, predicate, lambda s: s >= cutoff)
 
     def _sparse_index(self):
         with self._lock:
@@ -321,17 +310,22 @@ class StaticCorpus:
         nodes, index = self._sparse_index()
         if top_k <= 0 or not nodes:
             return []
-        scores = index.scores(query)
-        out = []
-        for i in np.argsort(-scores, kind="stable"):
-            s = float(scores[i])
-            if not s > 0.0:
+        return _best(nodes, index.scores(query), top_k, predicate, lambda s: s > 0.0)
+
+
+def _best(nodes: list[dict], scores: np.ndarray, top_k: int, predicate, keep) -> list[tuple[dict, float]]:
+    """The ``top_k`` best-scored nodes ``predicate`` allows (filters before the cut), best first, equal
+    scores in corpus order, stopping at the first score ``keep`` refuses."""
+    out = []
+    for i in np.argsort(-scores, kind="stable"):
+        s = float(scores[i])
+        if not keep(s):
+            break
+        if predicate(nodes[i].get("extra_info") or {}):
+            out.append((nodes[i], s))
+            if len(out) >= top_k:
                 break
-            if predicate(nodes[i].get("extra_info") or {}):
-                out.append((nodes[i], s))
-                if len(out) >= top_k:
-                    break
-        return out
+    return out
 
 
 def _unsearchable_reason(v: np.ndarray, dim: int | None) -> str:

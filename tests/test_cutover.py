@@ -424,20 +424,7 @@ def _state(base: str, *, h05_collection=COLLECTION, h05_sha="sha-A", passed=True
 
 
 def _plan(base, cfg, **kw):
-    args = dict(
-        base_path=base,
-        run_dir="",
-        dry_run=False,
-        direction="cutover",
-        config_env=str(cfg),
-        health_url="http://127.0.0.1:9/health",
-        query_url="",
-        approval="--approve run-x",
-        allow_unverified_health=False,
-        max_disk_pct=99.9,
-        cloud_key_env="CUTOVER_TEST_KEY",
-        restart_command="true",
-    )
+    args = _plan_args(base, cfg)
     args.update(kw)
     return {r["check"]: r for r in cutover.plan(**args).rows}
 
@@ -667,7 +654,7 @@ def test_cutover_refuses_retrieval_settings_other_than_the_ones_05_gated(tmp_pat
         )
 
     h05(configured_mode=mode.label, retrieval_entries=entries)
-    p = cutover.plan(**{**_plan_args(base, cfg)})
+    p = cutover.plan(**_plan_args(base, cfg))
     assert {r["check"]: r for r in p.rows}[check]["ok"]
     assert p.changes["LOCAL_RETRIEVAL_MODE"] == "hybrid" and p.changes["LOCAL_HYBRID_ALPHA"] == "0.3"
     h05(configured_mode=mode.label, retrieval_entries={**entries, "LOCAL_CANDIDATES_TOP_K": "10"})

@@ -10,7 +10,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
-.PHONY: env demo test lint bench mutants
+.PHONY: env demo test lint bench bench-hybrid mutants
 env: $(STAMP)
 
 demo: $(STAMP)  ## run the demo runbook end to end (offline, local LlamaCloud-compatible server)
@@ -26,6 +26,9 @@ test: lint  ## lint, then the whole test suite
 bench: $(STAMP)  ## the benchmarks (prints figures; see BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_load.py
+
+bench-hybrid: $(STAMP)  ## hybrid retrieval (Chroma + BM25) vs dense only, 100k chunks (~10 min)
+	$(BIN)/python benchmarks/bench_hybrid.py --chunks 100000 --queries 200
 
 mutants: $(STAMP)  ## mutation testing of the safety-critical modules (mutmut; slow, not in CI; see BENCHMARKS.md)
 	$(BIN)/python benchmarks/mutants.py $(MODULES)

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,8 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, credentials, retrieval_modes, runlog
+from . import atomic, credentials, disk, retrieval_modes, runlog
 from .paths import PROJECT_ROOT, Layout, resolve
+
+
+def health_text(body) -> str:
+    """A health answer as one line for a reader (its fields joined by "; "), cut at 400 characters with "…"."""
+    from .display import clip, plain_text
+
+    return clip(plain_text(body) if isinstance(body, dict) else str(body), 400)
 
 
 class CutoverFailed(RuntimeError):
@@ -288,7 +294,7 @@ class Cutover:
             return False, None, f"no answer ({type(e).__name__})"
         if status != 200:
             return False, None, f"HTTP {status}"
-        return True, body, json.dumps(body, ensure_ascii=False)[:300]
+        return True, body, health_text(body)
 
     def health_matches(self, body: dict, expect: Expect) -> str:
         """'' when health proves ``expect``; otherwise what differs."""
@@ -679,20 +685,17 @@ def plan(
     # a rollback is what one runs when the local arm is broken or the disk is full: those never block it
     informational = direction == "rollback"
     _health_checks(p, health_url, query_url, allow_unverified_health, live_local, informational)
-    key_name = current.get("LLAMACLOUD_API_KEY_ENV") or cloud_key_env
-    in_file = bool(current.get(key_name))
-    in_env = bool(credentials.get_secret(key_name, required=False))
-    p.check(
-        "cloud key kept for rollback",
-        in_file or in_env,
-        f"{key_name} " + ("in config.env" if in_file else "in the environment" if in_env else "missing"),
-    )
+    key = cloud_key_whereabouts(current, cloud_key_env)
+    p.check("cloud key kept for rollback", key["kept"], key["where"])
     base = Layout.from_params(base_path).base
     if base.exists():
-        du = shutil.disk_usage(base)
-        pct = du.used / du.total * 100
+        pct = disk.use_pct(disk.usage(base))  # as phase 00 and 08 measure it (df's Use%)
         note = " (a rollback goes ahead regardless)" if informational and pct >= max_disk_pct else ""
-        p.check(f"disk below {max_disk_pct}%", pct < max_disk_pct or informational, f"{pct:.1f}% used{note}")
+        p.check(
+            f"disk below {max_disk_pct}%",
+            pct < max_disk_pct or informational,
+            f"{pct:.1f}% of the usable space used{note}",
+        )
     else:
         p.check(f"disk below {max_disk_pct}%", dry_run or informational, f"{base} does not exist")
     return p
@@ -836,17 +839,51 @@ def record(
     return rec
 
 
+def cloud_key_whereabouts(entries: dict, cloud_key_env: str) -> dict:
+    """Where the cloud key a rollback needs is, by presence only (never its value): a ``<name>=`` line in
+    the backend's config.env (``entries``) or the environment variable ``<name>``, the name being the one
+    config.env gives in LLAMACLOUD_API_KEY_ENV (else ``cloud_key_env``). ``where`` says which, precisely."""
+    name = entries.get("LLAMACLOUD_API_KEY_ENV") or cloud_key_env
+    in_file = bool(entries.get(name))
+    in_env = bool(credentials.get_secret(name, required=False))
+    if in_file:
+        where = f"{name} in config.env"
+    elif in_env:
+        where = (
+            f"{name} in the environment (config.env holds no key: the backend reads it from the environment)"
+        )
+    else:
+        where = f"{name} missing: neither a line in config.env nor an environment variable"
+    return {
+        "name": name,
+        "in config.env": in_file,
+        "in the environment": in_env,
+        "kept": in_file or in_env,
+        "where": where,
+    }
+
+
 def key_backup_check(config_env: Path, cloud_key_env: str) -> dict:
-    """The cloud key stays in config.env.backup (never printed): presence and file mode only."""
+    """After a switch: where the cloud key a rollback needs is (presence and file mode only, never the
+    value), in the same terms as the plan's check "cloud key kept for rollback": in the backup of
+    config.env taken before the switch, in the live config.env written by it, in the environment."""
     from dotenv import dotenv_values
 
     b = config_env.with_name(config_env.name + ".backup")
-    present = b.exists() and bool(dotenv_values(b).get(cloud_key_env))
+    live = {k: (v or "") for k, v in dotenv_values(config_env).items()} if config_env.is_file() else {}
+    backup = {k: (v or "") for k, v in dotenv_values(b).items()} if b.is_file() else {}
+    key = cloud_key_whereabouts(live or backup, cloud_key_env)
+    name = key["name"]
     return {
-        "backup": str(b),
-        "exists": b.exists(),
-        f"{cloud_key_env} present": present,
-        "mode": oct(b.stat().st_mode & 0o777) if b.exists() else "",
+        "config.env backup (taken before the switch)": str(b) if b.exists() else f"{b} (missing)",
+        "backup file mode": oct(b.stat().st_mode & 0o777) if b.exists() else "",
+        f"{name} in the backup of config.env": bool(backup.get(name)),
+        f"{name} in the live config.env (after the switch)": bool(live.get(name)),
+        f"{name} in the environment": key["in the environment"],
+        "cloud key kept for rollback": bool(backup.get(name)) or key["kept"],
+        "where a rollback finds it": f"{name} in the backup of config.env"
+        if backup.get(name)
+        else key["where"],
     }
 
 

@@ -262,6 +262,20 @@ def mount_point(path: str | os.PathLike) -> Path:
     return p
 
 
+def use_pct(u: Usage, extra: int = 0) -> float:
+    """How full the volume is (with ``extra`` more bytes written), in percent of the space a user can fill:
+    ``(used + extra) / (used + free)``, what ``df`` shows as Use%. Blocks reserved for root count in neither
+    part: ``used / total`` would read a volume with reserved blocks as emptier than it is for the migration
+    (and free + used would not add up to the total shown beside it)."""
+    usable = u.used + u.free
+    return (u.used + extra) / usable * 100 if usable > 0 else 100.0
+
+
+def reserved(u: Usage) -> int:
+    """Bytes of the volume neither used nor free for this user (reserved for root, file system overhead)."""
+    return max(0, u.total - u.used - u.free)
+
+
 def usage(path: str | os.PathLike) -> Usage:
     """Total, used and free bytes of the volume holding ``path`` (free: what this process may write)."""
     du = shutil.disk_usage(existing(path))

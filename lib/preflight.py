@@ -71,12 +71,28 @@ def config_settings(
     }
 
 
-def credentials_table(names: dict[str, str]) -> list[dict]:
-    """Which needed environment variables are set: names and purposes only, never values."""
-    return [
-        {"purpose": purpose, "variable": name, "set": bool(name and os.environ.get(name))}
-        for purpose, name in names.items()
-    ]
+def credentials_table(names: dict[str, str], required: list[str] | tuple = ()) -> list[dict]:
+    """Which needed environment variables are set: names and purposes only, never values. One row a
+    variable: a variable named for two purposes (the LlamaCloud key is also in ``required_env``) is one row
+    naming both; ``required`` marks those the run cannot go without (variables only named there get a row
+    of their own)."""
+    rows: dict[str, dict] = {}
+    for purpose, name in [*names.items(), *(("required by this run (required_env)", n) for n in required)]:
+        key = name or f"(unnamed: {purpose})"
+        row = rows.setdefault(
+            key,
+            {
+                "purpose": purpose,
+                "variable": name,
+                "required": False,
+                "set": bool(name and os.environ.get(name)),
+            },
+        )
+        if purpose not in row["purpose"].split("; ") and not purpose.startswith("required by"):
+            row["purpose"] += f"; {purpose}"
+        if name in required:
+            row["required"] = True
+    return list(rows.values())
 
 
 def projected_bytes(chunks: int, dimension: int, **kw) -> int:
@@ -99,6 +115,22 @@ def _component_paths(layout: Layout, embedding_cache: str) -> dict[str, Path]:
         "snapshots (phase 07)": layout.backup / "chroma_snapshots",
         "collection versions (phase 07)": layout.chroma_db,
         "sparse index": layout.chroma_db,
+    }
+
+
+USE_PCT_MEANS = "(used + projected need) / (used + free), as df's Use% (space reserved for root excluded)"
+
+
+def _volume_figures(u: disk.Usage) -> dict:
+    """A volume's size in GB (10^9 bytes, two decimals) such that the figures shown add up (total = used +
+    free + reserved), and how full it is now."""
+    total, used, free = (round(b / 1e9, 2) for b in (u.total, u.used, u.free))
+    return {
+        "total GB": total,
+        "used GB": used,
+        "free GB": free,
+        "reserved GB (root only)": round(max(0.0, total - used - free), 2),
+        "use % now": round(disk.use_pct(u), 2),
     }
 
 
@@ -157,13 +189,11 @@ def disk_check(
     checked = []
     for v in volumes.values():
         u = disk.usage(v["probe"])
-        after = (u.used + v["need"]) / u.total * 100 if u.total else 100.0
+        after = disk.use_pct(u, v["need"])
         checked.append(
             {
                 "volume": v["volume"],
-                "total GB": round(u.total / 1e9, 3),
-                "used GB": round(u.used / 1e9, 3),
-                "free GB": round(u.free / 1e9, 3),
+                **_volume_figures(u),
                 "projected need GB": round(v["need"] / 1e9, 3),
                 "projected use %": round(after, 2),
                 "ok": after <= max_use_pct and v["need"] <= u.free,
@@ -173,12 +203,11 @@ def disk_check(
     u = disk.usage(layout.base)
     return {
         "volume of": str(disk.existing(layout.base)),
-        "total GB": round(u.total / 1e9, 3),
-        "used GB": round(u.used / 1e9, 3),
-        "free GB": round(u.free / 1e9, 3),
+        **_volume_figures(u),
         "projected need GB": round(sum(v["need"] for v in volumes.values()) / 1e9, 3),
         "projected use %": worst["projected use %"],
         "limit %": max_use_pct,
+        "use % means": USE_PCT_MEANS,
         "ok": all(c["ok"] for c in checked),
         "basis": rows[-1]["basis"],
         "components": components,

@@ -149,6 +149,22 @@ def plan(
     return Plan(spec.model_id, n, tokens, price, cached, limit, too_long, too_long_count)
 
 
+def outcome(done: dict) -> dict:
+    """What ``apply`` did, for the page, without repeating the plan shown before it (``Plan.as_dict``):
+    the vectors written, how many were computed now and how many came from the cache, and the API's tally
+    (tokens billed, spend, rate limits) when it was called."""
+    embedded, now = int(done.get("embedded") or 0), int(done.get("computed_now") or 0)
+    out = {
+        "model": done.get("model", ""),
+        "chunks given a vector": embedded,
+        "computed now": now,
+        "from the cache": embedded - now,
+    }
+    if "api" in done:
+        out["embedding API"] = done["api"]
+    return out
+
+
 def apply(
     export_dir: str | os.PathLike,
     spec: embeddings.ModelSpec,

@@ -608,7 +608,7 @@ class Context:
             "export it corresponds to": str(self.export_dir),
             "embedding model": self.spec.model_id,
             "chunk size / overlap": f"{self.chunk_size} / {self.overlap}",
-            "snapshots": list_snapshots(self.layout),
+            "snapshots before this run": list_snapshots(self.layout) or "(none)",
             "unfinished version": atomic.read_json(st).get("target") if st.exists() else "(none)",
             **({"notes": self.notes} if self.notes else {}),
         }
@@ -899,6 +899,19 @@ def brief(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in ("cloud", "checks", "plan", "sparse")}
 
 
+def applied_table(ctx: Context, applied: dict) -> dict:
+    """``apply_update``'s result for the page: the snapshot this run took named as such, and the snapshots
+    kept now (``Context.describe`` lists those from before the run)."""
+    out = {}
+    for k, v in brief(applied).items():
+        if k == "snapshot":
+            out["snapshot taken by this run"] = v or "(none)"
+        else:
+            out[k] = v
+    out["snapshots kept now"] = list_snapshots(ctx.layout) or "(none)"
+    return out
+
+
 def _export_of(ctx: Context, applied: dict):
     return export_format.open_export((applied.get("cloud") or {}).get("export") or ctx.export_dir)
 
@@ -908,9 +921,7 @@ def verify_update(ctx: Context, plan: UpdatePlan, applied: dict) -> list[dict]:
     document's chunks, deletions, the export's ids; and the start collection left exactly as it was."""
     recon = (applied.get("cloud") or {}).get("reconciliation")
     rec_check = (
-        [{"check": "collection and export ids agree", "ok": recon["clean"], "detail": str(recon)}]
-        if recon
-        else []
+        [{"check": "collection and export ids agree", "ok": recon["clean"], "detail": recon}] if recon else []
     )
     if not applied.get("applied"):
         return [
@@ -919,8 +930,14 @@ def verify_update(ctx: Context, plan: UpdatePlan, applied: dict) -> list[dict]:
     target, exp = ctx.collection(applied["collection"]), _export_of(ctx, applied)
     rows: list[dict] = []
 
-    def check(name, ok, detail):
-        rows.append({"check": name, "ok": bool(ok), "detail": str(detail)})
+    def check(name, ok, detail):  # a dict or list stays one (the page shows it as a table)
+        rows.append(
+            {
+                "check": name,
+                "ok": bool(ok),
+                "detail": detail if isinstance(detail, (dict, list)) else str(detail),
+            }
+        )
 
     if not plan.in_place:
         now = fingerprint(ctx.collection(plan.start))
@@ -967,7 +984,7 @@ def verify_update(ctx: Context, plan: UpdatePlan, applied: dict) -> list[dict]:
     check("deleted documents gone", not left, left or f"{len(gone)} documents")
     if not recon:
         recon = reconcile(target, exp)
-        rec_check = [{"check": "collection and export ids agree", "ok": recon["clean"], "detail": str(recon)}]
+        rec_check = [{"check": "collection and export ids agree", "ok": recon["clean"], "detail": recon}]
     return rows + rec_check + list((applied.get("sparse") or {}).get("checks") or [])
 
 

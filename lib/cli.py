@@ -1,4 +1,7 @@
-"""``python -m runbook``: run the runbook, serve the LlamaCloud-compatible server, verify an export."""
+"""``python -m runbook``: run the runbook's phases, verify an export, audit a run folder.
+
+The rehearsal services (the LlamaCloud-compatible server, the backend stand-in) have their own command,
+``python -m runbook.rehearsal``."""
 
 from __future__ import annotations
 
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         default="qualify",
         help="qualify | refuse (as phase 03's duplicate_chunk_ids)",
     )
+    a = sub.add_parser(
+        "audit", help="check a run folder against its manifest (every file's sha256, the chain of runs)"
+    )
+    a.add_argument("run", help="a run folder, or a run id under outputs/")
     args = ap.parse_args(argv)
 
     if args.cmd == "run":
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         except runner.RunFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        print(f"run complete: {res.run_dir}/index.html")
+        print(f"run complete: {res.run_dir}/summary.html")
         return 0
     if args.cmd == "verify-export":
         from . import records, verify
@@ -73,6 +80,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         report = verify.verify_export(args.export_dir, policy=policy)
+        print(report.to_string())
+        return 0 if report.ok else 1
+    if args.cmd == "audit":
+        from pathlib import Path
+
+        from . import audit
+        from .paths import outputs_root
+
+        run_dir = Path(args.run)
+        if not run_dir.is_dir() and (outputs_root() / args.run).is_dir():
+            run_dir = outputs_root() / args.run
+        if not run_dir.is_dir():
+            print(f"error: {args.run}: no such run folder (nor under {outputs_root()})", file=sys.stderr)
+            return 2
+        report = audit.audit(run_dir)
         print(report.to_string())
         return 0 if report.ok else 1
     return 2

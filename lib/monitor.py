@@ -26,7 +26,6 @@ import ipaddress
 import json
 import math
 import os
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from . import credentials, handoff, runlog
+from . import disk as disk_mod
 from .paths import Layout, resolve
 
 PHASE = "08_monitor"
@@ -527,10 +527,10 @@ def disk(base_path: str) -> dict:
     layout = Layout.from_params(base_path)
     if not layout.base.is_dir():
         raise MonitorError(f"base path {layout.base} does not exist: check base_path in the params file")
-    du = shutil.disk_usage(layout.base)
+    du = disk_mod.usage(layout.base)
     return {
-        "disk used %": round(du.used / du.total * 100, 2),
-        "disk free GB": round(du.free / 2**30, 2),
+        "disk used %": round(disk_mod.use_pct(du), 2),  # df's Use%, as phase 00 projects it
+        "disk free GB": round(du.free / 1e9, 2),
         "chroma_db MB": round(_dir_size(layout.chroma_db) / 2**20, 1) if layout.chroma_db.is_dir() else None,
     }
 
@@ -600,29 +600,111 @@ def history(path: Path) -> pd.DataFrame:
     return df.sort_values("at")
 
 
+FEW_SAMPLES = 12  # up to this many runs, each point carries its value as a label
+
+
+def _limit_title(title: str, limit: float, unit: str, values, on: str = "") -> tuple[str, bool]:
+    """A subplot's title naming its limit, and whether the limit is drawn: a limit far above every value
+    (a p95 limit of 30 s over 50 ms probes) would squash the values into the axis, so it is named only."""
+    top = max((float(v) for v in values if v is not None and math.isfinite(float(v))), default=0.0)
+    drawn = top > 0 and limit <= 3 * top or top == 0 and limit <= 1
+    return f"{title} (limit{on}: {limit:,g}{unit}{'' if drawn else ', far above: not drawn'})", drawn
+
+
 def trend_figure(df: pd.DataFrame, limits: Limits):
-    """One figure, a row per measure, across every monitoring run so far; limits dotted."""
+    """One figure, a row per measure, across every monitoring run so far; limits dotted. With few runs each
+    value is labelled; the time axis reads in minutes (UTC) and, around a single run, spans an hour."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    titles = ("Error rate of the probes", "Probe latency (ms)", "Backend memory, RSS (MB)", "Disk use (%)")
+    df = df.copy()
+    at = pd.to_datetime(df["at"], utc=True)
+    df["at"] = at.dt.tz_convert("UTC").dt.tz_localize(None)
+    n = len(df)
+    err_t, err_drawn = _limit_title("Error rate of the probes", limits.max_error_rate, "", df["error rate"])
+    lat_t, lat_drawn = _limit_title("Probe latency, ms", limits.max_p95_ms, " ms", df["p95 ms"], " on p95")
+    titles = (err_t, lat_t, "Backend memory, RSS (MB)", f"Disk use, % (limit: {limits.max_disk_use_pct:g}%)")
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.07)
-    line = {"mode": "lines+markers"}
-    fig.add_trace(go.Scatter(x=df["at"], y=df["error rate"], name="error rate", **line), row=1, col=1)
-    fig.add_trace(go.Scatter(x=df["at"], y=df["p50 ms"], name="p50", **line), row=2, col=1)
-    fig.add_trace(go.Scatter(x=df["at"], y=df["p95 ms"], name="p95", **line), row=2, col=1)
-    fig.add_trace(go.Scatter(x=df["at"], y=df["p99 ms"], name="p99", **line), row=2, col=1)
-    fig.add_trace(go.Scatter(x=df["at"], y=df["service RSS MB"], name="RSS MB", **line), row=3, col=1)
-    fig.add_trace(go.Scatter(x=df["at"], y=df["disk used %"], name="disk used %", **line), row=4, col=1)
+    few = n <= FEW_SAMPLES
+    mode = "lines+markers+text" if few else "lines+markers"
+
+    def trace(col, name, row, fmt, where="top center", label=""):
+        fig.add_trace(
+            go.Scatter(
+                x=df["at"],
+                y=df[col],
+                name=name,
+                mode=mode,
+                marker={"size": 9},
+                texttemplate=(label + fmt) if few else None,
+                textposition=where,
+                hovertemplate=f"%{{x|%Y-%m-%d %H:%M}} UTC<br>{name}: {fmt}<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+
+    trace("error rate", "error rate", 1, "%{y:.3f}")
+    trace("p50 ms", "p50 ms", 2, "%{y:.1f}", "bottom center", "p50 ")
+    trace("p95 ms", "p95 ms", 2, "%{y:.1f}", "middle right", "p95 ")
+    trace("p99 ms", "p99 ms", 2, "%{y:.1f}", "top center", "p99 ")
+    trace("service RSS MB", "RSS MB", 3, "%{y:,.0f}")
+    trace("disk used %", "disk used %", 4, "%{y:.1f}")
     dotted = {"line_dash": "dot", "line_color": "firebrick"}
-    fig.add_hline(y=limits.max_error_rate, row=1, col=1, **dotted)
-    fig.add_hline(y=limits.max_p95_ms, row=2, col=1, **dotted)
-    fig.add_hline(y=limits.max_disk_use_pct, row=4, col=1, **dotted)
-    fig.update_layout(title=f"Monitoring history: {len(df)} run(s); dotted lines are the limits", height=900)
+    for drawn, y, row in (
+        (err_drawn, limits.max_error_rate, 1),
+        (lat_drawn, limits.max_p95_ms, 2),
+        (True, limits.max_disk_use_pct, 4),
+    ):
+        if drawn:
+            fig.add_hline(y=y, row=row, col=1, **dotted)
+    for row, cols, limit in (
+        (1, ["error rate"], limits.max_error_rate if err_drawn else 0.0),
+        (2, ["p50 ms", "p95 ms", "p99 ms"], limits.max_p95_ms if lat_drawn else 0.0),
+        (3, ["service RSS MB"], 0.0),
+    ):  # from 0, with room above the highest point for its label
+        top = max([limit, *(float(v) for c in cols for v in df[c] if pd.notna(v))])
+        fig.update_yaxes(range=[0, top * 1.3 if top > 0 else 1], row=row, col=1)
+    fig.update_yaxes(range=[0, 105], row=4, col=1)  # disk use on its whole scale, the limit on it
+    fig.update_xaxes(tickformat="%Y-%m-%d<br>%H:%M", hoverformat="%Y-%m-%d %H:%M")
+    fig.update_xaxes(title_text="time of the run (UTC)", row=4, col=1)
+    if n:
+        first, last = df["at"].min(), df["at"].max()
+        pad = max(pd.Timedelta(minutes=30), (last - first) * 0.08)  # one run: an hour around it
+        fig.update_xaxes(range=[first - pad, last + pad])
+    runs = f"{n} run(s)" + (" so far: the trend fills in as the hourly runs add points" if n < 3 else "")
+    fig.update_layout(title=f"Monitoring history: {runs}; dotted lines are the limits", height=900)
     return fig
 
 
 # --- the verdict -----------------------------------------------------------------------------------
+def outcome(s: dict, checks_: list[dict]) -> dict:
+    """Phase 08's record: the sample's headline figures and one line for the summary page."""
+    failed = [c["check"] for c in checks_ if not c.get("ok")]
+    if not s:  # a dry run: what it would check
+        line = f"would probe and measure; {len(checks_)} check(s) planned"
+    else:
+        p95 = s.get("p95 ms")
+        line = (
+            f"the service answered {s.get('probes ok') or 0} of {s.get('probes') or 0} probes via "
+            f"{s.get('via') or 'nothing'} ({s.get('arm') or 'arm unknown'} arm)"
+            + (f", p95 {p95:,.0f} ms" if isinstance(p95, (int, float)) else "")
+            + (f"; failed: {', '.join(failed)}" if failed else "; every check passed")
+        )
+    keys = (
+        "at",
+        "via",
+        "arm",
+        "probes",
+        "probes ok",
+        "error rate",
+        "p95 ms",
+        "service RSS MB",
+        "disk used %",
+    )
+    return {"sample": {k: s.get(k) for k in keys if k in s}, "checks": checks_, "verdict_line": line}
+
+
 def checks(s: dict, limits: Limits) -> list[dict]:
     """Red past a limit, and red on no evidence: a run needs at least ``min_probes`` (≥ 1) answers."""
     n, ok = s.get("probes") or 0, s.get("probes ok") or 0
@@ -658,6 +740,7 @@ def checks(s: dict, limits: Limits) -> list[dict]:
         {
             "check": "disk use",
             "ok": s["disk used %"] <= limits.max_disk_use_pct,
-            "detail": f"{s['disk used %']}% of the base volume (limit {limits.max_disk_use_pct:g}%)",
+            "detail": f"{s['disk used %']}% of the base volume's usable space, as df counts it "
+            f"(limit {limits.max_disk_use_pct:g}%)",
         },
     ]

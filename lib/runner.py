@@ -1,14 +1,15 @@
 """Run the numbered notebooks headless with papermill; every run is a new, immutable audit folder.
 
 ``outputs/<UTC timestamp>-<params name>/`` holds the executed ``NN_<phase>.ipynb``, their code-hidden
-HTML, ``index.html``, ``manifest.json`` (params and sha256, resolved parameters, git commit, package
-versions, per-phase status and timings) and the phases' hand-off records.
+pages (``runbook.report``: verdict first), ``summary.html``, ``index.html``, ``manifest.json`` (params and
+sha256, resolved parameters, git commit, package versions, per-phase status, verdicts and timings) and the
+phases' hand-off records. When the run ends the manifest is sealed with every file's sha256 and the sha256
+of the previous run's manifest (``runbook.audit``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import html
 import importlib.metadata as md
 import json
 import os
@@ -19,9 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, config, credentials
+from . import atomic, audit, config, credentials
 from .params import check_params
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, outputs_root, resolve
+from .report import glossary, pages, summary, verdicts
 
 KERNEL_NAME = "runbook"
 PACKAGES = (
@@ -62,6 +64,8 @@ class RunInterrupted(RuntimeError):
 
 
 CUTOVER_PHASE = "06"
+# what the runner itself rewrites in a run folder while it runs (phases never write these)
+RUNNER_FILES = ("manifest.json", "index.html", "summary.html", "glossary.html", "assets", "STOP")
 DECISION_PHASE = "05"
 
 
@@ -144,6 +148,14 @@ def git_commit() -> dict:
     return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
 
 
+def run_by() -> dict:
+    """Who ran it, for the summary page: the login behind sudo if any, and the host."""
+    import getpass
+    import socket
+
+    return {"user": os.environ.get("SUDO_USER") or getpass.getuser(), "host": socket.gethostname()}
+
+
 def package_versions() -> dict:
     out = {"python": sys.version.split()[0]}
     for name in PACKAGES:
@@ -154,61 +166,91 @@ def package_versions() -> dict:
     return out
 
 
-def render_html(nb_path: Path) -> Path:
-    """Code-hidden HTML of an executed notebook (for readers: markdown, tables, plots, errors)."""
-    import nbformat
-    from nbconvert import HTMLExporter
+def _page_nav(manifest: dict, i: int) -> dict:
+    phases = manifest["phases"]
 
-    from .display import plotly_outputs_to_html
+    def link(j):
+        if 0 <= j < len(phases):
+            stem = phases[j]["notebook"]
+            return (f"{stem}.html", pages.phase_title(stem))
+        return None
 
-    nb = nbformat.read(nb_path, as_version=4)
-    plotly_outputs_to_html(nb)
-    for cell in nb.cells:  # progress bars and library chatter stay in the .ipynb, not the reader's page
-        cell["outputs"] = [
-            o
-            for o in cell.get("outputs", [])
-            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
-        ]
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nb)
-    out = nb_path.with_suffix(".html")
-    atomic.write_text(out, body)
-    return out
+    return {"prev": link(i - 1) or ("summary.html", "Summary"), "next": link(i + 1)}
 
 
-def write_index(run_dir: Path, manifest: dict) -> Path:
-    rows = []
-    for ph in manifest["phases"]:
-        colour = {"ok": "#d4edda", "failed": "#f8d7da", "interrupted": "#f8d7da"}.get(ph["status"], "#eee")
-        link = f'<a href="{html.escape(ph["notebook"])}.html">{html.escape(ph["notebook"])}</a>'
-        err = html.escape(ph.get("error") or "")
-        rows.append(
-            f'<tr><td>{link}</td><td style="background:{colour}">{ph["status"]}</td>'
-            f"<td>{ph.get('duration_s', '')}</td><td><pre>{err}</pre></td></tr>"
-        )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Run {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.4em .8em;vertical-align:top}}pre{{margin:0;white-space:pre-wrap}}</style></head>
-<body><h1>Runbook run {html.escape(run_dir.name)}</h1>
-<p>Params: <code>{html.escape(manifest["params_file"])}</code> (sha256 {manifest["params_sha256"][:12]}…),
-commit <code>{html.escape(str(manifest["git"].get("commit")))}</code>, status <b>{manifest["status"]}</b>,
-started {manifest["started_at"]}, finished {manifest.get("finished_at", "")}.</p>
-{_decision_html(manifest)}
-<table><tr><th>phase</th><th>status</th><th>seconds</th><th>error</th></tr>{"".join(rows)}</table>
-<p><a href="manifest.json">manifest.json</a></p></body></html>"""
-    out = run_dir / "index.html"
-    atomic.write_text(out, page)
-    return out
-
-
-def _decision_html(manifest: dict) -> str:
-    d = manifest.get("decision")
-    if not d:
-        return ""
-    colour = "#fff3cd" if manifest["status"] == "awaiting approval" else "#d4edda"
-    rows = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in d.items()
+def render_phase(run_dir: Path, manifest: dict, i: int) -> Path | None:
+    """The phase's verdict (from its status and hand-off) and its code-hidden page, verdict first."""
+    entry = manifest["phases"][i]
+    stem = entry["notebook"]
+    rec = run_dir / "handoff" / f"{stem}.json"
+    h = atomic.read_json(rec) if rec.exists() else None
+    entry["verdict"] = verdicts.phase_verdict(stem, entry, h)
+    nb = run_dir / f"{stem}.ipynb"
+    if not nb.exists():
+        return None
+    pages.ensure_assets(run_dir)
+    return pages.render_phase_page(
+        nb,
+        run_dir=run_dir,
+        title=f"{pages.phase_title(stem)} · run {run_dir.name}",
+        nav=_page_nav(manifest, i),
+        verdict=entry["verdict"],
+        banner=summary.rehearsal_banner(manifest),
     )
-    return f'<div style="background:{colour};padding:.6em 1em"><h2>Go / no-go</h2><table>{rows}</table></div>'
+
+
+def write_reports(run_dir: Path, manifest: dict) -> None:
+    """The reader's pages beside the notebooks: summary, index, glossary and the shared assets."""
+    pages.ensure_assets(run_dir)
+    glossary.write_glossary(run_dir)
+    summary.write_summary(run_dir, manifest)
+    summary.write_index(run_dir, manifest)
+
+
+def publish_modes(run_dir: Path) -> None:
+    """Reports, hand-offs and the manifest readable like the notebooks papermill writes (the umask's
+    mode): secrets never reach the run folder (the runner scrubs it), backups elsewhere stay owner-only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [run_dir, *run_dir.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _changed_since(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    return sorted(rel for rel, sha in before.items() if now.get(rel) != sha)
+
+
+def finish_folder(run_dir: Path, manifest: dict) -> None:
+    """Reports, modes, then the seal: the manifest lists every file's sha256 (``python -m runbook audit``).
+    A fault in the reports never costs the run its record: it is noted in the manifest, which is sealed."""
+    try:
+        write_reports(run_dir, manifest)
+    except Exception as e:  # noqa: BLE001 - the manifest and notebooks are the record; pages are a view
+        manifest["report_error"] = f"{type(e).__name__}: {e}"
+    publish_modes(run_dir)
+    audit.seal(run_dir, manifest)
+    atomic.write_json(run_dir / "manifest.json", manifest, mode=0o666 & ~_umask())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _kernel_config():
+    """Kernel traffic over Unix sockets in the user's runtime folder instead of unencrypted loopback TCP
+    (and without the kernel's warning about it on the console); TCP when that folder's path is too long
+    for a socket name."""
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets.config import Config
+
+    c = Config()
+    if len(jupyter_runtime_dir()) + 60 < 104:
+        c.KernelManager.transport = "ipc"
+    return c
 
 
 def _approval_for(
@@ -408,6 +450,8 @@ def run(
         "parameters": params,
         "git": git_commit(),
         "packages": package_versions(),
+        "run_by": run_by(),
+        "previous_run": audit.previous_run(run_dir, str(params.get("base_path") or "")),
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "prepare_only": prepare_only,
         "approval": approval,
@@ -435,9 +479,11 @@ def run(
             )
             manifest["phases"][i].update(status="prepared")
         manifest.update(status="prepared", finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        atomic.write_json(run_dir / "manifest.json", manifest)
+        finish_folder(run_dir, manifest)
         log(
-            f"prepared {len(phases)} notebook(s) in {run_dir}; open them in JupyterLab with the 'runbook' kernel"
+            f"prepared {len(phases)} notebook(s) in {run_dir}: "
+            + ", ".join(f"{ph.stem}.ipynb" for ph in phases)
+            + "; open them in JupyterLab with the 'runbook' kernel (summary.html lists them)"
         )
         return result
 
@@ -452,6 +498,7 @@ def run(
     stopped = ""  # "awaiting approval" | "interrupted"
     layout = _migration_layout(params, dry_run)
     interrupts = _Interrupts(run_dir)
+    earlier_files: dict[str, str] = {}
     try:
         interrupts.__enter__()
         extra = {"approval": approval}
@@ -480,6 +527,7 @@ def run(
                     cwd=str(notebooks_dir),
                     progress_bar=False,
                     log_output=False,
+                    config=_kernel_config(),
                 )
                 entry["status"] = "ok"
             except PapermillExecutionError as e:
@@ -510,11 +558,25 @@ def run(
             if leaked:
                 entry["secrets_scrubbed"] = sum(leaked.values())
                 entry["secrets_scrubbed_from"] = sorted(leaked)
-            if out.exists():
-                render_html(out)
             handoff_file = run_dir / "handoff" / f"{ph.stem}.json"
             if handoff_file.exists():
                 entry["handoff"] = f"handoff/{handoff_file.name}"
+            # a phase writes only its own records: what earlier phases left in the folder stays as it was
+            now = audit.file_hashes(run_dir)
+            touched = _changed_since(earlier_files, now)
+            if touched and entry["status"] == "ok":
+                entry["status"] = "failed"
+                entry["error"] = (
+                    f"{ph.stem} changed what an earlier phase wrote in the run folder ({', '.join(touched)}): "
+                    "a phase writes only its own records; fix the phase, then run it again"
+                )
+                failure = f"phase {ph.stem}: {entry['error']}"
+            render_phase(run_dir, manifest, i)
+            earlier_files = {
+                rel: sha
+                for rel, sha in audit.file_hashes(run_dir).items()
+                if rel.split("/")[0] not in RUNNER_FILES
+            }
             if interrupts.signals and entry["status"] == "ok":
                 failure = f"{' and '.join(interrupts.signals)} during {ph.stem}: the run stopped after it"
             if interrupts.signals:
@@ -555,19 +617,18 @@ def run(
             ).total_seconds(),
             1,
         )
-        atomic.write_json(run_dir / "manifest.json", manifest)
-        write_index(run_dir, manifest)
+        finish_folder(run_dir, manifest)
     if stopped == "interrupted":
         result.ok = False
-        raise RunInterrupted(f"run interrupted: {failure}\nsee {run_dir / 'index.html'}", run_dir)
+        raise RunInterrupted(f"run interrupted: {failure}\nsee {run_dir / 'summary.html'}", run_dir)
     if failure:
         result.ok = False
-        raise RunFailed(failure + f"\nsee {run_dir / 'index.html'}", run_dir)
+        raise RunFailed(failure + f"\nsee {run_dir / 'summary.html'}", run_dir)
     if stopped == "awaiting approval":
         d = manifest["decision"]
         raise AwaitingApproval(
             f"awaiting approval: phase 05 passed for {d['collection']}; nothing was switched.\n"
-            f"Read {run_dir / 'index.html'}, then say go with:\n  {d['approve with']}",
+            f"Read {run_dir / 'summary.html'}, then say go with:\n  {d['approve with']}",
             run_dir,
         )
     return result
@@ -607,8 +668,3 @@ def _decision(run_dir: Path, params_path: Path) -> dict:
         "export sha256": h05.get("export_manifest_sha256"),
         "approve with": f"python -m runbook run {rel} --approve {run_dir.name}",
     }
-
-
-def phase_summary(run_dir: Path) -> str:
-    m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    return "\n".join(f"{p['notebook']:<22} {p['status']:<8} {p.get('duration_s', '')}" for p in m["phases"])

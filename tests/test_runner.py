@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from runbook import config, credentials, runner
+from runbook import audit, config, credentials, runner
 from runbook.paths import PROJECT_ROOT
 
 from .conftest import CACHE, write_params
@@ -162,11 +163,38 @@ def test_demo_runbook_end_to_end_with_canary_key(tmp_path, outputs, monkeypatch,
     out, err = capfd.readouterr()
     assert [n[:12] for n in NEEDLES if n in out + err] == []
     assert "[08] ok" in out  # the console was captured
+    assert "without encryption" not in out + err  # the kernels talk over Unix sockets, not loopback TCP
     assert "Based on" in (res.run_dir / "04_rag_service.html").read_text(encoding="utf-8")  # Gemini answered
     # a second run is a new folder; the first is untouched
     before = sorted(p.name for p in res.run_dir.iterdir())
     res2 = runner.run(p, only=["00"])
     assert res2.run_dir != res.run_dir and sorted(p.name for p in res.run_dir.iterdir()) == before
+    # the run folder's pages, as a stakeholder reads them in a browser (tests/browser.py: real Chromium)
+    _reader_sees_the_demo(res.run_dir)
+    # sealed: every file's sha256 in the manifest, and the next run names this one's manifest
+    assert audit.audit(res.run_dir).ok and audit.audit(res2.run_dir).ok
+    assert (
+        json.loads((res2.run_dir / "manifest.json").read_text())["previous_run"]["run_id"] == res.run_dir.name
+    )
+    size = sum(f.stat().st_size for f in res.run_dir.rglob("*") if f.is_file())
+    assert size < 8e6, f"the demo run folder holds {size / 1e6:.1f} MB"
+
+
+def _reader_sees_the_demo(run_dir):
+    from .browser import view
+
+    s = view(run_dir / "summary.html")
+    first = s["first_screen"]
+    assert s["title"].startswith("Summary") and s["scroll_width"] <= 1280
+    assert "PASS" in first and "REHEARSAL" in first, first
+    assert "LlamaCloud" in first and "Dr.Welno" in first and "ChromaDB" in first, first  # from where to where
+    assert "hit rate" in first and "vs" in first, first  # the A/B decision with its numbers
+    p05 = view(run_dir / "05_ab_compare.html")
+    assert "PASS" in p05["first_screen"] and "REHEARSAL" in p05["first_screen"], p05["first_screen"]
+    assert p05["title"].startswith("Phase 05") and p05["plots"] >= 1  # plotly.js from assets/, offline
+    for page in (s, p05):
+        raw = re.findall(r".{0,40}\{['\"].{0,40}", page["all_text"])
+        assert not raw, f"{page['title']}: raw dict text on the page: {raw[:3]}"
 
 
 INTERRUPTIBLE = """

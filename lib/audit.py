@@ -13,23 +13,18 @@ cannot write, e.g. the change ticket).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import sha256_file
 from .paths import resolve
 
 MANIFEST = "manifest.json"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_of = sha256_file
 
 
 def file_hashes(run_dir: Path) -> dict[str, str]:

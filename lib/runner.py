@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, audit, config, credentials
+from .errors import RunbookError
 from .params import check_params
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, outputs_root, resolve
 from .report import glossary, pages, summary, verdicts
@@ -43,13 +44,13 @@ PACKAGES = (
 )
 
 
-class RunFailed(RuntimeError):
+class RunFailed(RunbookError, RuntimeError):
     def __init__(self, message: str, run_dir: Path | None = None):
         super().__init__(message)
         self.run_dir = run_dir
 
 
-class AwaitingApproval(RuntimeError):
+class AwaitingApproval(RunbookError, RuntimeError):
     """The run stopped after phase 05 on purpose: a person decides go / no-go (not a failure)."""
 
     def __init__(self, message: str, run_dir: Path):
@@ -57,7 +58,7 @@ class AwaitingApproval(RuntimeError):
         self.run_dir = run_dir
 
 
-class RunInterrupted(RuntimeError):
+class RunInterrupted(RunbookError, RuntimeError):
     def __init__(self, message: str, run_dir: Path):
         super().__init__(message)
         self.run_dir = run_dir
@@ -188,7 +189,6 @@ def render_phase(run_dir: Path, manifest: dict, i: int) -> Path | None:
     nb = run_dir / f"{stem}.ipynb"
     if not nb.exists():
         return None
-    pages.ensure_assets(run_dir)
     return pages.render_phase_page(
         nb,
         run_dir=run_dir,

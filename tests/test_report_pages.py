@@ -331,3 +331,25 @@ def test_glossary_page(tmp_path):
     assert glossary.anchor("MRR (mean reciprocal rank)") == glossary.anchor("MRR") == "mrr"
     assert glossary.anchor_for("hit@5") == "hit-at-k" and glossary.anchor_for("p95") == "p50-p95-p99-latency"
     assert glossary.anchor_for("recall@10") == "recall-at-k" and glossary.anchor_for("banana") is None
+
+
+def test_plotly_js_only_where_figures_are_and_one_stored_copy_for_all_runs(tmp_path):
+    runs = tmp_path / "outputs"
+    first, second, plain = runs / "r1", runs / "r2", runs / "r3"
+    for d in (first, second, plain):
+        d.mkdir(parents=True)
+    pages.ensure_assets(plain)
+    assert not (plain / "assets" / "plotly.min.js").exists()  # a run without figures does not carry it
+    pages.ensure_assets(first, plotly=True)
+    pages.ensure_assets(second, plotly=True)
+    a, b = first / "assets" / "plotly.min.js", second / "assets" / "plotly.min.js"
+    assert (
+        a.read_bytes() == b.read_bytes() and b"Plotly" in a.read_bytes()[:2000] or b"plotly" in a.read_bytes()
+    )
+    assert a.stat().st_ino == b.stat().st_ino  # one copy on disk, linked into each run folder
+    stored = list((runs / pages.SHARED_ASSETS).glob("plotly-*.min.js"))
+    assert len(stored) == 1 and stored[0].stat().st_ino == a.stat().st_ino
+    a.unlink()
+    a.write_text("tampered", encoding="utf-8")  # a replaced copy is put back
+    pages.ensure_assets(first, plotly=True)
+    assert a.read_bytes() == b.read_bytes()

@@ -126,16 +126,44 @@ dl.glossary dt:target, dl.glossary dt:target + dd { background: #fff8c5; }
 # ------------------------------------------------------------------------------------------- assets
 
 
-def ensure_assets(run_dir: Path) -> None:
-    """Write ``assets/plotly.min.js`` (from the installed plotly package, offline) and
-    ``assets/report.css`` into a run folder; a file already holding the same content is left alone."""
+SHARED_ASSETS = ".assets"  # beside the run folders: one stored plotly.js that run folders hard-link
+
+
+def ensure_assets(run_dir: Path, plotly: bool = False) -> None:
+    """Write ``assets/report.css`` into a run folder and, for a folder with figures (``plotly``),
+    ``assets/plotly.min.js`` from the installed plotly package (offline). A file already holding the same
+    content is left alone.
+
+    plotly.js is 4.7 MB: each run folder holds it whole (a folder is copied and read on its own), but as a
+    hard link to one stored copy beside the run folders (``<outputs>/.assets/``) where the filesystem
+    allows, so hourly monitoring runs do not cost 4.7 MB each."""
     run_dir = Path(run_dir)
     assets = run_dir / ASSETS
     if not assets.is_dir():
         assets.mkdir(parents=True, exist_ok=True)
         assets.chmod(0o755)
     _write_if_changed(assets / "report.css", REPORT_CSS.encode("utf-8"))
-    _write_if_changed(assets / "plotly.min.js", _plotly_js())
+    if plotly:
+        _place_plotly(assets / "plotly.min.js", run_dir.parent / SHARED_ASSETS)
+
+
+def _place_plotly(target: Path, store: Path) -> None:
+    import hashlib
+    import os
+
+    data = _plotly_js()
+    if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
+        return
+    shared = store / f"plotly-{hashlib.sha256(data).hexdigest()[:16]}.min.js"
+    try:
+        store.mkdir(exist_ok=True)
+        _write_if_changed(shared, data)
+        tmp = target.with_name(f".{target.name}.link")
+        tmp.unlink(missing_ok=True)
+        os.link(shared, tmp)
+        os.replace(tmp, target)
+    except OSError:  # no hard links here (another filesystem, a read-only store): a copy of its own
+        _write_if_changed(target, data)
 
 
 _PLOTLY_JS: bytes | None = None
@@ -277,10 +305,10 @@ def render_phase_page(
     from nbconvert import HTMLExporter
 
     nb_path = Path(nb_path)
-    ensure_assets(run_dir)
     nb = nbformat.read(nb_path, as_version=4)
     first_error = _prepare(nb)
     n_figures = _plotly_outputs_to_divs(nb)
+    ensure_assets(run_dir, plotly=n_figures > 0)
     if verdict is None and first_error is not None:
         verdict = derive_verdict(first_error.get("ename", ""), first_error.get("evalue", ""))
     exporter = HTMLExporter(

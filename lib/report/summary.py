@@ -149,18 +149,20 @@ def _where(manifest: dict, h: dict[str, dict]) -> str:
     )
 
 
-def _phases(manifest: dict) -> str:
+def _phases(manifest: dict, detail: str = "in one line") -> str:
+    """Each phase's link, verdict, one line (or, in the index, the runner's error first) and seconds."""
     rows = []
     for ph in manifest.get("phases", []):
         v = ph.get("verdict") or verdicts.phase_verdict(ph["notebook"], ph, None)
         cls = v["status"].lower().replace(" ", "-")
+        text = v["reason"] if detail == "in one line" else ph.get("error") or v["reason"]
         rows.append(
             f'<tr><td><a href="{_esc(ph["notebook"])}.html">{_esc(pages.phase_title(ph["notebook"]))}</a></td>'
-            f'<td class="status {cls}">{_esc(v["status"])}</td><td>{_esc(v["reason"])}</td>'
+            f'<td class="status {cls}">{_esc(v["status"])}</td><td>{_esc(text)}</td>'
             f'<td class="num">{_esc(ph.get("duration_s", ""))}</td></tr>'
         )
     return (
-        '<table class="phases"><tr><th>phase</th><th>verdict</th><th>in one line</th><th>seconds</th></tr>'
+        f'<table class="phases"><tr><th>phase</th><th>verdict</th><th>{_esc(detail)}</th><th>seconds</th></tr>'
         + "".join(rows)
         + "</table>"
     )
@@ -323,23 +325,13 @@ def _first_page(manifest: dict):
 
 
 def write_index(run_dir: Path, manifest: dict) -> Path:
-    rows = []
-    for ph in manifest.get("phases", []):
-        v = ph.get("verdict") or verdicts.phase_verdict(ph["notebook"], ph, None)
-        cls = v["status"].lower().replace(" ", "-")
-        rows.append(
-            f'<tr><td><a href="{_esc(ph["notebook"])}.html">{_esc(pages.phase_title(ph["notebook"]))}</a></td>'
-            f'<td class="status {cls}">{_esc(v["status"])}</td><td class="num">{_esc(ph.get("duration_s", ""))}</td>'
-            f"<td>{_esc(ph.get('error') or v['reason'])}</td></tr>"
-        )
     decision = manifest.get("decision") or {}
     decision_html = _kv([(k, _esc(v)) for k, v in decision.items()]) if decision else ""
     body = (
         f"<h1>Run {_esc(manifest.get('run_id'))}</h1>"
         '<p><a href="summary.html"><b>Read the summary first</b></a>.</p>'
         + (f"<h2>Go / no-go</h2>{decision_html}" if decision_html else "")
-        + "<h2>Phases</h2><table class='phases'><tr><th>phase</th><th>verdict</th><th>seconds</th>"
-        "<th>detail</th></tr>" + "".join(rows) + "</table>"
+        + f"<h2>Phases</h2>{_phases(manifest, detail='detail')}"
         f"<p>Params <code>{_esc(manifest.get('params_file'))}</code> (sha256 "
         f"{_esc(str(manifest.get('params_sha256'))[:12])}…), commit "
         f"<code>{_esc((manifest.get('git') or {}).get('commit'))}</code>, status <b>{_esc(manifest.get('status'))}</b>."

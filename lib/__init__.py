@@ -2,15 +2,10 @@
 
 The package lives in ``lib/`` and imports as ``runbook``. Notebooks stay thin: each cell calls one
 function from a module named after what it does (``extract``, ``verify``, ``chroma_target`` ...).
+
+Importing it changes nothing in the importing process (a backend that imports ``runbook.rag_switch`` keeps its
+environment): the offline settings for local models are set where a local model is loaded
+(``embeddings.offline_models``), and Chroma's telemetry is off in every client's settings.
 """
-
-import os
-
-# Chroma telemetry is a no-op from 1.5.4; keep it off explicitly for older servers and forks.
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-# Nothing in the runbook may reach a model hub at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __version__ = "0.1.0"

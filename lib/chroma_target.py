@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import chromadb
 from chromadb.config import Settings
 
+from .errors import RunbookError
 from .paths import Layout
 
 PROVENANCE_KEYS = (
@@ -27,7 +28,7 @@ PROVENANCE_KEYS = (
 IMMUTABLE_HNSW = ("space", "ef_construction", "max_neighbors")
 
 
-class CollectionMismatch(RuntimeError):
+class CollectionMismatch(RunbookError, RuntimeError):
     pass
 
 

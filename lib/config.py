@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import RunbookError
 from .paths import PARAMS_DIR, resolve
 
 DEFAULTS_FILE = PARAMS_DIR / "defaults.yaml"
@@ -20,7 +21,7 @@ DEFAULTS_FILE = PARAMS_DIR / "defaults.yaml"
 RUNNER_PARAMETERS = ("run_dir",)
 
 
-class ParameterError(ValueError):
+class ParameterError(RunbookError, ValueError):
     pass
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import atomic
+from .errors import RunbookError
 
 MASK = "***"
 # Parameter names that would carry a secret value. A name ending in ``_env`` holds a variable *name*.
@@ -33,11 +34,11 @@ _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _known_values: set[str] = set()
 
 
-class SecretParameterError(ValueError):
+class SecretParameterError(RunbookError, ValueError):
     pass
 
 
-class MissingSecretError(RuntimeError):
+class MissingSecretError(RunbookError, RuntimeError):
     pass
 
 
@@ -201,7 +202,7 @@ def scrub_data(obj, values: Iterable[str] | None = None):
     return walk(obj)
 
 
-class SecretInBinaryFile(RuntimeError):
+class SecretInBinaryFile(RunbookError, RuntimeError):
     """A secret value in a file that is not text: masking would corrupt it, so it is named instead."""
 
 
@@ -238,7 +239,7 @@ def scrub_files(folder: str | os.PathLike, values: Iterable[str]) -> dict[str, i
     return found
 
 
-class ScrubbedError(RuntimeError):
+class ScrubbedError(RunbookError, RuntimeError):
     pass
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, credentials, disk, retrieval_modes, runlog
+from .errors import RunbookError
 from .paths import PROJECT_ROOT, Layout, resolve
 
 
@@ -47,7 +48,7 @@ def health_text(body) -> str:
     return clip(plain_text(body) if isinstance(body, dict) else str(body), 400)
 
 
-class CutoverFailed(RuntimeError):
+class CutoverFailed(RunbookError, RuntimeError):
     pass
 
 

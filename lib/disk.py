@@ -43,6 +43,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RunbookError
+
 MEASURED = (
     "measured 2026-11-28, chromadb 1.5.9, Linux x86_64 (benchmarks/disk_calibration.py): "
     "2k-10k chunks x 384/768/1536 dims"
@@ -287,7 +289,7 @@ def free_bytes(path: str | os.PathLike) -> int:
     return usage(path).free
 
 
-class DiskFull(RuntimeError):
+class DiskFull(RunbookError, RuntimeError):
     """The volume holding ``path`` has too little free space (phase 03 stops; it resumes when run again)."""
 
     def __init__(self, path: str | os.PathLike, free: int, needed: int, detail: str = ""):

@@ -26,10 +26,12 @@ import numpy as np
 import pandas as pd
 import plotly.io as pio
 
+from .errors import RunbookError
+
 pio.renderers.default = "notebook"  # for a bare fig.show(): inlines plotly.js, works offline
 
 
-class CheckFailed(AssertionError):
+class CheckFailed(RunbookError):
     """A verification or gate failed; the message names what and where."""
 
 

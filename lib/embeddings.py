@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import credentials
+from .errors import RunbookError
 
 MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", ""}
 # $ per 1M tokens, for the cost estimate before any paid embedding (params can override)
@@ -31,7 +32,7 @@ PRICE_PER_MTOK = {
 }
 
 
-class EmbeddingConfigError(ValueError):
+class EmbeddingConfigError(RunbookError, ValueError):
     pass
 
 
@@ -158,12 +159,28 @@ def build(spec: ModelSpec, batch_size: int = 64):
         return model
 
 
+def offline_models() -> None:
+    """Local models load from disk only: no model hub at run time (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``;
+    tokenizers without fork warnings). Set where a local model is loaded, not on import of the library; a value
+    the process already set is kept. If the hub library was imported before, its switch is set as well."""
+    import os
+    import sys
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None and os.environ["HF_HUB_OFFLINE"] not in ("0", "false", "False"):
+        constants.HF_HUB_OFFLINE = True
+
+
 def _build(spec: ModelSpec, batch_size: int):
     if spec.provider == "hash":
         if not spec.dimension:
             raise EmbeddingConfigError("the hash embedding needs a dimension")
         return HashEmbedding(spec.dimension)
     if spec.provider == "huggingface":
+        offline_models()
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
         if spec.model_name.lower() in MINILM_NAMES:

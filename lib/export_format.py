@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import atomic, records
+from .errors import RunbookError
 
 FORMAT = "welno-runbook-export/1"
 CHUNK_SCHEMA = pa.schema(
@@ -63,7 +64,7 @@ NODE_EXTRA_KEYS = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(RunbookError, RuntimeError):
     pass
 
 

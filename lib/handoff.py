@@ -14,10 +14,11 @@ import datetime as dt
 from pathlib import Path
 
 from . import atomic, credentials
+from .errors import RunbookError
 from .paths import Layout, resolve
 
 
-class MissingHandoffError(RuntimeError):
+class MissingHandoffError(RunbookError, RuntimeError):
     pass
 
 

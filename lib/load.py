@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, export_format, records
+from .errors import RunbookError
 
 _NODE_DEFAULTS = {
     "excluded_embed_metadata_keys": [],
@@ -210,7 +211,7 @@ def _prepare_rows(rows: list[dict], emb, ctx: Context, start: int):
     return ids, docs, vectors, metas, fates
 
 
-class LoadError(RuntimeError):
+class LoadError(RunbookError, RuntimeError):
     pass
 
 

@@ -39,6 +39,7 @@ import pandas as pd
 
 from . import credentials, handoff, runlog
 from . import disk as disk_mod
+from .errors import RunbookError
 from .paths import Layout, resolve
 
 PHASE = "08_monitor"
@@ -50,7 +51,7 @@ FACTORY_NOTE = (
 )
 
 
-class MonitorError(RuntimeError):
+class MonitorError(RunbookError, RuntimeError):
     pass
 
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import RunbookError
+
 ENCODING = "cl100k_base"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 MAX_INPUTS = 2048
@@ -39,7 +41,7 @@ MAX_INPUT_TOKENS = 8192
 MAX_REQUEST_TOKENS = 300_000
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(RunbookError, RuntimeError):
     pass
 
 

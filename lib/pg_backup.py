@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import credentials
+from .errors import RunbookError
 from .paths import Layout
 
 
-class PgBackupError(RuntimeError):
+class PgBackupError(RunbookError, RuntimeError):
     pass
 
 

@@ -22,17 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, credentials, embeddings, retrieval_modes
+from .errors import RunbookError
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 GOOGLE_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
 
-class RagConfigError(ValueError):
+class RagConfigError(RunbookError, ValueError):
     pass
 
 
-class GeminiUnavailable(RuntimeError):
+class GeminiUnavailable(RunbookError, RuntimeError):
     """A Google key is set, so answers by Gemini are expected, and they cannot be had: never degrade
     silently to retrieval only. The message names the model, the base URL and what to do (never the key)."""
 
@@ -371,7 +372,7 @@ def build_query_engine(cfg: RagConfig) -> Answerer:
     return Answerer(retriever, llm, f"answers by {cfg.llm_model} at {gemini_where(cfg)}", cfg)
 
 
-class EmbeddingMismatch(RuntimeError):
+class EmbeddingMismatch(RunbookError, RuntimeError):
     pass
 
 

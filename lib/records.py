@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from .errors import RunbookError
+
 MARKER = "json:"
 KEY_PREFIX = "meta_"
 LLAMAINDEX_KEYS = ("_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id")
@@ -45,7 +47,7 @@ EMPTY_TEXT_POLICIES = ("load", "skip")
 DUPLICATE_ID_POLICIES = ("qualify", "refuse")
 
 
-class PolicyError(ValueError):
+class PolicyError(RunbookError, ValueError):
     pass
 
 

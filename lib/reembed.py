@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import atomic, embeddings, export_format, records
+from .errors import RunbookError
 from .export_format import ExportError
 from .openai_embedder import InputTooLong, Limits, SpendCapReached, count_tokens, truncate
 
@@ -26,7 +27,7 @@ __all__ = ["InputTooLong", "Limits", "Plan", "SpendCapReached", "SpendNotAllowed
 MAX_LISTED = 1000  # replaced vectors named in the manifest; all are counted
 
 
-class SpendNotAllowed(RuntimeError):
+class SpendNotAllowed(RunbookError, RuntimeError):
     pass
 
 

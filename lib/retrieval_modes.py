@@ -21,10 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RunbookError
+
 MODES = ("dense", "hybrid")
 
 
-class RetrievalModeError(ValueError):
+class RetrievalModeError(RunbookError, ValueError):
     """A retrieval setting that cannot work; the message names the setting and what to do."""
 
 
@@ -185,6 +187,9 @@ def reranker(mode: Mode, top_n: int, llm=None):
         from llama_index.core.postprocessor import LLMRerank
 
         return LLMRerank(llm=llm, top_n=top_n)
+    from .embeddings import offline_models
+
+    offline_models()  # before sentence-transformers is imported
     from llama_index.core.postprocessor import SentenceTransformerRerank
 
     return SentenceTransformerRerank(model=mode.rerank.split(":", 1)[1], top_n=top_n, device="cpu")

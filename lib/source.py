@@ -11,9 +11,10 @@ import urllib.parse
 from dataclasses import dataclass
 
 from . import credentials
+from .errors import RunbookError
 
 
-class SourceError(RuntimeError):
+class SourceError(RunbookError, RuntimeError):
     pass
 
 

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import atomic, export_format, metadata_filters, records
+from .errors import RunbookError
 
 __all__ = [
     "FORMAT",
@@ -82,7 +83,7 @@ _EXPORT_COLUMNS = _ROW_COLUMNS  # the export's chunk shards have all of them
 _MISSING_HINT = "run phase 03 to build it"
 
 
-class SparseIndexError(RuntimeError):
+class SparseIndexError(RunbookError, RuntimeError):
     """The sparse index is missing, corrupt or was built by an incompatible tokenizer; the message names
     the folder and what to do."""
 

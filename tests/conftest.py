@@ -117,3 +117,7 @@ def write_params(tmp_path: Path, **overrides) -> Path:
 
 
 os.environ.setdefault("RUNBOOK_HEADLESS", "1")
+# tests that load the offline models themselves (not through the library) stay off the model hub too
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

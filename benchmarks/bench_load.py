@@ -122,7 +122,7 @@ batches = []  # prepared before the clock starts: this arm measures Chroma alone
 for b in exp.iter_chunk_batches(batch_size=5000):
     rows = b.to_pylist()
     if arm["records"] == "full":  # exactly the records the loader writes (LlamaIndex-readable)
-        ids, docs, emb, metas, _ = load._prepare(rows)
+        ids, docs, emb, metas, _ = load.prepare_records(rows)
     else:  # id, text, vector and the chunk's own flat metadata only
         ids, docs = [r["chunk_id"] for r in rows], [r["text"] for r in rows]
         emb = np.asarray([r["embedding"] for r in rows], dtype=np.float32)

@@ -113,7 +113,7 @@ def collection_name(name: str, export_id: str = "", versioned: bool = False) -> 
     return full
 
 
-def _current_hnsw(col) -> dict:
+def current_hnsw(col) -> dict:
     conf = col.configuration or {}
     hnsw = conf.get("hnsw") or {}
     return dict(hnsw) if not hasattr(hnsw, "items") else {k: v for k, v in hnsw.items()}
@@ -138,7 +138,7 @@ def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, cr
     existing = {c.name if hasattr(c, "name") else c for c in client.list_collections()}
     if name in existing:
         col = client.get_collection(name, embedding_function=None)
-        cur = _current_hnsw(col)
+        cur = current_hnsw(col)
         want = hnsw.configuration()["hnsw"]
         diffs = [
             f"{k}: existing {cur.get(k)!r}, wanted {want[k]!r}"
@@ -171,7 +171,7 @@ def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, cr
 
 
 def describe(col) -> dict:
-    hnsw = _current_hnsw(col)
+    hnsw = current_hnsw(col)
     return {
         "collection": col.name,
         "count": col.count(),

@@ -84,7 +84,7 @@ def unstorable(row: dict) -> str | None:
         v = row.get(name)
         if name != "text" and not isinstance(v, str):
             return f"{name} is {type(v).__name__}, not a string"
-        if isinstance(v, str) and not records._utf8(v):
+        if isinstance(v, str) and not records.is_utf8(v):
             return f"{name} has a lone surrogate (not valid Unicode text)"
     for name in ("metadata_json", "relationships_json"):
         if not isinstance(records.loads(row[name]), dict):
@@ -175,7 +175,7 @@ def embed_text(row: dict) -> str:
     from llama_index.core.schema import MetadataMode
 
     text = row_to_llama_node(row).get_content(metadata_mode=MetadataMode.EMBED)
-    if not records._utf8(text):  # a lone surrogate in metadata: models take Unicode text only (input only)
+    if not records.is_utf8(text):  # a lone surrogate in metadata: models take Unicode text only (input only)
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas  # noqa: F401 - pyarrow imports it on first table; pay that before timing starts
 import pyarrow.parquet as pq
 
-from . import atomic, credentials, export_format
+from . import atomic, credentials, export_format, records
 from .export_format import ExportError
 from .source import Source, find_pipeline, path_id
 
@@ -218,7 +218,7 @@ def embedding_stats(path: Path, shards: list[dict]) -> dict:
     }
 
 
-def _fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
+def fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
     import llama_cloud
 
     try:
@@ -249,7 +249,7 @@ def _get_page(src: Source, pipeline_id: str, skip: int, limit: int) -> tuple[lis
     return page.get("documents") or [], page.get("total_count"), offset
 
 
-def _list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0):
+def list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0):
     """Yield (documents, total_count) page by page, the way the official pager asks (skip, limit).
 
     With ``prefetch`` > 0, once the first page has told the total, up to ``prefetch`` later pages are requested
@@ -299,9 +299,9 @@ def _rows_of(d: dict, nodes: list[dict]) -> tuple[list[dict], list[dict]]:
     named with its document and what to do). ``seq`` keeps the source's order, gaps included."""
     rows, refused = [], []
     doc_problem = None
-    if not export_format.records._utf8(d["id"]):
+    if not records.is_utf8(d["id"]):
         doc_problem = "document id has a lone surrogate (not valid Unicode text)"
-    elif not export_format.records._utf8(d.get("text") or ""):
+    elif not records.is_utf8(d.get("text") or ""):
         refused.append(
             {
                 "document_id": d["id"],
@@ -401,13 +401,13 @@ def export_index(
                 listed.pop(d["id"], None)  # deleted since listed
                 return
             rows, refused = _rows_of(d, nodes)
-            if not export_format.records._utf8(d["id"]):
+            if not records.is_utf8(d["id"]):
                 w.refuse_document(d["id"], refused)  # no file can hold its id: listed, not written
                 exported[d["id"]] = h
                 return
             doc_row = {
                 "document_id": d["id"],
-                "text": d["text"] if export_format.records._utf8(d["text"] or "") else None,
+                "text": d["text"] if records.is_utf8(d["text"] or "") else None,
                 "metadata_json": export_format.dumps(d.get("metadata") or {}),
                 "content_sha256": h,
                 "chunk_count": len(rows),
@@ -426,7 +426,7 @@ def export_index(
             result.listing_passes = pass_no
             listed: dict[str, str] = {}
             total = None
-            for docs, total in _list_pages(src, pid, page_size, prefetch=min(4, concurrency)):
+            for docs, total in list_pages(src, pid, page_size, prefetch=min(4, concurrency)):
                 if bar is not None and bar.total != total:
                     bar.total = total
                     bar.refresh()
@@ -443,7 +443,7 @@ def export_index(
                         stale.add(d["id"])  # changed since committed: re-fetch whole, drop the old copy
                         result.refetched_documents += 1
                     # fetch while the listing goes on; results are taken in listing order
-                    inflight.append((d, h, pool.submit(_fetch_chunks, src, pid, d["id"])))
+                    inflight.append((d, h, pool.submit(fetch_chunks, src, pid, d["id"])))
                     while len(inflight) > window:
                         take(*inflight.popleft())
             while inflight:
@@ -493,9 +493,9 @@ def export_index(
 def sequential_export_count(src: Source, pipeline_id: str, page_size: int = 100) -> int:
     """The baseline for the benchmark: one request at a time, nothing written. Returns chunks seen."""
     n = 0
-    for docs, _ in _list_pages(src, pipeline_id, page_size):
+    for docs, _ in list_pages(src, pipeline_id, page_size):
         for d in docs:
-            nodes = _fetch_chunks(src, pipeline_id, d["id"])
+            nodes = fetch_chunks(src, pipeline_id, d["id"])
             n += len(nodes or [])
     return n
 

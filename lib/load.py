@@ -163,7 +163,7 @@ def planned_ids(exp, policy: records.Policy | None = None) -> set[str]:
     return out
 
 
-def _prepare(rows: list[dict], ctx: Context | None = None, start: int = 0):
+def prepare_records(rows: list[dict], ctx: Context | None = None, start: int = 0):
     """(ids, documents, vectors, metadatas, [(row, decision, conversions)]) for a list of export rows.
     Without ``ctx`` the rows stand alone (phase 07's additions): a record that would not load is an error."""
     import pyarrow as pa

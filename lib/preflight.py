@@ -232,10 +232,10 @@ def source_check(
 
 def describe_source(src, project, pipeline, sample_docs: int = 20) -> dict:
     """``source_check`` for a pipeline already found (read-only: one listing page, a sample's chunks)."""
-    from .extract import _fetch_chunks, _list_pages
+    from .extract import fetch_chunks, list_pages
 
-    docs, total = next(_list_pages(src, pipeline.id, max(1, sample_docs)))
-    sample = [(d["id"], _fetch_chunks(src, pipeline.id, d["id"]) or []) for d in docs]
+    docs, total = next(list_pages(src, pipeline.id, max(1, sample_docs)))
+    sample = [(d["id"], fetch_chunks(src, pipeline.id, d["id"]) or []) for d in docs]
     sizes = [len(nodes) for _, nodes in sample]
     per_doc = (sum(sizes) / len(sizes)) if sizes else 0.0
     payload, served = sample_payload(sample)
@@ -375,7 +375,7 @@ def _check_existing(client, name: str, hnsw, provenance: dict) -> str:
     if name not in existing:
         return "would create"
     col = client.get_collection(name, embedding_function=None)
-    cur = chroma_target._current_hnsw(col)
+    cur = chroma_target.current_hnsw(col)
     want = hnsw.configuration()["hnsw"]
     diffs = [
         f"{k}: existing {cur.get(k)!r}, wanted {want[k]!r}"

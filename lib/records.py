@@ -52,7 +52,7 @@ class PolicyError(RunbookError, ValueError):
 
 
 # ----------------------------------------------------------------------------- JSON that loses nothing
-def _utf8(s: str) -> bool:
+def is_utf8(s: str) -> bool:
     try:
         s.encode("utf-8")
         return True
@@ -81,7 +81,7 @@ def dumps(obj, sort_keys: bool = True) -> str:
     except (orjson.JSONEncodeError, TypeError):
         pass
     s = json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
-    return s if _utf8(s) else json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), allow_nan=True)
+    return s if is_utf8(s) else json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), allow_nan=True)
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")
@@ -129,7 +129,7 @@ def value_kind(v) -> str | None:
     if isinstance(v, str):
         if v.startswith(MARKER):
             return "string starting with the marker 'json:'"
-        return None if _utf8(v) else "string with a lone surrogate"
+        return None if is_utf8(v) else "string with a lone surrogate"
     if isinstance(v, dict):
         return "nested object"
     if isinstance(v, list):
@@ -157,11 +157,11 @@ def decode_value(v):
 
 def _reserved(k: str) -> bool:
     # Chroma rejects "", "#…", "$…", chroma:document and stores other "chroma:…" keys without returning them
-    return k == "" or k[0] in "#$" or k.startswith("chroma:") or k in LLAMAINDEX_KEYS or not _utf8(k)
+    return k == "" or k[0] in "#$" or k.startswith("chroma:") or k in LLAMAINDEX_KEYS or not is_utf8(k)
 
 
 def _form(k: str) -> str:
-    return k if _utf8(k) and not k.startswith(MARKER) else MARKER + json.dumps(k)
+    return k if is_utf8(k) and not k.startswith(MARKER) else MARKER + json.dumps(k)
 
 
 def _unescape_once(e: str) -> str | None:

@@ -182,7 +182,7 @@ def _delete_doc(col, doc_id: str) -> int:
 def _add_rows(client, col, rows: list[dict]) -> int:
     step = int(client.get_max_batch_size())
     for i in range(0, len(rows), step):
-        ids, docs, embs, metas, _ = load._prepare(rows[i : i + step])
+        ids, docs, embs, metas, _ = load.prepare_records(rows[i : i + step])
         # Chroma ignores an add of an id it has: a chunk id another document already holds would vanish
         taken = col.get(ids=ids, include=["metadatas"])
         if taken["ids"]:
@@ -337,11 +337,11 @@ def _doc_hashes(exp) -> dict[str, str]:
 
 def cloud_plan(src, prev_export: Path) -> dict:
     """What the source changed since ``prev_export`` (documents listed, nothing fetched, nothing written)."""
-    from .extract import _list_pages
+    from .extract import list_pages
 
     prev = export_format.open_export(prev_export)
     now = {}
-    for docs, _ in _list_pages(src, prev.manifest["index_id"], 100):
+    for docs, _ in list_pages(src, prev.manifest["index_id"], 100):
         for d in docs:
             now[d["id"]] = export_format.document_hash(d["text"], d.get("metadata") or {})
     old = _doc_hashes(prev)
@@ -495,7 +495,7 @@ def build_version(client, original, name: str, state: dict, save=lambda: None):
     raises NotImplementedError), otherwise the records are copied page by page (ids, embeddings,
     documents, metadatas; pages of at most ``get_max_batch_size()``), checkpointed in ``state["copied"]``
     so an interrupted copy resumes. ``original`` is only read."""
-    hnsw = {k: v for k, v in chroma_target._current_hnsw(original).items() if v is not None}
+    hnsw = {k: v for k, v in chroma_target.current_hnsw(original).items() if v is not None}
     meta = {
         **(original.metadata or {}),
         "built_from": original.name,
@@ -942,8 +942,8 @@ def verify_update(ctx: Context, plan: UpdatePlan, applied: dict) -> list[dict]:
     if not plan.in_place:
         now = fingerprint(ctx.collection(plan.start))
         check(f"{plan.start} untouched (count, every id, sampled records)", now == plan.original, now)
-        want = chroma_target._current_hnsw(ctx.collection(plan.start))
-        got = chroma_target._current_hnsw(target)
+        want = chroma_target.current_hnsw(ctx.collection(plan.start))
+        got = chroma_target.current_hnsw(target)
         same = all(got.get(k) == want.get(k) for k in (*chroma_target.IMMUTABLE_HNSW, "ef_search"))
         check(
             "same HNSW configuration as the original",

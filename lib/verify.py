@@ -292,7 +292,7 @@ def verify_export(
 
 def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
     """Source count now, and a random sample of chunks re-fetched and compared field by field."""
-    from .extract import _fetch_chunks
+    from .extract import fetch_chunks
     from .source import document_count
 
     m = exp.manifest
@@ -325,7 +325,7 @@ def _compare_with_source(r: Report, exp, src, sample: int, seed: int):
         if x.get("chunk_id") is not None:
             refused_in[x["document_id"]] = refused_in.get(x["document_id"], 0) + 1
     for doc_id, rows in by_doc.items():
-        nodes = _fetch_chunks(src, m["index_id"], doc_id)
+        nodes = fetch_chunks(src, m["index_id"], doc_id)
         if nodes is not None and len(nodes) != held.get(doc_id, 0) + refused_in.get(doc_id, 0):
             mismatches += 1
             r.issue(

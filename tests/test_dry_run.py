@@ -122,7 +122,7 @@ def test_dry_run_of_02_checks_an_existing_collection_without_changing_it(tmp_pat
 
     assert plan["status"].startswith("would verify and set ef_search 100 -> 200")
     col = client.get_collection("welno_medical_knowledge", embedding_function=None)
-    assert chroma_target._current_hnsw(col)["ef_search"] == 100  # reported, not set
+    assert chroma_target.current_hnsw(col)["ef_search"] == 100  # reported, not set
     with pytest.raises(chroma_target.CollectionMismatch, match="a real run would stop"):
         preflight.collection_plan(
             {**h01, "index_id": "other"}, "", "welno_medical_knowledge", False, wider, base_path=base

@@ -93,7 +93,7 @@ def test_listing_pages_fetched_ahead_survive_a_server_that_caps_the_page_size(de
         capped = export(source.open_source(srv.url, key_env), tmp_path / "b", page_size=10)
         srv.set_faults(max_page_size=0)
         pages = list(
-            extract._list_pages(source.open_source(srv.url, key_env), clean.manifest["index_id"], 3, 4)
+            extract.list_pages(source.open_source(srv.url, key_env), clean.manifest["index_id"], 3, 4)
         )
     assert capped.listing_passes == clean.listing_passes and capped.manifest["total_documents"] == len(
         demo_corpus.documents
@@ -163,7 +163,7 @@ import sys, threading
 from runbook import extract, source
 # the first 20 documents' chunks are fetched; every later fetch waits until this process is killed, so the
 # export is mid-way when the test kills it, however fast or slow the machine is
-real_fetch, started, lock = extract._fetch_chunks, [0], threading.Lock()
+real_fetch, started, lock = extract.fetch_chunks, [0], threading.Lock()
 def fetch_then_hang(*a):
     with lock:
         started[0] += 1
@@ -171,7 +171,7 @@ def fetch_then_hang(*a):
     if n > 20:
         threading.Event().wait()
     return real_fetch(*a)
-extract._fetch_chunks = fetch_then_hang
+extract.fetch_chunks = fetch_then_hang
 src = source.open_source(sys.argv[1], "LLAMA_CLOUD_API_KEY", max_retries=8)
 extract.export_index(src, sys.argv[2], index_name="Dr.Welno", export_id="killed", shard_rows=10, concurrency=2,
                      page_size=5, progress=False)

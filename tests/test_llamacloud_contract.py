@@ -209,7 +209,7 @@ def test_paginated_listing_envelope(srv):
 @pytest.mark.parametrize("limit", [1, 7, 50, 100])
 def test_paging_covers_every_document_once_in_a_stable_order(srv, limit):
     # ref §Endpoints, pager note: skip = offset + len(documents) while below total_count. Phase 01 requests
-    # pages concurrently at computed skips (extract._list_pages), so the order must not depend on the page size
+    # pages concurrently at computed skips (extract.list_pages), so the order must not depend on the page size
     docs, pages = walk(srv, limit)
     ids = [d["id"] for d in docs]
     assert len(ids) == len(set(ids)) == pages[0]["total_count"]
@@ -232,7 +232,7 @@ def test_official_pager_agrees_with_raw_paging(srv):
 
 
 def test_paging_past_the_end_is_an_empty_page(srv):
-    # not stated in the reference; extract._list_pages's prefetch may ask for a page beyond a shrunken total
+    # not stated in the reference; extract.list_pages's prefetch may ask for a page beyond a shrunken total
     # and relies on an empty page with the total (not an error)
     page = get(srv, f"/pipelines/{PID}/documents/paginated", skip=50, limit=10).json()
     assert page["documents"] == [] and page["total_count"] == 50
@@ -283,7 +283,7 @@ def test_ids_with_a_slash_are_decoded_once(srv):
 
 
 def test_chunks_of_an_unknown_document_are_404(srv):
-    # ref §Client: 404 -> NotFoundError; extract._fetch_chunks reads it as "deleted since it was listed"
+    # ref §Client: 404 -> NotFoundError; extract.fetch_chunks reads it as "deleted since it was listed"
     r = get(srv, f"/pipelines/{PID}/documents/{path_id('no/such document')}/chunks")
     assert r.status_code == 404 and isinstance(r.json()["detail"], str)
 

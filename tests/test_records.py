@@ -53,10 +53,10 @@ def test_flat_metadata_round_trips_every_value_and_key(md):
     flat, _ = records.to_flat(md)
     assert records.same(records.from_flat(flat), md)
     for k, v in flat.items():  # what Chroma accepts and stores exactly
-        assert k and k[0] not in "#$" and k != "chroma:document" and records._utf8(k)
+        assert k and k[0] not in "#$" and k != "chroma:document" and records.is_utf8(k)
         assert isinstance(v, str | bool | int | float) and (not isinstance(v, float) or math.isfinite(v))
         assert not isinstance(v, int) or records.INT64[0] <= v <= records.INT64[1]
-        assert not isinstance(v, str) or records._utf8(v)
+        assert not isinstance(v, str) or records.is_utf8(v)
 
 
 @settings(max_examples=400, derandomize=True, deadline=None)

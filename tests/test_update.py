@@ -302,7 +302,7 @@ def test_embedded_update_builds_a_new_version_and_never_writes_the_served_collec
     assert NEW_DOC_ID in top_docs(
         new, "Is a neck ultrasound for thyroid cancer recommended without symptoms?"
     )
-    assert chroma_target._current_hnsw(new)["space"] == "cosine" and new.metadata["built_from"] == NAME
+    assert chroma_target.current_hnsw(new)["space"] == "cosine" and new.metadata["built_from"] == NAME
     exp = export_format.open_export(m["export"])
     assert rec["export_manifest_sha256"] == exp.manifest_sha256 == new.metadata["export_manifest_sha256"]
     assert rec["chroma_mode"] == "embedded" and rec["chroma_path"] == str(layout.chroma_db)

@@ -259,18 +259,6 @@ def main_dimension(exp: Export) -> int:
     return max(counts, key=counts.get) if counts else 0
 
 
-def latest_export(exports_dir: str | os.PathLike, pipeline_id: str | None = None) -> Path | None:
-    """The newest complete export under ``backup/exports`` (optionally of one pipeline)."""
-    best = None
-    for d in sorted(Path(exports_dir).glob("*/manifest.json")):
-        m = atomic.read_json(d)
-        if pipeline_id and m.get("index_id") != pipeline_id:
-            continue
-        if best is None or m.get("exported_at", "") >= best[0]:
-            best = (m.get("exported_at", ""), d.parent)
-    return best[1] if best else None
-
-
 def content_digest(export_dir: str | os.PathLike) -> str:
     """One sha256 over the export's content in chunk-id order, independent of sharding and file names:
     two exports of the same index are equal exactly when their digests are."""

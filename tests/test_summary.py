@@ -167,7 +167,9 @@ def test_monitoring_verdict_line_from_phase_08s_record():
 
 def test_numbers_read_as_numbers():
     assert (
-        verdicts._num(80.0, 0) == "80" and verdicts._num(1.0) == "1.0" and verdicts._num(0.9586, 2) == "0.96"
+        verdicts.number(80.0, 0) == "80"
+        and verdicts.number(1.0) == "1.0"
+        and verdicts.number(0.9586, 2) == "0.96"
     )
     line = verdicts.phase_verdict(
         "00_preflight",

@@ -78,7 +78,7 @@ def run_verdict(manifest: dict, handoffs_of: dict | None = None) -> dict:
     if status == "ok":
         n = len(manifest.get("phases", []))
         h06 = (handoffs_of or {}).get("06_cutover") or {}
-        tail = f"; {verdicts._line('06_cutover', h06)}" if h06 and not h06.get("dry_run") else ""
+        tail = f"; {verdicts.phase_line('06_cutover', h06)}" if h06 and not h06.get("dry_run") else ""
         return {"status": verdicts.PASS, "reason": f"all {n} phase(s) of this run passed{tail}", "todo": ""}
     return {"status": verdicts.NOT_RUN, "reason": f"run {status}", "todo": ""}
 
@@ -95,8 +95,8 @@ def _what(h: dict[str, dict]) -> str:
         [
             ("index", _esc(h01.get("index_name") or src.get("index"))),
             ("index id", f"<code>{_esc(h01.get('index_id') or src.get('index id'))}</code>"),
-            ("documents", _esc(verdicts._num(h01.get("total_documents") or src.get("documents")))),
-            ("chunks", _esc(verdicts._num(h01.get("total_chunks")))),
+            ("documents", _esc(verdicts.number(h01.get("total_documents") or src.get("documents")))),
+            ("chunks", _esc(verdicts.number(h01.get("total_chunks")))),
             ("embedding model", _esc(h01.get("embedding_model") or src.get("embedding model"))),
             ("dimension", _esc(h01.get("embedding_dimension"))),
         ]
@@ -176,7 +176,7 @@ def _ab(h: dict[str, dict]) -> str:
         return "<p>Dry run: the comparison was planned, not run.</p>"
     s = h05.get("summary") or {}
     decision = (
-        f"The local copy answers the {verdicts._num(s.get('queries'))} test questions as well as the cloud "
+        f"The local copy answers the {verdicts.number(s.get('queries'))} test questions as well as the cloud "
         f"({_esc(h05.get('configured_mode') or 'local')}), so it may replace it"
         if h05.get("passed")
         else "The local copy does NOT answer as well as the cloud: do not switch"
@@ -201,7 +201,7 @@ def _cutover(manifest: dict, h: dict[str, dict]) -> str:
     steps = h06.get("steps") or []
     backup = next((s.get("detail", "") for s in steps if s.get("step") == "backup"), "")
     rows = [
-        ("result", _esc(verdicts._line("06_cutover", h06))),
+        ("result", _esc(verdicts.phase_line("06_cutover", h06))),
         ("approved", _esc(h06.get("approval") or params.get("approval") or "")),
         ("steps", _esc(", ".join(f"{s.get('step')} {'ok' if s.get('ok') else 'FAILED'}" for s in steps))),
         ("backup of the service settings", _esc(backup or "(none recorded)")),
@@ -242,14 +242,14 @@ def _glance(manifest: dict, h: dict[str, dict]) -> str:
     """Four lines: what moved from where to where, the decision, the cutover."""
     h01, src = h.get("01_extract") or {}, (h.get("00_preflight") or {}).get("source") or {}
     dest, newer = _destination(h)
-    docs = verdicts._num(h01.get("total_documents") or src.get("documents"))
-    chunks = verdicts._num(h01.get("total_chunks") or src.get("estimated chunks"))
+    docs = verdicts.number(h01.get("total_documents") or src.get("documents"))
+    chunks = verdicts.number(h01.get("total_chunks") or src.get("estimated chunks"))
     origin = (
         "the local LlamaCloud-compatible server (rehearsal)" if manifest.get("emulator") else "LlamaCloud"
     )
     h06 = h.get("06_cutover") or {}
     if h06 and not h06.get("dry_run"):
-        cut = verdicts._line("06_cutover", h06)
+        cut = verdicts.phase_line("06_cutover", h06)
     elif manifest.get("status") == "awaiting approval":
         cut = "not yet: waiting for a person's go"
     else:

@@ -19,7 +19,7 @@ PASS, FAIL, DRY_RUN, INTERRUPTED, AWAITING, NOT_RUN = (
 )
 
 
-def _num(v, digits: int = 3) -> str:
+def number(v, digits: int = 3) -> str:
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, int):
@@ -64,28 +64,28 @@ def _error_parts(error: str) -> tuple[str, str]:
     return first, todo or "read the message above; the phase's page has the details"
 
 
-def _line(stem: str, h: dict) -> str:
+def phase_line(stem: str, h: dict) -> str:
     """What the phase did, in one sentence, from its hand-off."""
     phase = stem[:2]
     if phase == "00":
         src = h.get("source") or {}
         disk = h.get("disk") or {}
         return (
-            f"source index {src.get('index')} reachable with {_num(src.get('documents'))} documents; "
-            f"disk after the migration {_num(disk.get('projected use %'), 1)}% used "
-            f"(limit {_num(disk.get('limit %'), 0)}%)"
+            f"source index {src.get('index')} reachable with {number(src.get('documents'))} documents; "
+            f"disk after the migration {number(disk.get('projected use %'), 1)}% used "
+            f"(limit {number(disk.get('limit %'), 0)}%)"
         )
     if phase == "01":
         return (
-            f"exported {_num(h.get('total_documents'))} documents, {_num(h.get('total_chunks'))} chunks "
+            f"exported {number(h.get('total_documents'))} documents, {number(h.get('total_chunks'))} chunks "
             f"({h.get('embedding_model')}, {h.get('embedding_dimension')} dimensions), checksummed"
         )
     if phase == "02":
         return f"collection {h.get('collection')} {h.get('status', '')}".strip()
     if phase == "03":
         return (
-            f"loaded {_num(h.get('count'))} chunks into {h.get('collection')}; verified "
-            f"(recall@10 {_num(h.get('recall@10'))} at ef_search {h.get('ef_search')})"
+            f"loaded {number(h.get('count'))} chunks into {h.get('collection')}; verified "
+            f"(recall@10 {number(h.get('recall@10'))} at ef_search {h.get('ef_search')})"
         )
     if phase == "04":
         return (
@@ -105,10 +105,8 @@ def _line(stem: str, h: dict) -> str:
     if phase == "07":
         if not h.get("changed"):
             return "no document changed: nothing to update"
-        return (
-            f"updated into {h.get('collection')} ({_num(h.get('count'))} chunks); {h.get('next', '')}".rstrip(
-                "; "
-            )
+        return f"updated into {h.get('collection')} ({number(h.get('count'))} chunks); {h.get('next', '')}".rstrip(
+            "; "
         )
     if phase == "08":
         return h.get("verdict_line") or "service probed"
@@ -161,6 +159,6 @@ def phase_verdict(stem: str, entry: dict, handoff: dict | None) -> dict:
 
 def _safe_line(stem: str, h: dict) -> str:
     try:
-        return _line(stem, h)
+        return phase_line(stem, h)
     except (TypeError, ValueError, KeyError, AttributeError):  # an older or partial record: say less
         return "the phase ran to its end"

@@ -16,7 +16,7 @@ import urllib.request
 
 from common import run_arm, table
 
-from runbook import cloud_emulator
+from runbook.rehearsal import cloud_emulator
 
 EXPORTER = """
 import json, sys, time

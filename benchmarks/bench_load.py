@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from common import run_arm, table
 
-from runbook import corpus, export_format
+from runbook import export_format
+from runbook.rehearsal import corpus
 
 BULK = {"ef_construction": 64, "max_neighbors": 16, "batch_size": 5000, "sync_threshold": 50000}
 

@@ -22,7 +22,7 @@ import tempfile
 
 from common import run_arm, table
 
-from runbook import cloud_emulator
+from runbook.rehearsal import cloud_emulator
 
 TEXTS = """
 import random

@@ -38,7 +38,8 @@ ARM = r"""
 import json, os, random, shutil, sys
 from pathlib import Path
 import numpy as np
-from runbook import chroma_target, corpus, disk, embeddings, export_format, extract, load
+from runbook import chroma_target, disk, embeddings, export_format, extract, load
+from runbook.rehearsal import corpus
 
 n, dim, root, payload = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 

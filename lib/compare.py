@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import embeddings
+from . import embeddings, plugins
 from .paths import PACKAGE_DATA, resolve
 
 
@@ -33,9 +33,7 @@ def load_questions(path: str = "", corpus: str = "") -> list[dict]:
     ``kind`` (e.g. keyword, paraphrase) groups the questions in ``hits_by_kind``. A relative path is the
     project root's; with no path, the rehearsal ``corpus`` "demo-ko" brings its Korean question set."""
     if not path and corpus == "demo-ko":
-        from .rehearsal import korean_demo
-
-        return korean_demo.questions()
+        return plugins.rehearsal("the demo-ko corpus's questions").questions(corpus)
     p = resolve(path) if path else PACKAGE_DATA / "demo_questions.jsonl"
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):

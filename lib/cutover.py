@@ -26,7 +26,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, credentials, disk, retrieval_modes, runlog
+from . import atomic, credentials, disk, plugins, retrieval_modes, runlog
 from .errors import RunbookError
 from .paths import PROJECT_ROOT, Layout, resolve
 
@@ -921,7 +920,7 @@ def service_settings(
     from dotenv import dotenv_values
 
     h04 = handoff.read("04_rag_service", base_path=base_path)
-    return reference_backend(
+    return plugins.rehearsal("service_mode: reference").reference_backend(
         Layout.from_params(base_path), dotenv_values(h04["config_env"]), port or _free_port()
     )
 
@@ -998,33 +997,3 @@ def execute(
             [{"check": s["step"], "ok": s["ok"], "detail": s["detail"]} for s in co.steps], fail=False
         )
     return co
-
-
-# --- the demo's stand-in backend (the reference service) -----------------------------------------
-def reference_backend(layout: Layout, entries: dict, port: int) -> dict:
-    """Write the stand-in backend's config.env (cloud arm: the state before the migration), start the
-    reference service on it, and return the commands and URLs phase 06 uses."""
-    from . import rag_switch, service_ctl
-
-    d = layout.base / "service"
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = d / "config.env"
-    pidfile = d / "service.pid"
-    service_ctl.stop(pidfile)
-    rag_switch.write_config(cfg, {**entries, "USE_LOCAL_VECTOR_DB": "false"})
-    restart = (
-        f"{shlex.quote(sys.executable)} -m runbook.service_ctl restart --config {shlex.quote(str(cfg))} "
-        f"--port {port} --pidfile {shlex.quote(str(pidfile))}"
-    )
-    service_ctl.start(str(cfg), port, pidfile)
-    base = f"http://127.0.0.1:{port}"
-    Cutover(cfg, "", base + "/health", health_timeout_s=120).wait_health(Expect("cloud"))
-    atomic.write_json(d / "service.json", {"port": port, "pidfile": str(pidfile), "config_env": str(cfg)})
-    return {
-        "config_env": str(cfg),
-        "restart_command": restart,
-        "health_url": base + "/health",
-        "query_url": base + "/query",
-        "metrics_url": base + "/metrics",
-        "pidfile": str(pidfile),
-    }

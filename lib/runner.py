@@ -13,14 +13,13 @@ import datetime as dt
 import importlib.metadata as md
 import json
 import os
-import secrets as _pysecrets
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, audit, config, credentials
+from . import atomic, audit, config, credentials, plugins
 from .errors import RunbookError
 from .params import check_params
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, outputs_root, resolve
@@ -374,35 +373,6 @@ class _Interrupts:
                 pass
 
 
-def _emulator_for(params: dict, env: dict):
-    """Rehearsal mode: start the LlamaCloud-compatible server for this run when the params ask for it."""
-    corpus = params.get("emulator_corpus")
-    if not corpus:
-        return None
-    from . import cloud_emulator
-
-    key_env = params.get("source_api_key_env") or "LLAMA_CLOUD_API_KEY"
-    google_env = params.get("google_api_key_env") or "GOOGLE_API_KEY"
-    for name in (key_env, google_env):  # the stand-ins accept whatever these hold; a fresh key otherwise
-        if not os.environ.get(name):
-            os.environ[name] = "emu-" + _pysecrets.token_urlsafe(24)
-    handle = cloud_emulator.start_subprocess(
-        corpus=corpus,
-        api_key_env=key_env,
-        google_key_env=google_env,
-        embed_cache=str(resolve(params["embedding_cache"])) if params.get("embedding_cache") else "",
-        serve_embeddings=bool(params.get("emulator_serve_embeddings", False)),
-    )
-    if params.get("emulator_query_latency_ms"):
-        cloud_emulator.set_faults_remote(
-            handle.url,
-            os.environ[key_env],
-            latency_ms=float(params["emulator_query_latency_ms"]),
-            path_pattern="/retrieve$",
-        )
-    return handle
-
-
 def run(
     params_path: str | Path,
     only: list[str] | None = None,
@@ -493,7 +463,11 @@ def run(
     kernel = ensure_kernel()
     os.environ["RUNBOOK_HEADLESS"] = "1"  # plain-text progress bars in executed notebooks
     env_names = {v for k, v in params.items() if k.endswith("_env") and isinstance(v, str) and v}
-    emulator = _emulator_for(params, os.environ)
+    emulator = (
+        plugins.rehearsal("emulator_corpus").start_local_server(params)
+        if params.get("emulator_corpus")
+        else None
+    )
     failure = None
     stopped = ""  # "awaiting approval" | "interrupted"
     layout = _migration_layout(params, dry_run)
@@ -602,10 +576,7 @@ def run(
     finally:
         interrupts.__exit__()
         if params.get("service_mode") == "reference" and params.get("base_path"):
-            from . import service_ctl
-            from .paths import Layout
-
-            service_ctl.stop(Layout.from_params(params["base_path"]).base / "service" / "service.pid")
+            plugins.rehearsal("service_mode: reference").stop_reference_service(params["base_path"])
         if emulator is not None:
             emulator.stop()
         manifest["status"] = stopped or ("failed" if failure else "ok")

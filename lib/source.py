@@ -6,11 +6,10 @@ the params name; in rehearsal mode the local LlamaCloud-compatible server is sta
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from dataclasses import dataclass
 
-from . import credentials
+from . import credentials, plugins
 from .errors import RunbookError
 
 
@@ -37,43 +36,6 @@ class Source:
         return f"{self.base_url or 'https://api.cloud.llamaindex.ai'} (key from ${self.api_key_env})"
 
 
-def ensure_emulator(
-    base_url: str,
-    emulator_corpus: str,
-    api_key_env: str,
-    embed_cache: str = "",
-    query_latency_ms: float = 0.0,
-    serve_embeddings: bool = False,
-) -> str:
-    """Rehearsal mode outside the runner (plain papermill, JupyterLab): start the local server if
-    nothing answers at ``base_url``. Returns the URL to use. ``serve_embeddings``: the server fills
-    ``embedding`` in its /chunks answers (real LlamaCloud does not), so phase 01 needs no re-embedding."""
-    from . import cloud_emulator
-
-    if base_url:
-        try:
-            cloud_emulator.wait_healthy(base_url, timeout=1.5)
-            return base_url
-        except (TimeoutError, RuntimeError):
-            pass
-    port = int(urllib.parse.urlsplit(base_url).port or 0) if base_url else 0
-    if not os.environ.get(api_key_env):
-        raise SourceError(
-            f"rehearsal mode: set {api_key_env} to any value; the local server accepts that key"
-        )
-    handle = cloud_emulator.start_subprocess(
-        emulator_corpus, api_key_env, port, embed_cache, serve_embeddings=serve_embeddings
-    )
-    if query_latency_ms:
-        cloud_emulator.set_faults_remote(
-            handle.url, os.environ[api_key_env], latency_ms=query_latency_ms, path_pattern="/retrieve$"
-        )
-    import atexit
-
-    atexit.register(handle.stop)
-    return handle.url
-
-
 def open_source(
     base_url: str,
     api_key_env: str,
@@ -87,7 +49,7 @@ def open_source(
     from llama_cloud import LlamaCloud
 
     if emulator_corpus:
-        base_url = ensure_emulator(
+        base_url = plugins.rehearsal("emulator_corpus").ensure_local_server(
             base_url,
             emulator_corpus,
             api_key_env,

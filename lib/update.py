@@ -39,6 +39,7 @@ from . import (
     extract,
     handoff,
     load,
+    processes,
     reembed,
     runlog,
     sparse_sync,
@@ -658,14 +659,12 @@ def restore_if_asked(ctx: Context, name: str) -> dict:
         return {"restore": "not asked (restore_snapshot is empty)"}
     if name not in list_snapshots(ctx.layout):
         raise FileNotFoundError(f"no snapshot {name!r}; snapshots: {list_snapshots(ctx.layout)}")
-    from . import service_ctl
-
     pidfile = ctx.layout.base / "service" / "service.pid"
     pid = pidfile.read_text().strip() if pidfile.exists() else ""
-    if pid.isdigit() and service_ctl.leader_alive(int(pid)):
+    if pid.isdigit() and processes.leader_alive(int(pid)):
         raise RuntimeError(
             f"the reference service (pid {pid}) reads {ctx.layout.chroma_db}: stop it first "
-            f"(python -m runbook.service_ctl stop --pidfile {pidfile}), restore, then start it again"
+            f"(python -m runbook.rehearsal.service_ctl stop --pidfile {pidfile}), restore, then start it again"
         )
     note_file = ctx.layout.backup / "chroma_snapshots" / f"{name}.json"
     note = atomic.read_json(note_file) if note_file.exists() else {}

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runbook import cloud_emulator, corpus, source
+from runbook import source
 from runbook.paths import PROJECT_ROOT
+from runbook.rehearsal import cloud_emulator, corpus
 
 API_KEY = "test-key-for-local-server"
 CACHE = PROJECT_ROOT / "data" / "cache" / "embeddings.sqlite"

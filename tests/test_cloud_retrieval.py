@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from llama_cloud import LlamaCloud
 
-from runbook import cloud_emulator, corpus
-from runbook.rehearsal import cloud_ranking
+from runbook.rehearsal import cloud_emulator, cloud_ranking, corpus
 from runbook.rehearsal.cloud_ranking import fuse, rerank, tokenize
 
 from .conftest import API_KEY

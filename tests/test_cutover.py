@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from runbook import cloud_emulator, cutover, handoff
+from runbook import cutover, handoff
 from runbook.paths import Layout
+from runbook.rehearsal import cloud_emulator
 from runbook.rehearsal.__main__ import SEED_CONFIG
 from runbook.rehearsal.supervisor import Supervisor
 

@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from runbook import cloud_emulator, embeddings, rag_switch
+from runbook import embeddings, rag_switch
+from runbook.rehearsal import cloud_emulator
 
 from .conftest import API_KEY, CACHE
 

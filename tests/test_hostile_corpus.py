@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from llama_cloud import LlamaCloud
 
-from runbook import cloud_emulator, corpus
+from runbook.rehearsal import cloud_emulator, corpus
 from runbook.source import path_id
 
 from .conftest import API_KEY

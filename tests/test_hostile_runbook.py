@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from runbook import chroma_target, corpus, records, runner
+from runbook import chroma_target, records, runner
+from runbook.rehearsal import corpus
 
 from .conftest import write_params
 

@@ -33,7 +33,8 @@ from llama_cloud.types.pipeline_retrieve_response import RetrievalNode
 from llama_cloud.types.pipelines import CloudDocument, DocumentGetChunksResponse, TextNode
 from pydantic import TypeAdapter
 
-from runbook import cloud_emulator, compare, corpus, extract, source
+from runbook import compare, extract, source
+from runbook.rehearsal import cloud_emulator, corpus
 from runbook.source import path_id
 
 KEY = "contract-test-key-0123456789"

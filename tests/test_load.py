@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from runbook import atomic, chroma_target, cloud_emulator, embeddings, export_format, load, records
+from runbook import atomic, chroma_target, embeddings, export_format, load, records
+from runbook.rehearsal import cloud_emulator
 
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
 
@@ -231,7 +232,8 @@ WEAK = dict(ef_construction=32, max_neighbors=8, ef_search=10)
 def weak_export(tmp_path_factory):
     """4,000 nearly isotropic 64-d vectors: with a deliberately weak HNSW graph, recall@10 at ef_search 10
     is far below 0.99."""
-    from runbook import corpus, extract, source
+    from runbook import extract, source
+    from runbook.rehearsal import corpus
 
     syn = corpus.SyntheticCorpus(4000, 64, chunks_per_doc=50)
     os.environ["WEAK_EXPORT_KEY"] = "weak-export-key-123"

@@ -11,8 +11,9 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
 )
 
-from runbook import cloud_emulator, metadata_filters
+from runbook import metadata_filters
 from runbook.metadata_filters import predicate, to_search_filters
+from runbook.rehearsal import cloud_emulator
 
 DOCS = [
     {

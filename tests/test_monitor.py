@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import nbformat
 import pytest
 
-from runbook import cloud_emulator, config, embeddings, handoff, monitor, rag_switch, runner, service_ctl
+from runbook import config, embeddings, handoff, monitor, rag_switch, runner
 from runbook.paths import NOTEBOOKS_DIR, Layout
+from runbook.rehearsal import cloud_emulator, service_ctl
 
 from .conftest import write_params
 

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from runbook import cloud_emulator, corpus, export_format, extract, load, records, reembed, source, verify
+from runbook import export_format, extract, load, records, reembed, source, verify
+from runbook.rehearsal import cloud_emulator, corpus
 
 from .test_records import ODD_KEYS
 

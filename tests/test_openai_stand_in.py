@@ -16,7 +16,8 @@ import numpy as np
 import openai
 import pytest
 
-from runbook import cloud_emulator, corpus, embeddings
+from runbook import embeddings
+from runbook.rehearsal import cloud_emulator, corpus
 from runbook.rehearsal import openai_stand_in as osi
 
 from .conftest import API_KEY, CACHE

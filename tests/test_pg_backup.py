@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from runbook import cloud_emulator, credentials, pg_backup
+from runbook import credentials, pg_backup
+from runbook.rehearsal import cloud_emulator
 
 from .conftest import write_params
 

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 
-from runbook import service_ctl
+from runbook import processes
+from runbook.rehearsal import service_ctl
 from runbook.rehearsal.supervisor import Supervisor
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -42,7 +43,7 @@ def test_a_pid_reused_by_a_thread_or_a_process_of_another_session_is_never_signa
 def test_the_process_it_started_is_stopped_with_its_group(tmp_path):
     sup = Supervisor(tmp_path / "sup")
     pid = sup.start("WELLO_BE", SLEEPER)
-    assert service_ctl.leader_alive(pid) and sup.pid("WELLO_BE") == pid
+    assert processes.leader_alive(pid) and sup.pid("WELLO_BE") == pid
     assert sup.stop("WELLO_BE", timeout=10) is True
-    assert not service_ctl.leader_alive(pid) and sup.pid("WELLO_BE") is None
+    assert not processes.leader_alive(pid) and sup.pid("WELLO_BE") is None
     assert not sup.pidfile("WELLO_BE").exists()

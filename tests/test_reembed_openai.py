@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from runbook import cloud_emulator, embeddings, export_format, extract, openai_embedder, reembed, source
-from runbook.rehearsal import openai_stand_in
+from runbook import embeddings, export_format, extract, openai_embedder, reembed, source
+from runbook.rehearsal import cloud_emulator, openai_stand_in
 
 from .conftest import API_KEY
 

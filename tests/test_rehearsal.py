@@ -13,9 +13,10 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from runbook import cloud_emulator, config, cutover, runner
+from runbook import config, cutover, runner
 from runbook.paths import PARAMS_DIR, PROJECT_ROOT
 from runbook.rehearsal import __main__ as rehearsal
+from runbook.rehearsal import cloud_emulator
 
 from .conftest import CACHE
 

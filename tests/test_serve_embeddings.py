@@ -4,13 +4,13 @@ LlamaCloud does not), set from a params file -- through the runner and through p
 from __future__ import annotations
 
 import json
-import os
 
 import psutil
 from llama_cloud import LlamaCloud
 
-from runbook import config, corpus, runner, source
+from runbook import config, runner, source
 from runbook.paths import NOTEBOOKS_DIR
+from runbook.rehearsal import corpus, hooks
 from runbook.source import path_id
 
 from .conftest import API_KEY, CACHE, write_params
@@ -50,12 +50,12 @@ def test_runner_accepts_it_and_its_server_serves_vectors(tmp_path, outputs, monk
         injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
         assert "emulator_serve_embeddings = True" in "".join(injected["source"]), stem
     # the server the runner starts for this run
-    handle = runner._emulator_for(config.load_params(p), os.environ)
+    handle = hooks.start_local_server(config.load_params(p))
     try:
         assert len(_first_chunk_embedding(handle.url, API_KEY)) == 384
     finally:
         handle.stop()
-    without = runner._emulator_for(config.load_params(write_params(tmp_path)), os.environ)
+    without = hooks.start_local_server(config.load_params(write_params(tmp_path)))
     try:
         assert _first_chunk_embedding(without.url, API_KEY) is None  # like the real cloud by default
     finally:
@@ -78,6 +78,6 @@ def test_plain_papermill_path_starts_the_server_with_vectors(monkeypatch):
         assert len(_first_chunk_embedding(src.base_url, API_KEY)) == 384
     finally:  # the server this test started (it would otherwise live until the test session ends)
         for child in psutil.Process().children(recursive=True):
-            if child.pid not in before and "runbook.cloud_emulator" in " ".join(child.cmdline()):
+            if child.pid not in before and "runbook.rehearsal.cloud_emulator" in " ".join(child.cmdline()):
                 child.terminate()
                 child.wait(10)

@@ -102,7 +102,7 @@ def up(
     sup.start(
         "LLAMACLOUD",
         [
-            py, "-m", "runbook.cloud_emulator", "--corpus", corpus, "--port", str(cloud_port),
+            py, "-m", "runbook.rehearsal.cloud_emulator", "--corpus", corpus, "--port", str(cloud_port),
             "--api-key-env", cloud_key_env, "--google-key-env", google_key_env, "--embed-cache", cache,
             "--openai-key-env", openai_key_env,
             "--openai-limits", json.dumps(OPENAI_LIMITS if openai_limits is None else openai_limits),
@@ -111,7 +111,7 @@ def up(
     )  # fmt: skip
     _wait(cloud_url + "/_emulator/health", 300, "the LlamaCloud stand-in")
     if query_latency_ms:
-        from ..cloud_emulator import set_faults_remote
+        from .cloud_emulator import set_faults_remote
 
         # a real cloud query crosses a network (the seed measured 500-1000 ms); loopback does not
         set_faults_remote(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from .. import corpus as corpus_mod
 from ..paths import PACKAGE_DATA
+from . import corpus as corpus_mod
 
 TOPICS = PACKAGE_DATA / "demo_topics_ko.yaml"
 QUESTIONS = PACKAGE_DATA / "demo_questions_ko.yaml"

@@ -1,5 +1,5 @@
 """An OpenAI-compatible embeddings endpoint for rehearsals: the logic of ``POST /v1/embeddings``, which
-``runbook.cloud_emulator`` serves at the same base URL as its LlamaCloud and Gemini stand-ins (point the
+``runbook.rehearsal.cloud_emulator`` serves at the same base URL as its LlamaCloud and Gemini stand-ins (point the
 official ``openai`` client or LlamaIndex's ``OpenAIEmbedding`` at ``<url>/v1``). No HTTP server here:
 ``OpenAIStandIn.handle(headers, body)`` answers one request as ``(status, payload, headers)``.
 

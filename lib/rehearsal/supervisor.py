@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..service_ctl import leader_alive
+from ..processes import leader_alive
 
 
 class Supervisor:

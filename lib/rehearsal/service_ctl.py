@@ -1,7 +1,7 @@
 """Start, stop and restart the reference RAG service with a pid file (the demo's stand-in for
 ``pm2 restart WELLO_BE``). Production params name the real restart command instead.
 
-    python -m runbook.service_ctl restart --config <config.env> --port 8790 --pidfile <dir>/service.pid
+    python -m runbook.rehearsal.service_ctl restart --config <config.env> --port 8790 --pidfile <dir>/service.pid
 """
 
 from __future__ import annotations
@@ -14,18 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def leader_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process leading its own session, as one started with ``start_new_session``
-    does. A pid file outlives its process, and the pid is reused: by another process, or by a thread of one
-    (a thread's id is a pid to kill(2), which then signals that whole process). Signalling such a pid would
-    hit a stranger -- seen when a rehearsal's SIGTERM reached a test runner -- so it is not ours."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    # after the command: state, ppid, process group, session
-    return stat[0] not in ("Z", "X") and int(stat[2]) == pid and int(stat[3]) == pid
+from ..processes import leader_alive
 
 
 def stop(pidfile: Path, timeout: float = 10.0) -> bool:
@@ -59,7 +48,15 @@ def start(config: str, port: int, pidfile: Path, log: Path | None = None) -> int
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runbook.rag_service", "--config", config, "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "runbook.rehearsal.reference_service",
+                "--config",
+                config,
+                "--port",
+                str(port),
+            ],
             stdout=out,
             stderr=out,
             start_new_session=True,
@@ -71,7 +68,7 @@ def start(config: str, port: int, pidfile: Path, log: Path | None = None) -> int
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m runbook.service_ctl",
+        prog="python -m runbook.rehearsal.service_ctl",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

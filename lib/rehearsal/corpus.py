@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import embeddings
-from .paths import PACKAGE_DATA
+from .. import embeddings
+from ..paths import PACKAGE_DATA
 
 DEMO_PROJECT = {
     "id": "7f1a3c52-5d0e-4c1b-9a57-0d5f2b7c1e01",
@@ -296,7 +296,7 @@ class StaticCorpus:
     def _sparse_index(self):
         with self._lock:
             if self._sparse is None:
-                from .rehearsal.cloud_ranking import SparseIndex  # the server's imitation of LlamaCloud
+                from .cloud_ranking import SparseIndex  # the server's imitation of LlamaCloud
 
                 nodes = [c for chunks in self.chunks.values() for c in chunks]
                 self._sparse = (nodes, SparseIndex([n.get("text") for n in nodes]))
@@ -502,7 +502,7 @@ def build_topic_corpus(
 
 def _embed_texts(pending: list[tuple[dict, list[dict]]]) -> list[str]:
     """What a LlamaIndex pipeline embeds for each chunk: non-excluded metadata, then the chunk text."""
-    from .export_format import embed_text, node_to_row
+    from ..export_format import embed_text, node_to_row
 
     return [embed_text(node_to_row(doc["id"], k, c)) for doc, chunks in pending for k, c in enumerate(chunks)]
 
@@ -523,7 +523,7 @@ OPENAI_SMALL = "text-embedding-3-small"
 def demo_openai_query_vector(query: str) -> np.ndarray:
     """A query of the ``demo-openai`` corpus: its MiniLM query vector, projected as the OpenAI stand-in's
     semantic text-embedding-3-small vectors are (1536-d; cosines equal MiniLM's)."""
-    from .rehearsal import openai_stand_in
+    from . import openai_stand_in
 
     return openai_stand_in.project_minilm(embeddings.embed_query(query, MINILM), OPENAI_SMALL)[0]
 
@@ -534,7 +534,7 @@ def build_demo_openai_corpus(embed_cache: str | Path | None = None) -> StaticCor
     1536-d chunk vectors: what the OpenAI stand-in (``runbook.rehearsal.openai_stand_in``, semantic mode)
     answers for text-embedding-3-small, i.e. the demo's MiniLM vectors projected isometrically. Retrieval
     embeds the query the same way, so it ranks exactly as on the ``demo`` corpus."""
-    from .rehearsal import openai_stand_in
+    from . import openai_stand_in
 
     base = build_demo_corpus(embed_cache, with_vectors=False)
     pipeline = copy.deepcopy(base.pipeline)
@@ -575,7 +575,7 @@ def corpus_from_export(
     export_dir: str | Path, query_spec: embeddings.ModelSpec | None = None
 ) -> StaticCorpus:
     """Serve an export written by phase 01 (rehearse against a copy of production)."""
-    from . import export_format
+    from .. import export_format
 
     exp = export_format.open_export(export_dir)
     m = exp.manifest
@@ -1051,7 +1051,7 @@ def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_e
     if corpus == "demo-openai":
         return build_demo_openai_corpus(embed_cache)
     if corpus == "demo-ko":
-        from .rehearsal import korean_demo
+        from . import korean_demo
 
         return korean_demo.build(embed_cache)
     if corpus == "hostile":

@@ -46,10 +46,10 @@ not given. Out-of-range values are a FastAPI-shaped 422.
 ``retrieval_latency`` gives ``dense_retrieval``, ``sparse_retrieval`` and ``reranking`` (ms) for what ran;
 ``metadata`` says what was done (``search``, ``sparse``, ``reranking``, ``unsearchable_chunks``).
 
-    python -m runbook.cloud_emulator --corpus demo --port 8787   # Gemini key from GOOGLE_API_KEY
-    python -m runbook.cloud_emulator --corpus /data/vector_db/welno/backup/exports/<id> --port 8787
-    python -m runbook.cloud_emulator --corpus hostile --serve-embeddings   # every awkward case at once
-    python -m runbook.cloud_emulator --corpus demo-openai --openai-tpm 1000000   # a text-embedding-3-small index
+    python -m runbook.rehearsal.cloud_emulator --corpus demo --port 8787   # Gemini key from GOOGLE_API_KEY
+    python -m runbook.rehearsal.cloud_emulator --corpus /data/vector_db/welno/backup/exports/<id> --port 8787
+    python -m runbook.rehearsal.cloud_emulator --corpus hostile --serve-embeddings   # every awkward case at once
+    python -m runbook.rehearsal.cloud_emulator --corpus demo-openai --openai-tpm 1000000   # a text-embedding-3-small index
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .. import metadata_filters
+from . import cloud_ranking, openai_stand_in
 from . import corpus as corpus_mod
-from . import metadata_filters
-from .rehearsal import cloud_ranking, openai_stand_in
 
 API = "/api/v1"
 
@@ -1032,7 +1032,7 @@ def start_subprocess(
     openai_vectors: str = "semantic",
     openai_limits: dict | None = None,
 ) -> SubprocessHandle:
-    """Start ``python -m runbook.cloud_emulator`` on a free loopback port; the keys come from the env
+    """Start ``python -m runbook.rehearsal.cloud_emulator`` on a free loopback port; the keys come from the env
     (the Gemini stand-in accepts the value of ``google_key_env``, the OpenAI embeddings stand-in that of
     ``openai_key_env``; each refuses every key when its variable is unset). ``openai_limits``: fields of
     ``openai_stand_in.Limits`` (e.g. ``{"tpm": 1_000_000, "latency_ms": 80, "error_rate": 0.01}``)."""
@@ -1040,7 +1040,7 @@ def start_subprocess(
     cmd = [
         sys.executable,
         "-m",
-        "runbook.cloud_emulator",
+        "runbook.rehearsal.cloud_emulator",
         "--corpus",
         corpus,
         "--port",
@@ -1072,9 +1072,9 @@ def start_subprocess(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m runbook.cloud_emulator``."""
+    """The command line of ``python -m runbook.rehearsal.cloud_emulator``."""
     ap = argparse.ArgumentParser(
-        prog="python -m runbook.cloud_emulator",
+        prog="python -m runbook.rehearsal.cloud_emulator",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1138,7 +1138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .paths import PROJECT_ROOT
+    from ..paths import PROJECT_ROOT
 
     key = os.environ.get(args.api_key_env)
     if not key:

@@ -4,7 +4,7 @@ It builds its retriever through ``rag_switch`` from ``config.env`` at start-up (
 does not start) and serves ``GET /health`` (live arm, collection count), ``POST /query`` and
 ``GET /metrics`` (requests, errors, latency histogram, recent latencies, its own memory).
 
-    python -m runbook.rag_service --config data/demo/service/config.env --port 8790
+    python -m runbook.rehearsal.reference_service --config data/demo/service/config.env --port 8790
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Metrics:
 def create_app(config_path: str):
     from fastapi import FastAPI, HTTPException
 
-    from . import rag_switch
+    from .. import rag_switch
 
     cfg = rag_switch.load_config(config_path)
     engine = rag_switch.build_query_engine(cfg)  # raises: the service does not come up on a broken config
@@ -105,7 +105,7 @@ def create_app(config_path: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m runbook.rag_service",
+        prog="python -m runbook.rehearsal.reference_service",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     try:
         app = create_app(args.config)
     except Exception as e:  # noqa: BLE001 - a service that cannot build its retriever must not come up
-        from .credentials import scrub
+        from ..credentials import scrub
 
         print(f"rag_service: cannot start: {scrub(f'{type(e).__name__}: {e}')}", file=sys.stderr)
         return 3

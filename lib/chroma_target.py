@@ -9,7 +9,7 @@ their provenance, so a collection is never silently reused for another source or
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import chromadb
 from chromadb.config import Settings
@@ -177,4 +177,149 @@ def describe(col) -> dict:
         "count": col.count(),
         **{f"hnsw.{k}": v for k, v in hnsw.items()},
         **{f"meta.{k}": v for k, v in (col.metadata or {}).items()},
+    }
+
+
+# ---------------------------------------------------------------- phase 02 as steps a page calls
+@dataclass(frozen=True)
+class Target:
+    """Where the collection lives: ``PersistentClient`` under ``<base_path>/chroma_db`` (``mode`` embedded),
+    or a ``chroma run`` server at ``host``:``port`` (``mode`` http)."""
+
+    mode: str = "embedded"
+    base_path: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def of_record(cls, rec: dict, base_path: str) -> Target:
+        """The target a hand-off of phase 02 or 03 names (its ``chroma_mode``, host and port)."""
+        return cls(rec["chroma_mode"], base_path, rec["chroma_host"], rec["chroma_port"])
+
+    @property
+    def embedded(self) -> bool:
+        return self.mode == "embedded"
+
+    @property
+    def chroma_path(self):
+        """``<base>/chroma_db``: the embedded store (recorded in either mode, as the hand-offs always did)."""
+        return Layout.from_params(self.base_path).chroma_db
+
+    def open(self):
+        return open_client(self.mode, self.base_path, self.host, self.port)
+
+    def reopener(self):
+        return reopener(self.mode, self.base_path, self.host, self.port)
+
+    def keys(self) -> dict:
+        """The hand-off keys that name this target."""
+        return {
+            "chroma_mode": self.mode,
+            "chroma_host": self.host,
+            "chroma_port": self.port,
+            "chroma_path": str(self.chroma_path),
+        }
+
+
+@dataclass
+class Setup:
+    """Phase 02's inputs: the export the collection is for and the open Chroma client (a real run), or only
+    where they would come from (a dry run: ``export`` and ``client`` stay None, nothing is opened)."""
+
+    target: Target
+    h01: dict | None
+    export_dir: str
+    dry_run: bool
+    export: object = None
+    client: object = None
+    checked: dict = field(default_factory=dict)
+    collection: object = None
+
+    def summary(self) -> dict:
+        """What the page shows about the inputs."""
+        if self.dry_run:
+            from . import handoff
+
+            return {
+                "export": self.export_dir or PLANNED_EXPORT_DIR,
+                "verified by": "not checked (dry run; a real run verifies it first)",
+                "phase 01": "has not run: placeholders below" if handoff.is_absent(self.h01) else "recorded",
+                "chroma": self.target.mode,
+            }
+        return {
+            **self.checked,
+            "chunks": self.export.manifest["total_chunks"],
+            "chroma": self.target.mode,
+            "max batch size": self.client.get_max_batch_size(),
+        }
+
+    def shown(self, outcome: dict) -> dict:
+        """The collection as Chroma reports it after :func:`init_collection` (a dry run: the plan)."""
+        if self.collection is None:
+            return outcome
+        return {"status": outcome["status"], **describe(self.collection)}
+
+
+PLANNED_EXPORT_DIR = "<the export phase 01 writes>"
+
+
+def open_setup(h01: dict | None, export_dir: str, target: Target, dry_run: bool) -> Setup:
+    """Phase 02's first step. A real run takes ``export_dir`` or the export phase 01 recorded, verifies it
+    (``verify.ensure_verified`` refuses an unsound one) and opens Chroma. A dry run opens nothing: it names
+    the export it would use (phase 01's, which may not exist yet)."""
+    path = export_dir or (h01 or {}).get("export_dir", "")
+    setup = Setup(target, h01, path, dry_run)
+    if dry_run:
+        return setup
+    from . import export_format, handoff, verify
+
+    if not path:
+        raise handoff.MissingHandoffError("no export to load: give export_dir, or run phase 01 first")
+    setup.checked = verify.ensure_verified(path, h01)  # refuses an unsound export
+    setup.export = export_format.open_export(setup.checked["export"])
+    setup.client = target.open()
+    return setup
+
+
+def embedding_model(export, h01: dict | None) -> str:
+    """The model the collection's vectors were made with: phase 01's record, else the export's manifest
+    (the models it re-embedded with), else "cloud" (vectors as the source served them)."""
+    return (
+        (h01 or {}).get("embedding_model")
+        or ",".join(export.manifest["embeddings"]["computed_with"])
+        or "cloud"
+    )
+
+
+def init_collection(setup: Setup, name: str, versioned: bool, hnsw: HnswSettings) -> dict:
+    """Phase 02's step: the collection, created or verified; returns the keys of phase 02's hand-off.
+
+    A real run creates it or verifies an existing one (:func:`create_or_verify`: a mismatch stops here) and
+    logs it to the migration log. A dry run plans it read-only (``preflight.collection_plan``: Chroma is
+    opened only where it exists), with placeholders where only phase 01's real run can tell."""
+    from . import preflight, runlog
+
+    t = setup.target
+    if setup.dry_run:
+        plan = preflight.collection_plan(
+            setup.h01, setup.export_dir, name, versioned, hnsw, t.mode, t.base_path, t.host, t.port
+        )
+        if plan["export_dir"] in ("", "None"):
+            plan["export_dir"] = PLANNED_EXPORT_DIR
+        plan["provenance"] = {
+            k: f"<{k} from phase 01>" if v is None else v for k, v in plan["provenance"].items()
+        }
+        return plan
+    full = collection_name(name, setup.export.manifest["export_id"], versioned)
+    prov = provenance(setup.export, embedding_model(setup.export, setup.h01))
+    setup.collection, status = create_or_verify(setup.client, full, hnsw, prov)
+    layout = Layout.from_params(t.base_path)
+    runlog.log(layout, "02_init_chroma", f"collection {status}", collection=full, space=hnsw.space)
+    return {
+        "collection": full,
+        "status": status,
+        **t.keys(),
+        "export_dir": str(setup.export.path),
+        "hnsw": hnsw.configuration()["hnsw"],
+        "provenance": prov,
     }

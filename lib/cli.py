@@ -1,4 +1,5 @@
-"""``python -m runbook``: run the runbook's phases, verify an export, audit a run folder.
+"""``python -m runbook``: run the runbook's phases, write one notebook's parameters for plain papermill,
+verify an export, audit a run folder.
 
 The rehearsal services (the LlamaCloud-compatible server, the backend stand-in) have their own command,
 ``python -m runbook.rehearsal``."""
@@ -39,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         default="qualify",
         help="qualify | refuse (as phase 03's duplicate_chunk_ids)",
     )
+    pp = sub.add_parser(
+        "params",
+        help="one notebook's parameters from a params file, as YAML for plain papermill's -f",
+        description="Writes the parameters phase NN declares, from the params file over defaults.yaml, and "
+        "stops on a name no notebook declares. Then: papermill notebooks/<NN_name>.ipynb out.ipynb -f <file>",
+    )
+    pp.add_argument("params", help="a params file, e.g. runbook_params/demo.yaml")
+    pp.add_argument("phase", help="NN (e.g. 03) or the notebook's name (03_migrate)")
+    pp.add_argument("-o", "--output", default="", help="write to this file (default: print)")
     a = sub.add_parser(
         "audit", help="check a run folder against its manifest (every file's sha256, the chain of runs)"
     )
@@ -82,6 +92,25 @@ def main(argv: list[str] | None = None) -> int:
         report = verify.verify_export(args.export_dir, policy=policy)
         print(report.to_string())
         return 0 if report.ok else 1
+    if args.cmd == "params":
+        import yaml
+
+        from . import atomic, config, credentials
+
+        try:
+            nb, values = config.parameters_for(args.params, args.phase)
+        except (config.ParameterError, credentials.SecretParameterError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        text = f"# parameters of {nb.name} from {args.params} (python -m runbook params)\n" + yaml.safe_dump(
+            values, allow_unicode=True, sort_keys=False
+        )
+        if args.output:
+            atomic.write_text(args.output, text)
+            print(f"wrote {len(values)} parameters of {nb.name} to {args.output}", file=sys.stderr)
+        else:
+            print(text, end="")
+        return 0
     if args.cmd == "audit":
         from pathlib import Path
 

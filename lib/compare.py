@@ -761,50 +761,225 @@ def gate_plan(
     return rows
 
 
-def cloud_preset(src, pipeline_id: str) -> tuple[dict, bool]:
+def page_inputs(base_path: str, run_dir: str = "", dry_run: bool = False) -> tuple[dict, dict, dict]:
+    """Phase 05's inputs: the hand-offs of phases 01 and 04 and the collection verified last
+    (``handoff.verified_collection``). A dry run before those phases have run gets absent records
+    (``handoff.is_absent``), each said in one line; a real run stops naming the phase to run first."""
+    from . import handoff
+
+    read = {"base_path": base_path, "run_dir": run_dir, "dry_run": dry_run}
+    h01 = handoff.read("01_extract", **read)
+    h04 = handoff.read("04_rag_service", **read)
+    return h01, h04, handoff.verified_collection(**read)
+
+
+def open_cloud(
+    dry_run: bool,
+    h01: dict,
+    index_name: str,
+    base_url: str,
+    api_key_env: str,
+    emulator_corpus: str = "",
+    emulator_serve_embeddings: bool = False,
+    embed_cache: str = "",
+    emulator_query_latency_ms: float = 0.0,
+):
+    """The cloud arm's source for phases 04 and 05 (``source.open_for``: the rehearsal server started when
+    ``emulator_corpus`` names one), on the index phase 01 exported. A dry run that cannot tell which index
+    (phase 01 has not run) or has no key in ``api_key_env`` does not connect: it says why in one line and
+    gets a source that is not connected, which the page shows as a plan. A real run always connects, and
+    stops with the usual errors (no key, source unreachable)."""
+    from . import source
+
+    absent = handoff_absent(h01)
+    if dry_run and absent and index_name:  # named, but only phase 01 finds its id
+        why = f"phase 01 has not run, so the id of index {index_name!r} is not known"
+        print(f"dry run: {why}; the cloud arm is not contacted, it is shown as a plan")
+        return source.Source(None, base_url, api_key_env, not_connected=why)
+    return source.open_for(
+        dry_run,
+        source.index_ref("" if absent else h01.get("index_id", ""), index_name),
+        base_url,
+        api_key_env,
+        emulator_corpus=emulator_corpus,
+        emulator_serve_embeddings=emulator_serve_embeddings,
+        embed_cache=embed_cache,
+        emulator_query_latency_ms=emulator_query_latency_ms,
+    )
+
+
+def handoff_absent(rec: dict | None) -> bool:
+    """Whether a hand-off stands for a phase that has not run (``handoff.is_absent``)."""
+    from . import handoff
+
+    return handoff.is_absent(rec)
+
+
+def connected(src) -> bool:
+    """Whether ``src`` (``open_cloud``) talks to the cloud; a dry run's plan-only source does not."""
+    return src is not None and src.connected
+
+
+def cloud_row(src, h01: dict, index_name: str = "") -> dict:
+    """The cloud arm as the page shows it: where, and which index (placeholders before phase 01 has run)."""
+    where = src.describe()  # says why a dry run did not contact it
+    if handoff_absent(h01):
+        return {"cloud arm": where, "index": f"{index_name or '(not named)'} (id: phase 01 has not run)"}
+    return {"cloud arm": where, "index": f"{h01['index_name']} ({h01['index_id']})"}
+
+
+def cloud_preset(src, pipeline_id: str | None) -> tuple[dict | None, bool | None]:
     """The cloud index's preset retrieval parameters (read-only), and whether they are hybrid or reranked
-    (then a dense-only cloud arm shows how much of a difference that explains)."""
+    (``retrieval_modes.preset_needs_dense_arm``: then a dense-only cloud arm shows how much of a difference
+    that explains). ``(None, None)`` when the source is not connected or the index is not known (a dry run)."""
+    from . import retrieval_modes
+
+    if not connected(src) or not pipeline_id:
+        return None, None
     pipeline = src.client.pipelines.get(pipeline_id=pipeline_id).model_dump(mode="json")
     preset = pipeline.get("preset_retrieval_parameters") or {}
-    hybrid = (preset.get("alpha") is not None and preset["alpha"] < 1) or bool(preset.get("enable_reranking"))
-    return preset, hybrid
+    return preset, retrieval_modes.preset_needs_dense_arm(preset)
+
+
+def preset_row(h01: dict, preset: dict | None, hybrid: bool | None) -> dict:
+    """The cloud index, its preset in words and whether phase 05 adds a dense-only cloud arm."""
+    from . import retrieval_modes
+
+    dense_arm = "unknown until the preset is read" if hybrid is None else ("yes" if hybrid else "no")
+    return {
+        "cloud index": (h01 or {}).get("index_id") or "(phase 01 has not run)",
+        "cloud preset": retrieval_modes.describe_preset(preset),
+        "preset parameters": preset,
+        "hybrid/reranked: a dense-only cloud arm": dense_arm,
+    }
+
+
+def gate_settings(
+    k: int,
+    min_recall: float,
+    max_empty: int,
+    local_p95_below_cloud: bool,
+    min_local_hit_rate: float = 0.0,
+    latency_margin: float = 0.25,
+    latency_repetitions: int = 3,
+    label_tolerance: float = 0.02,
+) -> dict:
+    """Phase 05's gate parameters in one dict (``gate_plan(**settings)``, ``outcome``), checked first."""
+    check_latency_params(latency_repetitions, latency_margin)
+    return {
+        "k": k,
+        "min_recall": min_recall,
+        "max_empty": max_empty,
+        "local_p95_below_cloud": local_p95_below_cloud,
+        "min_local_hit_rate": min_local_hit_rate,
+        "latency_margin": latency_margin,
+        "latency_repetitions": latency_repetitions,
+        "label_tolerance": label_tolerance,
+    }
 
 
 def plan(
     questions: list[dict],
-    index_id: str,
-    preset: dict,
-    hybrid: bool,
+    h01: dict,
+    preset: dict | None,
+    hybrid: bool | None,
     collection: dict,
-    spec: embeddings.ModelSpec,
     k: int,
     gate_rows: list[dict],
 ) -> dict:
     """Dry run of phase 05: the question set, the arms it would compare and the gates; nothing is queried.
-    ``collection`` is ``handoff.verified_collection(...)``."""
-    where = (
-        collection.get("chroma_path")
-        if collection.get("chroma_mode") != "http"
-        else (f"{collection.get('chroma_host')}:{collection.get('chroma_port')}")
+    ``collection`` is ``handoff.verified_collection(...)``. Where an earlier phase has not run or the cloud
+    was not asked (``preset`` None), the arms say so instead of naming what only that phase can tell."""
+    from . import retrieval_modes
+
+    absent = handoff_absent(h01)
+    index_id = "(phase 01 has not run)" if absent else h01["index_id"]
+    model = (
+        "(the model phase 01 records)" if absent else embeddings.ModelSpec(**h01["embedding_spec"]).model_id
     )
-    arms = [{"arm": "cloud as configured", "what": f"index {index_id} over HTTP, top {k}, preset {preset}"}]
-    if hybrid:
-        arms.append(
-            {"arm": "cloud dense-only", "what": "the same index with alpha 1, reranking off (ablation)"}
+    if not collection.get("collection"):
+        what_local = "the collection phase 03 verifies (phase 03 has not run)"
+    else:
+        where = (
+            collection.get("chroma_path")
+            if collection.get("chroma_mode") != "http"
+            else (f"{collection.get('chroma_host')}:{collection.get('chroma_port')}")
         )
-    arms.append(
-        {
-            "arm": "local",
-            "what": f"collection {collection.get('collection')} ({collection.get('count')} records) at {where}, "
-            f"queries embedded with {spec.model_id}, top {k}",
-        }
-    )
+        what_local = (
+            f"collection {collection.get('collection')} ({collection.get('count')} records) at {where}"
+        )
+    preset_text = retrieval_modes.describe_preset(preset) + (f" {preset}" if preset else "")
+    arms = [{"arm": CLOUD, "what": f"index {index_id} over HTTP, top {k}, preset {preset_text}"}]
+    if hybrid or hybrid is None:
+        when = "" if hybrid else " (only if the preset is hybrid or reranked: not known until it is read)"
+        arms.append(
+            {"arm": CLOUD_DENSE, "what": f"the same index with alpha 1, reranking off (ablation){when}"}
+        )
+    arms.append({"arm": "local", "what": f"{what_local}, queries embedded with {model}, top {k}"})
     return {
         "questions": len(questions),
         "labelled": sum(bool(q["expected_document_ids"]) for q in questions),
         "arms": arms,
         "gates": gate_rows,
     }
+
+
+def outcome(
+    table: list[dict], s: dict, ids_check: dict, cfg, gate_cfg: dict, preset: dict | None, hybrid: bool | None
+) -> dict:
+    """Phase 05's result, as its hand-off records it: the gates (label quality of the configured local
+    mode first, then agreement, emptiness, latency, and the chunk-id check), passed or not, the summary,
+    every arm, the local modes meeting the label gates, the cloud preset it detected and the config.env
+    retrieval settings it gated (phase 06 switches to exactly these)."""
+    g = dict(gate_cfg)
+    k, tolerance, configured = g["k"], g["label_tolerance"], cfg.retrieval.label
+    rows = label_gates(table, configured, CLOUD, k, tolerance)
+    rows += gates(
+        s,
+        k,
+        g["min_recall"],
+        g["max_empty"],
+        g["local_p95_below_cloud"],
+        g["min_local_hit_rate"],
+        g["latency_margin"],
+    )
+    rows += [ids_check["check"]]
+    return {
+        "passed": all(x["ok"] for x in rows),
+        "gates": rows,
+        "summary": s,
+        "arms": table,
+        "configured_mode": configured,
+        "modes_meeting_label_gates": modes_meeting(table, CLOUD, k, tolerance),
+        "cloud_preset": preset,
+        "cloud_dense_arm": bool(hybrid),
+        "retrieval_entries": gated_settings(cfg),
+    }
+
+
+def planned_outcome(plan: dict, preset: dict | None, hybrid: bool | None) -> dict:
+    """A dry run's result: nothing compared (``passed`` None), the gates and the plan it would run."""
+    return {
+        "passed": None,
+        "gates": plan["gates"],
+        "summary": None,
+        "plan": plan,
+        "cloud_preset": preset,
+        "cloud_dense_arm": hybrid,
+    }
+
+
+def smoke_questions(given: list, corpus: str = "", n: int = 5) -> list[str]:
+    """Phase 04's side-by-side questions: those given, else the first ``n`` of the question set."""
+    return list(given) if given else [q["question"] for q in load_questions("", corpus)[:n]]
+
+
+def show_figures(df: pd.DataFrame, k: int, injected_ms: float = 0.0) -> None:
+    """Show ``figures`` one after the other."""
+    from . import display
+
+    for fig in figures(df, k, injected_ms):
+        display.show_figure(fig)
 
 
 ENGLISH_ONLY = ("all-MiniLM-L6-v2",)

@@ -116,3 +116,28 @@ def split_by_notebook(params: dict, declared: dict[str, dict[str, dict]]) -> dic
             + ". Fix the name in the params file; each notebook's parameters cell lists what it takes."
         )
     return {nb: {k: v for k, v in params.items() if k in decl} for nb, decl in declared.items()}
+
+
+def parameters_for(
+    params_path: str | Path, phase: str, notebooks_dir: Path | None = None
+) -> tuple[Path, dict]:
+    """One notebook's parameters from a params file (the shared defaults under it), for plain papermill:
+    ``python -m runbook params <params file> <NN>`` writes them, so ``papermill -f`` gets only names the
+    notebook declares (no "Passed unknown parameter" warnings) and a misspelt name still stops here, with a
+    suggestion, exactly as in the runner. Returns the notebook's path and its parameters."""
+    from . import credentials
+    from .params import check_params
+    from .paths import NOTEBOOKS_DIR
+
+    notebooks = sorted((notebooks_dir or NOTEBOOKS_DIR).glob("[0-9][0-9]_*.ipynb"))
+    wanted = [p for p in notebooks if p.name[:2] == str(phase).zfill(2) or p.stem == phase]
+    if len(wanted) != 1:
+        raise ParameterError(
+            f"no phase {phase!r}: the phases are {', '.join(p.stem for p in notebooks)} (give NN or the name)"
+        )
+    params = load_params(params_path)
+    credentials.check_parameters(params)
+    declared = {p.stem: notebook_parameters(p) for p in notebooks}
+    per_nb = split_by_notebook(params, declared)
+    check_params(params, declared, source=str(resolve(params_path)))
+    return wanted[0], per_nb[wanted[0].stem]

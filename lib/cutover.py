@@ -223,14 +223,23 @@ class Cutover:
                 self.steps[-1]["detail"] += " (not logged: migration.log could not be written)"
 
     # --- the pieces
-    def backup(self) -> bytes:
+    def backup(self, keep_backup: bool = False) -> bytes:
+        """Copy config.env to ``config.env.backup`` and a time-stamped copy (both 0600). ``keep_backup``
+        (a rollback that puts ``config.env.backup`` back): that file is left as it is, only the stamped
+        copy of the current config.env is written."""
         original = self.config_env.read_bytes()
-        atomic.write_bytes(self.backup_path, original, mode=0o600)
+        if not keep_backup:
+            atomic.write_bytes(self.backup_path, original, mode=0o600)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        atomic.write_bytes(
-            self.config_env.with_name(f"{self.config_env.name}.backup.{stamp}"), original, mode=0o600
+        stamped = self.config_env.with_name(f"{self.config_env.name}.backup.{stamp}")
+        atomic.write_bytes(stamped, original, mode=0o600)
+        self.step(
+            "backup",
+            True,
+            f"{self.config_env} -> {stamped} (0600); {self.backup_path} kept: it is what goes back"
+            if keep_backup
+            else f"{self.config_env} -> {self.backup_path} (0600)",
         )
-        self.step("backup", True, f"{self.config_env} -> {self.backup_path} (0600)")
         return original
 
     def write(self, changes: dict):
@@ -377,16 +386,26 @@ class Cutover:
         self.step("smoke queries", True, f"{len(self.smoke_questions)} answered from {expect.describe()}")
 
     # --- the whole move
-    def switch(self, changes: dict, expect: Expect, back: Expect) -> list:
-        """Back up, write ``changes``, restart, prove ``expect``; on any failure restore and prove ``back``."""
+    def switch(self, changes: dict, expect: Expect, back: Expect, replace_with: bytes | None = None) -> list:
+        """Back up, write ``changes``, restart, prove ``expect``; on any failure restore and prove ``back``.
+        ``replace_with``: write these bytes instead of ``changes`` (a rollback putting back the backup the
+        cutover took, byte for byte; ``config.env.backup`` is then kept as it is)."""
         try:
             self.check_stop()
         except Terminated as e:
             raise CutoverFailed(f"{e}: nothing was written") from None
-        original = self.backup()
+        original = self.backup(keep_backup=replace_with is not None)
         with signals_as_exceptions():
             try:
-                self.write(changes)
+                if replace_with is None:
+                    self.write(changes)
+                else:
+                    self._replace(replace_with)
+                    self.step(
+                        "write config.env atomically",
+                        self.config_env.read_bytes() == replace_with,
+                        f"{self.backup_path} (taken before the cutover) put back byte for byte",
+                    )
                 for step in (self.restart, lambda: self.wait_health(expect), lambda: self.smoke(expect)):
                     self.check_stop()
                     step()
@@ -486,10 +505,16 @@ class Plan:
     back: Expect | None = None
     diff: list = field(default_factory=list)  # config.env lines: key, now, after
     verified: dict = field(default_factory=dict)
+    restore: bytes | None = None  # a rollback: the bytes of config.env.backup, written back as they are
+    restore_from: str = ""  # where those bytes come from
 
     @property
     def ok(self) -> bool:
         return all(r["ok"] for r in self.rows)
+
+    def diff_table(self) -> list[dict]:
+        """The config.env lines the switch changes (one placeholder row when none)."""
+        return self.diff or [{"setting": "(none)", "now": "", "after": ""}]
 
     def check(self, name: str, ok: bool, detail: str):
         self.rows.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -597,71 +622,79 @@ def plan(
         except handoff.MissingHandoffError as e:
             p.check("hand-offs of 01-04", False, str(e))
             return p
-        h05 = handoff.read_optional("05_ab_compare", **read) or {}
-        name, sha = v.get("collection"), v.get("export_manifest_sha256")
-        p.check("a verified collection", bool(name and sha), f"{name} (from {v.get('phase')}), export {sha}")
-        p.check(
-            "phase 05 gates passed",
-            h05.get("passed") is True,
-            "passed" if h05.get("passed") is True else "run phase 05 until its gates pass",
-        )
-        p.check(
-            "phase 05 compared this collection",
-            bool(name) and h05.get("collection") == name,
-            f"phase 05 compared {h05.get('collection')!r}; the verified collection is {name!r}",
-        )
-        p.check(
-            "phase 05 compared this export",
-            bool(sha) and h05.get("export_manifest_sha256") == sha,
-            f"phase 05 export {str(h05.get('export_manifest_sha256'))[:12]}…, verified {str(sha)[:12]}…",
-        )
-        p.check(
-            "phase 04 configured this collection",
-            bool(name) and h04.get("collection") == name,
-            f"phase 04 wrote config for {h04.get('collection')!r}",
-        )
-        mode = _tested_retrieval(h04)
-        if h05.get("configured_mode") is not None or mode:
-            try:
-                label, err = retrieval_modes.from_values(mode).label, ""
-            except retrieval_modes.RetrievalModeError as e:
-                label, err = None, f"; the settings cannot work: {e}"
-            gated = h05.get("retrieval_entries")
-            same = gated == mode if gated is not None else h05.get("configured_mode") == label
+        h03 = handoff.read_optional("03_migrate", **read)
+        got = {"01_extract": h01, "03_migrate": h03, "04_rag_service": h04}
+        absent = [phase for phase, r in got.items() if handoff.is_absent(r)]
+        if absent:  # a dry run before the phases it reads have run: what it can show without them
+            _without_records(p, absent, current, live_local)
+        else:
+            h05 = handoff.read_optional("05_ab_compare", **read) or {}
+            name, sha = v.get("collection"), v.get("export_manifest_sha256")
             p.check(
-                "phase 05 gated the retrieval settings phase 04 configured",
-                same and not err,
-                f"phase 04 configured {label!r}; phase 05 gated {h05.get('configured_mode')!r}"
-                + ("" if same else " (the settings differ: run 04 and 05 again)")
-                + err,
+                "a verified collection", bool(name and sha), f"{name} (from {v.get('phase')}), export {sha}"
             )
-        if not dry_run and name:
-            try:
-                col = _open_verified(v, base_path)
-                count, prov = col.count(), col.metadata or {}
-                p.check(
-                    "collection on disk holds the verified count",
-                    count == v.get("count"),
-                    f"{name}: {count:,} records, verified {v.get('count')}",
-                )
-                p.check(
-                    "collection provenance names the verified export",
-                    prov.get("export_manifest_sha256") == sha,
-                    f"collection says {str(prov.get('export_manifest_sha256'))[:12]}…",
-                )
-            except Exception as e:  # noqa: BLE001 - any failure to open it is a refusal, named
-                p.check("collection on disk", False, f"cannot open {name!r}: {type(e).__name__}: {e}")
-        if current:
-            _index_check(p, current, h01)
             p.check(
-                "backend is on the cloud arm now",
-                live_local is False,
-                "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
+                "phase 05 gates passed",
+                h05.get("passed") is True,
+                "passed" if h05.get("passed") is True else "run phase 05 until its gates pass",
             )
-        if name:
-            p.changes = switch_changes(v, _tested_embedder(h04, h01), current, _tested_retrieval(h04))
-        p.expect = Expect("local", name or "", v.get("count"))
-        p.back = Expect("cloud")
+            p.check(
+                "phase 05 compared this collection",
+                bool(name) and h05.get("collection") == name,
+                f"phase 05 compared {h05.get('collection')!r}; the verified collection is {name!r}",
+            )
+            p.check(
+                "phase 05 compared this export",
+                bool(sha) and h05.get("export_manifest_sha256") == sha,
+                f"phase 05 export {str(h05.get('export_manifest_sha256'))[:12]}…, verified {str(sha)[:12]}…",
+            )
+            p.check(
+                "phase 04 configured this collection",
+                bool(name) and h04.get("collection") == name,
+                f"phase 04 wrote config for {h04.get('collection')!r}",
+            )
+            mode = _tested_retrieval(h04)
+            if h05.get("configured_mode") is not None or mode:
+                try:
+                    label, err = retrieval_modes.from_values(mode).label, ""
+                except retrieval_modes.RetrievalModeError as e:
+                    label, err = None, f"; the settings cannot work: {e}"
+                gated = h05.get("retrieval_entries")
+                same = gated == mode if gated is not None else h05.get("configured_mode") == label
+                p.check(
+                    "phase 05 gated the retrieval settings phase 04 configured",
+                    same and not err,
+                    f"phase 04 configured {label!r}; phase 05 gated {h05.get('configured_mode')!r}"
+                    + ("" if same else " (the settings differ: run 04 and 05 again)")
+                    + err,
+                )
+            if not dry_run and name:
+                try:
+                    col = _open_verified(v, base_path)
+                    count, prov = col.count(), col.metadata or {}
+                    p.check(
+                        "collection on disk holds the verified count",
+                        count == v.get("count"),
+                        f"{name}: {count:,} records, verified {v.get('count')}",
+                    )
+                    p.check(
+                        "collection provenance names the verified export",
+                        prov.get("export_manifest_sha256") == sha,
+                        f"collection says {str(prov.get('export_manifest_sha256'))[:12]}…",
+                    )
+                except Exception as e:  # noqa: BLE001 - any failure to open it is a refusal, named
+                    p.check("collection on disk", False, f"cannot open {name!r}: {type(e).__name__}: {e}")
+            if current:
+                _index_check(p, current, h01)
+                p.check(
+                    "backend is on the cloud arm now",
+                    live_local is False,
+                    "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
+                )
+            if name:
+                p.changes = switch_changes(v, _tested_embedder(h04, h01), current, _tested_retrieval(h04))
+            p.expect = Expect("local", name or "", v.get("count"))
+            p.back = Expect("cloud")
     else:
         if current:
             p.check(
@@ -672,6 +705,8 @@ def plan(
         p.changes = {"USE_LOCAL_VECTOR_DB": "false"}
         p.expect = Expect("cloud")
         p.back = Expect("local", current.get("LOCAL_VECTOR_DB_COLLECTION", ""))
+        if current:
+            _rollback_source(p, cfg_path, current)
     p.diff = [
         {
             "setting": k,
@@ -681,7 +716,8 @@ def plan(
         for k, val in p.changes.items()
         if current.get(k) != val
     ]
-    p.check("something to switch", bool(p.diff) or dry_run, f"{len(p.diff)} setting(s) change")
+    differs = bool(p.diff) or (p.restore is not None and p.restore != cfg_path.read_bytes())
+    p.check("something to switch", differs or dry_run, f"{len(p.diff)} setting(s) change")
     # a rollback is what one runs when the local arm is broken or the disk is full: those never block it
     informational = direction == "rollback"
     _health_checks(p, health_url, query_url, allow_unverified_health, live_local, informational)
@@ -699,6 +735,54 @@ def plan(
     else:
         p.check(f"disk below {max_disk_pct}%", dry_run or informational, f"{base} does not exist")
     return p
+
+
+PLACEHOLDER = "(phase {} has not run: it names this)"
+
+
+def _without_records(p: Plan, absent: list[str], current: dict, live_local) -> None:
+    """A dry run whose earlier phases have not run: one row says so, the switch is shown with placeholders
+    where only those phases can tell (a real run stops before this with the phase to run first)."""
+    p.check(
+        "hand-offs of 01-05",
+        False,
+        f"{', '.join(absent)} not run yet: a real run stops here; the checks against their records are not made",
+    )
+    if current:
+        p.check(
+            "backend is on the cloud arm now",
+            live_local is False,
+            "USE_LOCAL_VECTOR_DB=" + (current.get("USE_LOCAL_VECTOR_DB") or "(missing)"),
+        )
+    p.changes = {
+        "USE_LOCAL_VECTOR_DB": "true",
+        "LOCAL_VECTOR_DB_COLLECTION": PLACEHOLDER.format("03/07"),
+        "LOCAL_VECTOR_DB_PATH": PLACEHOLDER.format("02/03"),
+        "LOCAL_EMBED_PROVIDER / _MODEL / _DIMENSION": PLACEHOLDER.format("04"),
+    }
+    p.expect = Expect("local", PLACEHOLDER.format("03/07"))
+    p.back = Expect("cloud")
+
+
+def _rollback_source(p: Plan, cfg_path: Path, current: dict) -> None:
+    """A rollback puts back ``config.env.backup`` -- the file as it was before the cutover -- byte for byte
+    when that backup is on the cloud arm; otherwise (no backup, or one on the local arm) it sets
+    ``USE_LOCAL_VECTOR_DB=false`` only. The row says which; it never blocks the rollback."""
+    from dotenv import dotenv_values
+
+    b = cfg_path.with_name(cfg_path.name + ".backup")
+    if b.is_file() and env_flag(b) is False:
+        p.restore, p.restore_from = b.read_bytes(), str(b)
+        before = {k: (v or "") for k, v in dotenv_values(b).items()}
+        p.changes = {
+            k: before.get(k, "(removed)") for k in {**current, **before} if before.get(k) != current.get(k)
+        }
+        p.changes = {k: p.changes[k] for k in sorted(p.changes)}
+        detail = f"{b} (on the cloud arm) goes back byte for byte"
+    else:
+        why = "does not exist" if not b.is_file() else "is not on the cloud arm"
+        detail = f"{b} {why}: the rollback sets USE_LOCAL_VECTOR_DB=false only, every other line kept"
+    p.check("what the rollback writes", True, detail)
 
 
 def _go_check(p: Plan, approval: str, auto_approve: bool, dry_run: bool, base_path: str) -> None:
@@ -811,6 +895,20 @@ def missing_ids_checker(verified: dict, base_path: str) -> Callable[[list[str]],
     return missing
 
 
+def result_text(p: Plan, dry_run: bool = False) -> str:
+    """What phase 06 did, in the words its record keeps (``result``)."""
+    if dry_run:
+        return f"dry run: nothing switched ({p.direction} planned)"
+    if p.direction == "rollback":
+        how = (
+            f"config.env is {p.restore_from} again, byte for byte"
+            if p.restore is not None
+            else "USE_LOCAL_VECTOR_DB=false written"
+        )
+        return f"Rolled back to {(p.expect or Expect('cloud')).describe()}: {how}"
+    return f"Switched to {(p.expect or Expect('local')).describe()}"
+
+
 def record(
     p: Plan, svc: dict, approval: str, steps: list, *, base_path: str, run_dir: str, dry_run: bool = False
 ) -> dict:
@@ -824,6 +922,7 @@ def record(
             "approval": approval,
             "service": svc,
             "collection": p.expect.collection if p.expect else "",
+            "result": result_text(p, dry_run),
             "changes": p.changes,
             "steps": steps,
         },
@@ -888,40 +987,74 @@ def key_backup_check(config_env: Path, cloud_key_env: str) -> dict:
 
 
 # --- what phase 06's cells call ------------------------------------------------------------------
-def service_settings(
-    service_mode: str,
-    dry_run: bool,
-    direction: str,
-    base_path: str,
-    config_env_path: str,
-    restart_command: str,
-    health_url: str,
-    query_url: str,
-    pidfile: str = "",
-    port: int = 0,
-) -> dict:
-    """The backend phase 06 switches: from the params (external), or the demo's reference service."""
+@dataclass
+class Run:
+    """How this phase 06 runs: where, for real or not, which way, and who said go."""
+
+    base_path: str
+    run_dir: str = ""
+    dry_run: bool = True
+    direction: str = "cutover"
+    approval: str = ""
+    auto_approve: bool = False
+    allow_unverified_health: bool = False
+
+
+@dataclass
+class Backend:
+    """The backend as the params name it (external mode); reference mode starts the demo's stand-in."""
+
+    config_env: str = ""
+    restart_command: str = ""
+    health_url: str = ""
+    query_url: str = ""
+    pidfile: str = ""
+    port: int = 0  # reference mode: the stand-in's port (0: a free one)
+
+
+@dataclass
+class Timeouts:
+    restart_s: float = 60.0
+    health_s: float = 90.0
+    smoke_s: float = 30.0
+
+
+def show_go_banners(run: Run) -> None:
+    """The banners under the DRY RUN one: who said go, and any switch that cannot be proven."""
+    from . import display
+
+    for text, colour in go_banners(
+        run.direction, run.approval, run.auto_approve, run.allow_unverified_health
+    ):
+        display.banner(text, colour)
+
+
+def service_settings(run: Run, service_mode: str, backend: Backend) -> dict:
+    """The backend phase 06 switches. External: the params (relative paths are the project folder's,
+    wherever the kernel runs). Reference: a rollback goes back to the stand-in the cutover started (phase
+    06's hand-off names it); a dry run starts nothing and says so; a real cutover starts the demo's stand-in
+    on phase 04's config.env."""
     from . import handoff
 
-    svc = {  # relative paths are the project folder's, wherever the kernel runs
-        "config_env": str(resolve(config_env_path)) if config_env_path else "",
-        "restart_command": restart_command,
-        "health_url": health_url,
-        "query_url": query_url,
-        "pidfile": str(resolve(pidfile)) if pidfile else "",
+    svc = {
+        "config_env": str(resolve(backend.config_env)) if backend.config_env else "",
+        "restart_command": backend.restart_command,
+        "health_url": backend.health_url,
+        "query_url": backend.query_url,
+        "pidfile": str(resolve(backend.pidfile)) if backend.pidfile else "",
     }
     if service_mode != "reference":
         return svc
-    if direction == "rollback":
-        h06 = handoff.read_optional("06_cutover", base_path=base_path)
+    if run.direction == "rollback":
+        h06 = handoff.read_optional("06_cutover", base_path=run.base_path)
         return {**svc, **(h06 or {}).get("service", {})}
-    if dry_run:
+    if run.dry_run:
         return {**svc, "note": "reference mode: a real run starts the demo's stand-in service here"}
     from dotenv import dotenv_values
 
-    h04 = handoff.read("04_rag_service", base_path=base_path)
+    h04 = handoff.read("04_rag_service", base_path=run.base_path)
     return plugins.rehearsal("service_mode: reference").reference_backend(
-        Layout.from_params(base_path), dotenv_values(h04["config_env"]), port or _free_port()
+        Layout.from_params(run.base_path), dotenv_values(h04["config_env"]), backend.port or _free_port()
     )
 
 
@@ -953,6 +1086,121 @@ def go_banners(direction: str, approval: str, auto_approve: bool, allow_unverifi
             )
         )
     return out
+
+
+def plan_switch(run: Run, svc: dict, max_disk_pct: float, cloud_key_env: str) -> Plan:
+    """:func:`plan` for this run and backend."""
+    return plan(
+        base_path=run.base_path,
+        run_dir=run.run_dir,
+        dry_run=run.dry_run,
+        direction=run.direction,
+        config_env=svc["config_env"],
+        health_url=svc["health_url"],
+        query_url=svc.get("query_url", ""),
+        approval=run.approval,
+        allow_unverified_health=run.allow_unverified_health,
+        max_disk_pct=max_disk_pct,
+        cloud_key_env=cloud_key_env,
+        restart_command=svc["restart_command"],
+        auto_approve=run.auto_approve,
+    )
+
+
+def smoke_list(smoke_questions: list) -> list[str]:
+    """The smoke questions: the params' own, else three of the demo question set."""
+    from . import compare
+
+    return list(smoke_questions) or [q["question"] for q in compare.load_questions()[:3]]
+
+
+def steps_planned(p: Plan, svc: dict, questions: list, timeouts: Timeouts) -> list[dict]:
+    """The steps a real run takes, in order, with what each needs (what a dry run shows)."""
+    cfg = svc.get("config_env") or "config.env (config_env_path is empty)"
+    if p.restore is not None:
+        write = f"{p.restore_from} (taken before the cutover) over {cfg}, byte for byte"
+        backup = f"{cfg} -> a time-stamped copy beside it (0600); {p.restore_from} is what goes back"
+    else:
+        write = "; ".join(f"{k}={v}" for k, v in p.changes.items()) or "(nothing to write)"
+        backup = f"{cfg} -> config.env.backup and a time-stamped copy beside it (0600)"
+    expect, back = (p.expect or Expect("?")).describe(), (p.back or Expect("?")).describe()
+    health = svc.get("health_url") or "(health_url is empty)"
+    query = svc.get("query_url") or "(query_url is empty)"
+    restart = svc.get("restart_command") or "(restart_command is empty)"
+    return [
+        {"step": "backup", "what": backup},
+        {"step": "write config.env atomically", "what": write},
+        {
+            "step": "restart",
+            "what": f"{restart} (within {timeouts.restart_s:g} s; its process group ended on a timeout)",
+        },
+        {"step": "health", "what": f"{health} must show {expect} within {timeouts.health_s:g} s"},
+        {
+            "step": "smoke queries",
+            "what": f"{len(questions)} question(s) through {query}: answered from {expect}",
+        },
+        {"step": "record", "what": "hand-off 06_cutover.json and logs/migration.log"},
+        {
+            "step": "on any failure",
+            "what": f"config.env restored from the backup byte for byte, restarted, {back} proven again",
+        },
+    ]
+
+
+def carry_out(run: Run, p: Plan, svc: dict, smoke_questions: list, timeouts: Timeouts) -> Cutover | None:
+    """A real run: :func:`execute` (its steps shown green or red, whatever happens). A dry run: the steps
+    a real run would take, shown; nothing is run (None)."""
+    from . import display
+
+    questions = smoke_list(smoke_questions)
+    if run.dry_run:
+        display.table(
+            steps_planned(p, svc, questions, timeouts), "the steps a real run takes (none is taken now)"
+        )
+        return None
+    return execute(
+        p,
+        svc,
+        base_path=run.base_path,
+        smoke_questions=questions,
+        restart_timeout_s=timeouts.restart_s,
+        health_timeout_s=timeouts.health_s,
+        smoke_timeout_s=timeouts.smoke_s,
+        allow_unverified_health=run.allow_unverified_health,
+        run_dir=run.run_dir,
+        approval=run.approval,
+    )
+
+
+def rollback_key(run: Run, svc: dict, cloud_key_env: str) -> dict:
+    """After a switch: :func:`key_backup_check`. A dry run switched nothing: the plan's row says where it is."""
+    if not run.dry_run:
+        return key_backup_check(Path(svc["config_env"]), cloud_key_env)
+    return {
+        "dry run": "nothing switched, no backup taken: the plan's check 'cloud key kept for rollback' says where it is now"
+    }
+
+
+def outcome(run: Run, p: Plan, svc: dict, co: Cutover | None) -> dict:
+    """Phase 06's record: a real switch recorded it the moment it succeeded; a dry run records its plan."""
+    if not run.dry_run and co is not None:
+        return co.handoff
+    return record(p, svc, run.approval, [], base_path=run.base_path, run_dir=run.run_dir, dry_run=True)
+
+
+def brief(rec: dict) -> dict:
+    """The record without its bulky parts (the steps and the changes have their own tables)."""
+    return {k: v for k, v in rec.items() if k not in ("steps", "changes")}
+
+
+def verdict(rec: dict) -> str:
+    """The page's last word (Markdown)."""
+    if rec.get("dry_run"):
+        return (
+            f"**DRY RUN** — nothing was switched; a real run would {rec.get('direction')}: "
+            f"{len(rec.get('changes') or {})} config.env setting(s), then the steps above."
+        )
+    return f"**{rec.get('result', '')}.** Every step is in logs/migration.log."
 
 
 def execute(
@@ -989,7 +1237,7 @@ def execute(
     from . import display
 
     try:
-        co.switch(p.changes, p.expect, p.back)
+        co.switch(p.changes, p.expect, p.back, p.restore)
         with signals_deferred():
             co.handoff = record(p, svc, approval, co.steps, base_path=base_path, run_dir=run_dir)
     finally:  # the steps, green and red, are on the page whatever happened

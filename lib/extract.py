@@ -38,8 +38,19 @@ class ExportResult:
     requests: int = 0
     seconds: float = 0.0
     events: list[str] = field(default_factory=list)
+    plan: dict | None = None  # a dry run's plan (``plan_export``): nothing was exported
+
+    @property
+    def dry_run(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def title(self) -> str | None:
+        return "dry run: the export phase 01 would write (nothing written)" if self.dry_run else None
 
     def summary(self) -> dict:
+        if self.plan is not None:
+            return self.plan
         m = self.manifest
         return {
             "export": str(self.path),
@@ -531,29 +542,47 @@ def _spec_dict(spec) -> dict:
     }
 
 
+# ``reembed.choice()``: the pipeline's own model
+_AUTO = {"provider": "auto", "model_name": "", "dimension": None, "api_key_env": "", "api_base": ""}
+
+
+def _spec_or_none(embed: dict, pipeline_embedding: dict | None):
+    """The model phase 01 would embed with (``embeddings.spec_from_params`` on ``embed``, see
+    ``reembed.choice``); None for the pipeline's own model while the pipeline is unknown (``None``: no
+    source reached)."""
+    from . import embeddings
+
+    if pipeline_embedding is None and (embed.get("provider") or "auto") == "auto":
+        return None
+    return embeddings.spec_from_params(**embed, pipeline_embedding_config=pipeline_embedding)
+
+
+def _vectors_note(spec, allow_spend: bool) -> str:
+    model = spec.model_id if spec is not None else "the pipeline's own model"
+    note = f"from the cloud where served; otherwise computed with {model}"
+    if spec is not None and spec.paid:
+        note += " (paid: a real run shows the cost first" + (
+            ")" if allow_spend else " and stops, allow_embedding_spend is false)"
+        )
+    return note
+
+
 def plan_export(
     src: Source,
     exports_dir: str | os.PathLike,
-    index_id: str = "",
-    index_name: str = "",
-    project_name: str = "Default",
-    organization_id: str = "",
+    where: dict,
     export_id: str = "",
-    embed_provider: str = "auto",
-    embed_model: str = "",
-    embed_dimension: int = 0,
-    embed_api_key_env: str = "",
-    allow_embedding_spend: bool = False,
-    embed_api_base: str = "",
+    embed: dict | None = None,
+    allow_spend: bool = False,
 ) -> dict:
     """Dry run of phase 01: the export it would write, from read-only requests (the pipeline, one listing
     page, a sample's chunks). Nothing is written, not even the exports folder. The keys are those of
-    ``handoff_data``; what only the export can tell is estimated or a placeholder in angle brackets."""
-    from . import embeddings
+    ``handoff_data``; what only the export can tell is estimated or a placeholder in angle brackets.
+    ``where``: ``source.index_ref``; ``embed``: ``reembed.choice`` (the pipeline's own model by default)."""
     from .preflight import PLANNED_MANIFEST_SHA256, describe_source
 
     exports_dir = Path(exports_dir)
-    project, pipeline = find_pipeline(src, index_id, index_name, project_name, organization_id)
+    project, pipeline = find_pipeline(src, **where)
     info = describe_source(src, project, pipeline)
     if export_id:
         path = exports_dir / export_id
@@ -565,19 +594,7 @@ def plan_export(
         action = "resume" if path else "start"
         path = path or exports_dir / f"<UTC start time of the real run>-{_slug(pipeline.name)}"
     pipeline_embedding = pipeline.model_dump(mode="json", by_alias=True).get("embedding_config") or {}
-    spec = embeddings.spec_from_params(
-        embed_provider,
-        embed_model,
-        embed_dimension or None,
-        embed_api_key_env,
-        pipeline_embedding,
-        embed_api_base,
-    )
-    vectors = f"from the cloud where served; otherwise computed with {spec.model_id}"
-    if spec.paid:
-        vectors += " (paid: a real run shows the cost first" + (
-            ")" if allow_embedding_spend else " and stops, allow_embedding_spend is false)"
-        )
+    spec = _spec_or_none(embed or _AUTO, pipeline_embedding)
     return {
         "action": f"{action} an export (GET requests only)",
         "export_dir": str(path),
@@ -592,5 +609,182 @@ def plan_export(
         "embedding_dimension": spec.dimension,
         "embedding_model": spec.model_id,
         "embedding_spec": _spec_dict(spec),
-        "vectors": vectors,
+        "vectors": _vectors_note(spec, allow_spend),
     }
+
+
+def plan_without_source(
+    src: Source, exports_dir: str | os.PathLike, where: dict, export_id: str = "", embed: dict | None = None
+) -> dict:
+    """``plan_export`` for a dry run that did not contact the source (``source.open_for``: no source named,
+    no key): the same keys, with placeholders and None where only the source can tell."""
+    from .preflight import NOT_REACHED, PLANNED_EXPORT_ID, PLANNED_MANIFEST_SHA256
+
+    name = where.get("index_name") or where.get("index_id") or ""
+    path = Path(exports_dir) / (
+        export_id or f"<UTC start time of the real run>-{_slug(name) if name else 'index'}"
+    )
+    spec = _spec_or_none(embed or _AUTO, None)
+    return {
+        "action": f"none: the source was not contacted, {src.not_connected}",
+        "export_dir": str(path),
+        "export_id": export_id or PLANNED_EXPORT_ID,
+        "manifest_sha256": PLANNED_MANIFEST_SHA256,
+        "index_id": where.get("index_id") or NOT_REACHED,
+        "index_name": where.get("index_name") or NOT_REACHED,
+        "project": where.get("project_name"),
+        "total_documents": None,
+        "total_chunks": None,
+        "chunks per document (sample)": None,
+        "embedding_dimension": spec.dimension if spec is not None else None,
+        "embedding_model": spec.model_id if spec is not None else NOT_REACHED,
+        "embedding_spec": _spec_dict(spec) if spec is not None else None,
+        "vectors": _vectors_note(spec, False),
+    }
+
+
+# ------------------------------------------------------------- the page's steps (real run or dry run)
+# Each takes what the step before returned; in a dry run (an ``ExportResult`` with a ``plan``) a step that
+# needs the export says it did not run instead.
+
+
+def export_options(
+    export_id: str = "", concurrency: int = 8, page_size: int = 100, shard_rows: int = 20_000
+) -> dict:
+    """How phase 01 exports (``export_index``'s keyword arguments), as one argument of ``export_step``."""
+    return {
+        "export_id": export_id,
+        "concurrency": concurrency,
+        "page_size": page_size,
+        "shard_rows": shard_rows,
+    }
+
+
+def export_step(
+    src: Source,
+    where: dict,
+    layout,
+    how: dict,
+    dry_run: bool,
+    embed: dict | None = None,
+    allow_spend: bool = False,
+) -> ExportResult:
+    """Export the index (``export_index`` into ``layout.exports``, logged to the migration log); a dry run
+    plans it instead (``plan_export``, or ``plan_without_source`` when the source was not contacted) and
+    returns an ``ExportResult`` holding the plan. ``where``: ``source.index_ref``; ``how``:
+    ``export_options``; ``embed``: ``reembed.choice``."""
+    if dry_run:
+        if src.connected:
+            plan = plan_export(src, layout.exports, where, how["export_id"], embed, allow_spend)
+        else:
+            plan = plan_without_source(src, layout.exports, where, how["export_id"], embed)
+        return ExportResult(Path(plan["export_dir"]), {}, plan=plan)
+    from . import runlog
+
+    runlog.log(layout, "01_extract", "export started", index=where["index_id"] or where["index_name"])
+    result = export_index(src, layout.exports, **where, **how)
+    runlog.log(layout, "01_extract", "export complete", **{k: str(v) for k, v in result.summary().items()})
+    return result
+
+
+def embedding_spec(export: ExportResult, embed: dict):
+    """The model phase 01 embeds with: the params' (``reembed.choice``) or, with ``auto``, the pipeline's
+    own from the export's snapshot; a dry run's from its plan (None while the pipeline is unknown)."""
+    from . import embeddings
+
+    if export.dry_run:
+        d = export.plan.get("embedding_spec")
+        return embeddings.ModelSpec(**d) if d else None
+    pipeline_embedding = export.manifest["pipeline"].get("embedding_config") or {}
+    return embeddings.spec_from_params(**embed, pipeline_embedding_config=pipeline_embedding)
+
+
+def reembed_plan(export: ExportResult, spec, cache_path: str, how: dict):
+    """``reembed.plan`` for the export (``how``: ``reembed.options``), shown before any spend; None in a dry
+    run (nothing exported to count)."""
+    from . import reembed
+
+    return None if export.dry_run else reembed.plan(export.path, spec, cache_path, **how)
+
+
+def reembed_apply(export: ExportResult, spec, cache_path: str, how: dict, spend: dict, layout) -> dict:
+    """Fill the vectors ``reembed_plan`` counted (``reembed.apply``; ``spend``: ``reembed.spending``), logged
+    to the migration log; what it did, for the page (``reembed.outcome``). A dry run embeds nothing."""
+    from . import reembed, runlog
+
+    if export.dry_run:
+        return _not_run("re-embedding", "embeds the chunks without a vector, after the plan above")
+    done = reembed.apply(export.path, spec, cache_path, **how, **spend)
+    runlog.log(layout, "01_extract", "vectors complete", model=spec.model_id, embedded=done["embedded"])
+    return reembed.outcome(done)
+
+
+def verify_step(export: ExportResult, src: Source, sample: int, policy):
+    """``verify.verify_export`` of the export, on its own and against ``sample`` chunks re-fetched from the
+    source; None in a dry run (nothing exported)."""
+    from . import verify
+
+    if export.dry_run:
+        return None
+    return verify.verify_export(export.path, source=src, sample=sample, policy=policy)
+
+
+def _not_run(step: str, what_a_real_run_does: str) -> dict:
+    return {step: "not run (dry run): nothing was exported", "a real run": what_a_real_run_does}
+
+
+def show_verification(report) -> None:
+    """The verification's checks (shown, not yet stopping the run: ``handoff_step`` does) and the
+    reconciliation of every chunk of the source; in a dry run, one row saying it did not run."""
+    from . import display
+
+    if report is None:
+        display.table(
+            _not_run(
+                "verification", "checksums, counts, vectors, ids, texts, metadata, and a re-fetched sample"
+            )
+        )
+        return
+    display.checks(report.checks, fail=False)
+    display.table(report.reconciliation_frame(), "every chunk of the source accounted for")
+
+
+def show_odd_records(report) -> None:
+    """Every odd record of the export with what phase 03 will do with it, and the metadata converted for
+    Chroma's flat metadata; in a dry run, one row saying they are listed once the export exists."""
+    from . import display
+
+    if report is None:
+        display.table(_not_run("odd records", "lists every odd record of the export with its treatment"))
+        return
+    display.table(report.odd_frame(), "odd records and what phase 03 will do with each")
+    display.table(report.metadata_frame(), "metadata converted reversibly in Chroma's flat metadata")
+
+
+def show_issues(report) -> None:
+    """The verification's issues, each with where and what to do (nothing when there are none)."""
+    from . import display
+
+    if report is not None and report.issues:
+        display.table(report.issues_frame())
+
+
+def show_charts(export: ExportResult) -> None:
+    """The export's charts (chunks per document, text length, tokens); none in a dry run."""
+    from . import charts, display
+
+    if export.dry_run:
+        return
+    for fig in charts.export_figures(charts.export_frame(export.path)):
+        display.show_figure(fig)
+
+
+def handoff_step(export: ExportResult, spec, report, policy) -> dict:
+    """What phase 01 hands on: a sound export's ``handoff_data`` (stops the run here, with the failed checks,
+    if the verification found it unsound); a dry run's plan."""
+    from . import display
+
+    if export.dry_run:
+        return export.plan
+    display.checks(report.checks, show=False)
+    return handoff_data(export.path, spec, report.norms, policy)

@@ -40,14 +40,22 @@ def record(phase: str, data: dict, *, base_path: str, run_dir: str = "", dry_run
     return rec
 
 
-def read(phase: str, *, base_path: str, run_dir: str = "", dry_run: bool = False) -> dict:
+def read(
+    phase: str, *, base_path: str, run_dir: str = "", dry_run: bool = False, _optional: bool = False
+) -> dict:
     """The latest record of ``phase``. In a dry run, this run's dry-run record comes first (what the
-    earlier phase would have done), then the real state; a real run reads the real state only."""
+    earlier phase would have done), then the real state; a real run reads the real state only.
+
+    A dry run with no record at all goes on: it says so in one line and gets an :func:`absent` record
+    (``{"phase", "dry_run": True, "absent": True}``), so the page can still show what it would do. A real run
+    stops with :class:`MissingHandoffError` naming the phase to run first."""
     if dry_run and run_dir:
         p = resolve(run_dir) / "handoff" / f"{phase}.json"
         if p.exists():
             return atomic.read_json(p)
     path: Path = Layout.from_params(base_path).state / "handoff" / f"{phase}.json"
+    if not path.exists() and dry_run and not _optional:
+        return absent(phase, path.parent)
     if not path.exists():
         raise MissingHandoffError(
             f"no hand-off from phase {phase} under {path.parent}: run phase {phase} first "
@@ -61,9 +69,23 @@ def read(phase: str, *, base_path: str, run_dir: str = "", dry_run: bool = False
     return rec
 
 
+def absent(phase: str, where: Path | str = "") -> dict:
+    """The record a dry run reads when ``phase`` has not run: it prints one line saying so."""
+    print(
+        f"phase {phase} has not run{f' under {where}' if where else ''}: this dry run goes on without its "
+        "record (a real run stops here until it has run)"
+    )
+    return {"phase": phase, "dry_run": True, "absent": True}
+
+
+def is_absent(rec: dict | None) -> bool:
+    """Whether ``rec`` stands for a phase that has not run (a dry run's :func:`absent` record, or None)."""
+    return not rec or bool(rec.get("absent"))
+
+
 def read_optional(phase: str, *, base_path: str, run_dir: str = "", dry_run: bool = False) -> dict | None:
     try:
-        return read(phase, base_path=base_path, run_dir=run_dir, dry_run=dry_run)
+        return read(phase, base_path=base_path, run_dir=run_dir, dry_run=dry_run, _optional=True)
     except MissingHandoffError:
         return None
 

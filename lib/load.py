@@ -697,3 +697,182 @@ def sparse_metadata(md: dict) -> dict:
     """A record's flat Chroma metadata as the sparse index keeps it: what filters see on Chroma, without
     LlamaIndex's node JSON and node type (the document id keys stay: filters see them too)."""
     return {k: v for k, v in md.items() if k not in ("_node_content", "_node_type")}
+
+
+# ---------------------------------------------------------------- phase 03 as steps a page calls
+PLANNED_COLLECTION = "<the collection phase 02 creates>"
+
+
+@dataclass
+class LoadJob:
+    """Phase 03's load: the collection phase 02 recorded, the policy for odd records and the batch size. A
+    real run holds the open client and collection (replaced when verification reopens them); a dry run
+    holds only its plan (``preflight.load_plan``), and nothing is opened."""
+
+    h02: dict
+    base_path: str
+    policy: records.Policy
+    batch_size: int
+    dry_run: bool
+    plan: dict = field(default_factory=dict)
+    checked: dict = field(default_factory=dict)
+    client: object = None
+    collection: object = None
+
+    @property
+    def target(self):
+        from . import chroma_target
+
+        return chroma_target.Target.of_record(self.h02, self.base_path)
+
+    @property
+    def layout(self):
+        from .paths import Layout
+
+        return Layout.from_params(self.base_path)
+
+    @property
+    def export_dir(self) -> str:
+        return self.h02["export_dir"]
+
+    def summary(self) -> dict:
+        """What the page shows before loading: the plan (dry run), or the collection as it is now."""
+        if self.dry_run:
+            return self.plan
+        return {
+            "collection": self.collection.name,
+            "records now": self.collection.count(),
+            **self.checked,
+            "batch size": min(self.batch_size, self.client.get_max_batch_size()),
+        }
+
+
+def planned_h02(h01: dict | None, base_path: str) -> dict:
+    """What a dry run of phase 03 takes for phase 02's record when phase 02 has not run: placeholders for
+    what only phase 02 can tell (the collection, where Chroma is), phase 01's export where it is known. The
+    collection is a placeholder, so the plan never opens Chroma."""
+    from . import preflight
+    from .paths import Layout
+
+    export_dir = (h01 or {}).get("export_dir") or "<the export phase 01 writes>"
+    return {
+        "phase": "02_init_chroma",
+        "collection": PLANNED_COLLECTION,
+        "export_dir": export_dir,
+        "chroma_mode": "<chroma_mode of phase 02>",
+        "chroma_host": "<chroma_host of phase 02>",
+        "chroma_port": "<chroma_port of phase 02>",
+        "chroma_path": str(Layout.from_params(base_path).chroma_db),
+        "provenance": {"export_manifest_sha256": preflight.PLANNED_MANIFEST_SHA256},
+    }
+
+
+def open_load(
+    h02: dict, h01: dict | None, base_path: str, policy: records.Policy, batch_size: int, dry_run: bool
+) -> LoadJob:
+    """Phase 03's first step. A real run verifies the export phase 02 named (``verify.ensure_verified``
+    refuses an unsound one, or one verified with another policy) and opens the collection. A dry run plans
+    the load read-only (``preflight.load_plan``), on :func:`planned_h02` when phase 02 has not run."""
+    from . import handoff, preflight, verify
+
+    if dry_run and handoff.is_absent(h02):
+        h02 = planned_h02(h01, base_path)
+    job = LoadJob(h02, base_path, policy, int(batch_size), dry_run)
+    if dry_run:
+        job.plan = preflight.load_plan(h02, h01, batch_size, base_path)
+        if isinstance(job.plan["records in export"], str) and not (h01 or {}).get("total_chunks"):
+            unknown = "<known once phase 01 has run>"  # no export, no estimate: not a load of 0 records
+            job.plan.update({"records in export": unknown, "would load": unknown, "batches": unknown})
+        return job
+    job.checked = verify.ensure_verified(job.export_dir, h01, policy)
+    job.client = job.target.open()
+    job.collection = job.client.get_collection(h02["collection"], embedding_function=None)
+    return job
+
+
+def run_load(job: LoadJob) -> LoadResult | None:
+    """Phase 03's load (None in a dry run): :func:`load_export` with its checkpoint under ``state/``, logged
+    before and after. Embedded, a disk guard stops it before a batch would fill the disk (a server's disk is
+    the server's to watch)."""
+    if job.dry_run:
+        return None
+    from . import disk, runlog
+
+    col, embedded = job.collection, job.target.embedded
+    runlog.log(job.layout, "03_migrate", "load started", collection=col.name)
+    result = load_export(
+        job.client,
+        col,
+        job.export_dir,
+        job.layout.state / f"load-{col.name}.json",
+        job.batch_size,
+        policy=job.policy,
+        before_batch=disk.guard_for_export(job.layout.chroma_db, job.export_dir) if embedded else None,
+        chroma_path=job.layout.chroma_db if embedded else None,
+    )
+    runlog.log(job.layout, "03_migrate", "load finished", **{k: str(v) for k, v in result.summary().items()})
+    return result
+
+
+def verify_job(job: LoadJob, sample: int, recall_queries: int, min_recall: float) -> dict | None:
+    """Phase 03's verification (None in a dry run): :func:`verify_load` on the loaded collection, reopening
+    it when ``ef_search`` is raised; the job then holds the reopened client and collection."""
+    if job.dry_run:
+        return None
+    t = job.target
+    v = verify_load(
+        job.client,
+        job.collection,
+        job.export_dir,
+        t.chroma_path if t.embedded else None,
+        sample=sample,
+        recall_queries=recall_queries,
+        min_recall=min_recall,
+        policy=job.policy,
+        reopen=t.reopener(),  # ef_search applies when Chroma loads the index
+    )
+    job.client, job.collection = v["client"], v["collection"]
+    return v
+
+
+def sparse_step(job: LoadJob, enabled: bool) -> dict | None:
+    """Phase 03's sparse index (None in a dry run): built and verified beside the collection when
+    ``enabled``; otherwise an older index of the same collection is set aside (it would describe other
+    records). Returns {path, stats, checks, caption}."""
+    if job.dry_run:
+        return None
+    from . import export_format, sparse_sync
+
+    col = job.collection
+    if enabled:
+        sp = sparse_sync.build_for_load(job.layout, col, job.export_dir, job.policy)
+        return {**sp, "caption": f"sparse index for hybrid retrieval: {sp['path']}"}
+    stamp = export_format.open_export(job.export_dir).manifest_sha256[:12]
+    stats = {
+        "sparse index": "not built (sparse_index: false)",
+        "older one set aside": sparse_sync.set_aside(job.layout, col.name, stamp),
+    }
+    return {"path": "", "stats": stats, "checks": [], "caption": "no sparse index"}
+
+
+def phase_outcome(job: LoadJob, result: LoadResult | None, v: dict | None, sp: dict | None) -> dict:
+    """The keys of phase 03's hand-off: the dry run's plan, or the loaded and verified collection (logged
+    to the migration log as verified: the page's checks have passed by the time this runs)."""
+    if job.dry_run:
+        return job.plan
+    from . import runlog
+
+    runlog.log(job.layout, "03_migrate", "verification passed", **v["figures"])
+    col = job.collection
+    return {
+        "collection": col.name,
+        "count": col.count(),
+        "export_manifest_sha256": export_format.open_export(job.export_dir).manifest_sha256,
+        **{k: job.h02[k] for k in ("chroma_mode", "chroma_path", "chroma_host", "chroma_port")},
+        "load": result.summary(),
+        "reconciliation": v["reconciliation"],
+        "policy": vars(job.policy),
+        **v["figures"],
+        "sparse_index": sp["path"],
+        "checks": v["checks"] + sp["checks"],
+    }

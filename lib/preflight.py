@@ -220,12 +220,137 @@ def disk_summary(check: dict) -> dict:
     return {k: v for k, v in check.items() if k not in ("components", "volumes")}
 
 
+def disk_basis(src_info: dict, expected_chunks: int) -> dict:
+    """What the disk projection rests on, from ``source_check``: the larger of ``expected_chunks`` and the
+    source's estimate, re-embedding unless every sampled chunk came with its vector, and the sampled payload
+    per chunk. A source not reached leaves ``expected_chunks`` with re-embedding (the larger projection).
+    The keys are ``disk_check``'s keyword arguments."""
+    estimated = src_info.get("estimated chunks")
+    return {
+        "chunks": max(int(expected_chunks), estimated if isinstance(estimated, int) else 0),
+        "reembed": not src_info.get("vectors served (sample)"),
+        "payload_bytes": src_info.get("payload bytes per chunk (sample)"),
+    }
+
+
+def disk_verdict(check: dict) -> dict:
+    """The check row of ``disk_check``: projected use against its limit, and what to do when it is past."""
+    detail = (
+        f"{check['projected use %']}% of the usable space after the migration (limit {check['limit %']}%; "
+        f"{check['use % now']}% now): {check['projected need GB']} GB projected, {check['free GB']} GB free"
+    )
+    if not check["ok"]:
+        detail += "; free space or move base_path to a larger volume, then run again"
+    return {"check": "projected disk use", "ok": check["ok"], "detail": detail}
+
+
+def log_start(base_path: str, run_dir: str, dry_run: bool) -> dict:
+    """Append "preflight started" to the migration log (a real run); a dry run only says where it would."""
+    layout = Layout.from_params(base_path)
+    if dry_run:
+        return {"migration log": str(layout.migration_log), "appended": "nothing (dry run)"}
+    from . import runlog
+
+    runlog.log(layout, "00_preflight", "preflight started", run_dir=run_dir, base_path=str(layout.base))
+    return {"migration log": str(layout.migration_log), "appended": "preflight started"}
+
+
+def credential_checks(creds: list[dict], dry_run: bool) -> list[dict]:
+    """One check a required variable of ``credentials_table``: set or not. A dry run shows a missing one in
+    red and goes on (``display.checks(rows, fail=not dry_run)``); its detail says a real run stops there."""
+    rows = []
+    for c in creds:
+        if not c["required"]:
+            continue
+        detail = c["purpose"]
+        if not c["set"] and dry_run:
+            detail += " (not set: a real run stops here)"
+        rows.append({"check": f"{c['variable']} set", "ok": c["set"], "detail": detail})
+    return rows
+
+
+def postgres_step(dsn_env: str, tables: list[str], base_path: str, scratch_db: str, dry_run: bool) -> dict:
+    """Phase 00's PostgreSQL backup (``pg_backup.backup``), or in a dry run what it would dump where
+    (``postgres_plan``, connecting to nothing)."""
+    if dry_run:
+        return postgres_plan(dsn_env, tables, base_path, scratch_db)
+    from . import pg_backup
+
+    return pg_backup.backup(dsn_env, tables, base_path, scratch_db)
+
+
+def postgres_checks(pg: dict, base_path: str) -> list[dict]:
+    """The restore check of a backup ``postgres_step`` made, logged to the migration log; none when no
+    backup was made (skipped, or a dry run's plan)."""
+    if pg.get("status") != "ok":
+        return []
+    from . import runlog
+
+    restore = pg["restore_check"]
+    runlog.log(
+        Layout.from_params(base_path),
+        "00_preflight",
+        "postgres backup ok",
+        dump=pg["dump"],
+        sha256=pg["sha256"],
+        rows=pg["row_counts"],
+    )
+    return [{"check": "PostgreSQL dump restorable", "ok": restore["ok"], "detail": restore["method"]}]
+
+
+def handoff_record(
+    folders: list[dict],
+    config_json,
+    src_info: dict,
+    disk_result: dict,
+    pg: dict,
+    *,
+    base_path: str,
+    run_dir: str,
+    dry_run: bool,
+) -> dict:
+    """Record phase 00's hand-off (the layout, ``config.json``'s path, the source, the disk check, the
+    PostgreSQL backup) and, in a real run, log "preflight passed" with the source's document count."""
+    from . import handoff, runlog
+
+    results = {
+        "layout": folders,
+        "config_json": str(config_json),
+        "source": src_info,
+        "disk": disk_result,
+        "postgres_backup": pg,
+    }
+    rec = handoff.record("00_preflight", results, base_path=base_path, run_dir=run_dir, dry_run=dry_run)
+    if not dry_run:
+        layout = Layout.from_params(base_path)
+        runlog.log(layout, "00_preflight", "preflight passed", documents=src_info.get("documents"))
+    return rec
+
+
 def source_check(
     src, index_id: str, index_name: str, project_name: str, organization_id: str = "", sample_docs: int = 20
 ) -> dict:
-    """Reach the source index; count its documents; estimate chunks from a sample of documents."""
+    """Reach the source index; count its documents; estimate chunks from a sample of documents.
+
+    A source a dry run did not connect to (``source.open_for``: no source named, no key) gives the same
+    keys, each a placeholder or None: the disk projection then rests on ``expected_chunks``."""
     from .source import find_pipeline
 
+    if not src.connected:
+        return {
+            "source": src.describe(),
+            "project": project_name,
+            "index": index_name or NOT_REACHED,
+            "index id": index_id or NOT_REACHED,
+            "documents": None,
+            "chunks per document (sample)": None,
+            "estimated chunks": None,
+            "embedding": None,
+            "embedding model": NOT_REACHED,
+            "payload bytes per chunk (sample)": None,
+            "vectors served (sample)": None,
+            "not contacted": src.not_connected,
+        }
     project, pipeline = find_pipeline(src, index_id, index_name, project_name, organization_id)
     return describe_source(src, project, pipeline, sample_docs)
 
@@ -276,6 +401,7 @@ def sample_payload(sample: list[tuple[str, list[dict]]]) -> tuple[int | None, bo
 # A dry run records its plan in the run folder (``handoff.record(..., dry_run=True)``) with the keys later
 # phases read. Values only a real run can know are placeholders in angle brackets, stated as such.
 PLANNED_EXPORT_ID = "<export id of the real run>"
+NOT_REACHED = "<unknown until the source is reached>"
 PLANNED_MANIFEST_SHA256 = "<sha256 of the real export's manifest>"
 
 

@@ -22,7 +22,19 @@ from .errors import RunbookError
 from .export_format import ExportError
 from .openai_embedder import InputTooLong, Limits, SpendCapReached, count_tokens, truncate
 
-__all__ = ["InputTooLong", "Limits", "Plan", "SpendCapReached", "SpendNotAllowed", "apply", "plan"]
+__all__ = [
+    "InputTooLong",
+    "Limits",
+    "Plan",
+    "SpendCapReached",
+    "SpendNotAllowed",
+    "apply",
+    "choice",
+    "options",
+    "plan",
+    "plan_table",
+    "spending",
+]
 
 MAX_LISTED = 1000  # replaced vectors named in the manifest; all are counted
 
@@ -68,6 +80,59 @@ class Plan:
             "request they are in). Shorten them at the source, or set truncate_long_inputs: true to embed "
             "their first tokens (each is listed in the manifest as truncated_inputs)"
         )
+
+
+def choice(
+    provider: str = "auto",
+    model_name: str = "",
+    dimension: int = 0,
+    api_key_env: str = "",
+    api_base: str = "",
+) -> dict:
+    """The params' choice of embedding model as one argument (``embeddings.spec_from_params``'s keyword
+    arguments but the pipeline's config): ``auto`` is the pipeline's own model; a dimension of 0 the model's
+    default."""
+    return {
+        "provider": provider or "auto",
+        "model_name": model_name,
+        "dimension": dimension or None,
+        "api_key_env": api_key_env,
+        "api_base": api_base,
+    }
+
+
+def options(force: bool = False, replace_bad: bool = True, truncate_long: bool = False) -> dict:
+    """Which chunks get a vector, as one argument (the keyword arguments ``plan`` and ``apply`` share):
+    every chunk (``force``), served vectors that cannot be loaded (``replace_bad``), chunks over the
+    per-input token limit cut to it (``truncate_long``)."""
+    return {"force": force, "replace_bad": replace_bad, "truncate_long": truncate_long}
+
+
+def spending(
+    allow_spend: bool = False, max_cost_usd: float = 0.0, rpm: int = 0, tpm: int = 0, concurrency: int = 8
+) -> dict:
+    """What ``apply`` may spend and how fast it may call the API, as one argument (its keyword arguments):
+    the account's requests and tokens a minute (0: learnt from the API's headers)."""
+    return {
+        "allow_spend": allow_spend,
+        "max_cost_usd": max_cost_usd,
+        "limits": Limits(rpm=rpm, tpm=tpm),
+        "concurrency": concurrency,
+    }
+
+
+def plan_table(p: Plan | None, spec: embeddings.ModelSpec | None) -> dict:
+    """The re-embedding plan for the page (``Plan.as_dict``); without a plan (a dry run: nothing exported
+    yet) the model a real run would use and what it does before any spend."""
+    if p is not None:
+        return p.as_dict()
+    unknown = spec is None  # auto, and the pipeline was not reached
+    return {
+        "model": "the pipeline's own model (the source was not contacted)" if unknown else spec.model_id,
+        "paid": None if unknown else spec.paid,
+        "plan": "not made (dry run): a real run counts the chunks, tokens and cost here, after the export "
+        "and before any spend",
+    }
 
 
 def _unusable(emb, dim: int) -> str | None:

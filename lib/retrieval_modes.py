@@ -116,6 +116,30 @@ def entries(mode: Mode) -> dict:
     }
 
 
+def preset_fuses_sparse(preset: dict | None) -> bool:
+    """Whether a LlamaCloud index's ``preset_retrieval_parameters`` fuse sparse (keyword) results in: an
+    ``alpha`` given and below 1 (null or 1 is dense only)."""
+    alpha = (preset or {}).get("alpha")
+    return alpha is not None and float(alpha) < 1
+
+
+def preset_needs_dense_arm(preset: dict | None) -> bool:
+    """Whether the cloud's preset is hybrid or reranked: then phase 05 adds a dense-only cloud arm (alpha 1,
+    reranking off), which shows how much of the difference between the arms the preset explains."""
+    return preset_fuses_sparse(preset) or bool((preset or {}).get("enable_reranking"))
+
+
+def describe_preset(preset: dict | None) -> str:
+    """The preset in words: "dense", "hybrid (alpha 0.5), reranked (top 6)"; None (the preset was not read,
+    as in a dry run that does not connect) is "unknown"."""
+    if preset is None:
+        return "unknown (the cloud was not asked)"
+    text = f"hybrid (alpha {float(preset['alpha']):g})" if preset_fuses_sparse(preset) else "dense"
+    if preset.get("enable_reranking"):
+        text += f", reranked (top {preset.get('rerank_top_n') or 'default'})"
+    return text
+
+
 def choose(
     requested: str, preset: dict, sparse_path: str, rerank: str = "", alpha: float | None = None
 ) -> Mode:
@@ -130,8 +154,7 @@ def choose(
         max(preset.get("dense_similarity_top_k") or 30, preset.get("sparse_similarity_top_k") or 30)
     )
     if requested == "match-cloud":
-        cloud_alpha = preset.get("alpha")
-        mode = "hybrid" if cloud_alpha is not None and float(cloud_alpha) < 1 else "dense"
+        mode = "hybrid" if preset_fuses_sparse(preset) else "dense"
         rr = rerank if preset.get("enable_reranking") else ""
     elif requested in MODES:
         mode, rr = requested, rerank

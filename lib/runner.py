@@ -10,37 +10,16 @@ of the previous run's manifest (``runbook.audit``).
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata as md
 import json
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, audit, config, credentials, plugins
+from . import atomic, audit, config, credentials, kernels, plugins, run_folder
 from .errors import RunbookError
 from .params import check_params
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, outputs_root, resolve
-from .report import glossary, pages, summary, verdicts
-
-KERNEL_NAME = "runbook"
-PACKAGES = (
-    "chromadb",
-    "llama-cloud",
-    "llama-index-core",
-    "llama-index-vector-stores-chroma",
-    "llama-index-indices-managed-llama-cloud",
-    "papermill",
-    "pandas",
-    "plotly",
-    "pyarrow",
-    "numpy",
-    "sentence-transformers",
-    "torch",
-    "jupyterlab",
-)
 
 
 class RunFailed(RunbookError, RuntimeError):
@@ -105,151 +84,6 @@ def select(phases: list[Phase], only: list[str] | None = None, from_: str | None
     if from_:
         return [p for p in phases if p.number >= from_.zfill(2)]
     return phases
-
-
-def ensure_kernel() -> str:
-    """Register this environment's Python as the ``runbook`` kernel (inside the environment's prefix)."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
-            return KERNEL_NAME
-    except Exception:  # noqa: BLE001 - not registered yet
-        pass
-    from ipykernel.kernelspec import install
-
-    install(kernel_name=KERNEL_NAME, display_name="Python (runbook)", prefix=sys.prefix)
-    return KERNEL_NAME
-
-
-def new_run_dir(params_name: str, root: Path | None = None) -> Path:
-    root = root or outputs_root()
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    for i in range(1000):
-        name = f"{stamp}-{params_name}" + (f"-{i + 1}" if i else "")
-        d = root / name
-        try:
-            d.mkdir()  # never an existing folder: a run is immutable
-            return d
-        except FileExistsError:
-            continue
-    raise RunFailed(f"could not create a new run folder under {root}")
-
-
-def git_commit() -> dict:
-    def git(*args):
-        r = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
-
-
-def run_by() -> dict:
-    """Who ran it, for the summary page: the login behind sudo if any, and the host."""
-    import getpass
-    import socket
-
-    return {"user": os.environ.get("SUDO_USER") or getpass.getuser(), "host": socket.gethostname()}
-
-
-def package_versions() -> dict:
-    out = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _page_nav(manifest: dict, i: int) -> dict:
-    phases = manifest["phases"]
-
-    def link(j):
-        if 0 <= j < len(phases):
-            stem = phases[j]["notebook"]
-            return (f"{stem}.html", pages.phase_title(stem))
-        return None
-
-    return {"prev": link(i - 1) or ("summary.html", "Summary"), "next": link(i + 1)}
-
-
-def render_phase(run_dir: Path, manifest: dict, i: int) -> Path | None:
-    """The phase's verdict (from its status and hand-off) and its code-hidden page, verdict first."""
-    entry = manifest["phases"][i]
-    stem = entry["notebook"]
-    rec = run_dir / "handoff" / f"{stem}.json"
-    h = atomic.read_json(rec) if rec.exists() else None
-    entry["verdict"] = verdicts.phase_verdict(stem, entry, h)
-    nb = run_dir / f"{stem}.ipynb"
-    if not nb.exists():
-        return None
-    return pages.render_phase_page(
-        nb,
-        run_dir=run_dir,
-        title=f"{pages.phase_title(stem)} · run {run_dir.name}",
-        nav=_page_nav(manifest, i),
-        verdict=entry["verdict"],
-        banner=summary.rehearsal_banner(manifest),
-    )
-
-
-def write_reports(run_dir: Path, manifest: dict) -> None:
-    """The reader's pages beside the notebooks: summary, index, glossary and the shared assets."""
-    pages.ensure_assets(run_dir)
-    glossary.write_glossary(run_dir)
-    summary.write_summary(run_dir, manifest)
-    summary.write_index(run_dir, manifest)
-
-
-def publish_modes(run_dir: Path) -> None:
-    """Reports, hand-offs and the manifest readable like the notebooks papermill writes (the umask's
-    mode): secrets never reach the run folder (the runner scrubs it), backups elsewhere stay owner-only."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [run_dir, *run_dir.rglob("*")]:
-        if p.is_symlink():
-            continue
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-
-
-def _changed_since(before: dict[str, str], now: dict[str, str]) -> list[str]:
-    return sorted(rel for rel, sha in before.items() if now.get(rel) != sha)
-
-
-def finish_folder(run_dir: Path, manifest: dict) -> None:
-    """Reports, modes, then the seal: the manifest lists every file's sha256 (``python -m runbook audit``).
-    A fault in the reports never costs the run its record: it is noted in the manifest, which is sealed."""
-    try:
-        write_reports(run_dir, manifest)
-    except Exception as e:  # noqa: BLE001 - the manifest and notebooks are the record; pages are a view
-        manifest["report_error"] = f"{type(e).__name__}: {e}"
-    publish_modes(run_dir)
-    audit.seal(run_dir, manifest)
-    atomic.write_json(run_dir / "manifest.json", manifest, mode=0o666 & ~_umask())
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _kernel_config():
-    """Kernel traffic over Unix sockets in the user's runtime folder instead of unencrypted loopback TCP
-    (and without the kernel's warning about it on the console); TCP when that folder's path is too long
-    for a socket name."""
-    from jupyter_core.paths import jupyter_runtime_dir
-    from traitlets.config import Config
-
-    c = Config()
-    if len(jupyter_runtime_dir()) + 60 < 104:
-        c.KernelManager.transport = "ipc"
-    return c
 
 
 def _approval_for(
@@ -409,7 +243,7 @@ def run(
     if not phases:
         raise config.ParameterError("no phase left to run")
 
-    run_dir = new_run_dir(params_path.stem)
+    run_dir = run_folder.new_run_dir(params_path.stem)
     log(f"run folder: {run_dir}")
     manifest = {
         "run_id": run_dir.name,
@@ -418,9 +252,9 @@ def run(
         ),
         "params_sha256": config.sha256_file(params_path),
         "parameters": params,
-        "git": git_commit(),
-        "packages": package_versions(),
-        "run_by": run_by(),
+        "git": run_folder.git_commit(),
+        "packages": run_folder.package_versions(),
+        "run_by": run_folder.run_by(),
         "previous_run": audit.previous_run(run_dir, str(params.get("base_path") or "")),
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "prepare_only": prepare_only,
@@ -445,11 +279,11 @@ def run(
                     **({"approval": approval} if "approval" in declared[ph.stem] else {}),
                 },
                 prepare_only=True,
-                kernel_name=KERNEL_NAME,
+                kernel_name=kernels.KERNEL_NAME,
             )
             manifest["phases"][i].update(status="prepared")
         manifest.update(status="prepared", finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        finish_folder(run_dir, manifest)
+        run_folder.finish_folder(run_dir, manifest)
         log(
             f"prepared {len(phases)} notebook(s) in {run_dir}: "
             + ", ".join(f"{ph.stem}.ipynb" for ph in phases)
@@ -460,7 +294,7 @@ def run(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    kernel = ensure_kernel()
+    kernel = kernels.ensure_kernel()
     os.environ["RUNBOOK_HEADLESS"] = "1"  # plain-text progress bars in executed notebooks
     env_names = {v for k, v in params.items() if k.endswith("_env") and isinstance(v, str) and v}
     emulator = (
@@ -501,7 +335,7 @@ def run(
                     cwd=str(notebooks_dir),
                     progress_bar=False,
                     log_output=False,
-                    config=_kernel_config(),
+                    config=kernels.kernel_config(),
                 )
                 entry["status"] = "ok"
             except PapermillExecutionError as e:
@@ -537,7 +371,7 @@ def run(
                 entry["handoff"] = f"handoff/{handoff_file.name}"
             # a phase writes only its own records: what earlier phases left in the folder stays as it was
             now = audit.file_hashes(run_dir)
-            touched = _changed_since(earlier_files, now)
+            touched = run_folder.changed_since(earlier_files, now)
             if touched and entry["status"] == "ok":
                 entry["status"] = "failed"
                 entry["error"] = (
@@ -545,7 +379,7 @@ def run(
                     "a phase writes only its own records; fix the phase, then run it again"
                 )
                 failure = f"phase {ph.stem}: {entry['error']}"
-            render_phase(run_dir, manifest, i)
+            run_folder.render_phase(run_dir, manifest, i)
             earlier_files = {
                 rel: sha
                 for rel, sha in audit.file_hashes(run_dir).items()
@@ -588,7 +422,7 @@ def run(
             ).total_seconds(),
             1,
         )
-        finish_folder(run_dir, manifest)
+        run_folder.finish_folder(run_dir, manifest)
     if stopped == "interrupted":
         result.ok = False
         raise RunInterrupted(f"run interrupted: {failure}\nsee {run_dir / 'summary.html'}", run_dir)

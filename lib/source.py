@@ -6,6 +6,7 @@ the params name; in rehearsal mode the local LlamaCloud-compatible server is sta
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from dataclasses import dataclass
 
@@ -28,12 +29,59 @@ def path_id(value: str) -> str:
 
 @dataclass
 class Source:
-    client: object  # llama_cloud.LlamaCloud
+    client: object  # llama_cloud.LlamaCloud; None when a dry run did not connect (see ``not_connected``)
     base_url: str
     api_key_env: str
+    not_connected: str = ""  # why a dry run did not connect (no source named, no key); "" when connected
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
 
     def describe(self) -> str:
-        return f"{self.base_url or 'https://api.cloud.llamaindex.ai'} (key from ${self.api_key_env})"
+        where = f"{self.base_url or 'https://api.cloud.llamaindex.ai'} (key from ${self.api_key_env})"
+        return where + (f"; not contacted: {self.not_connected}" if self.not_connected else "")
+
+
+def index_ref(
+    index_id: str, index_name: str, project_name: str = "Default", organization_id: str = ""
+) -> dict:
+    """The source index the params name, as one argument: the keyword arguments of :func:`find_pipeline`
+    (and of the functions that look the index up, e.g. ``preflight.source_check(src, **where)``)."""
+    return {
+        "index_id": index_id,
+        "index_name": index_name,
+        "project_name": project_name,
+        "organization_id": organization_id,
+    }
+
+
+def not_ready(api_key_env: str, where: dict) -> str:
+    """Why the source cannot be reached as the params stand: no index named, or its key variable unset
+    ("" when both are there). Only whether the variable is set is looked at; its value is not kept."""
+    if not (where.get("index_id") or where.get("index_name")):
+        return "no source named (index_id and index_name are empty)"
+    if not api_key_env or not os.environ.get(api_key_env):
+        return f"the LlamaCloud key is missing (${api_key_env or '(no variable named)'} is not set)"
+    return ""
+
+
+def open_for(dry_run: bool, where: dict, base_url: str, api_key_env: str, **options) -> Source:
+    """:func:`open_source` for a phase page. A dry run with no source named or its key missing goes on
+    without connecting: it says so in one line and gets a :class:`Source` that is not connected, which the
+    phase's functions show as a plan with placeholders. A real run always opens the source, and stops with
+    the usual errors (the key's variable is not set; ``set index_id or index_name in the params``)."""
+    why = not_ready(api_key_env, where) if dry_run else ""
+    if why:
+        print(f"dry run: {why}; the source is not contacted, what this phase would check is shown below")
+        return Source(None, base_url, api_key_env, not_connected=why)
+    return open_source(base_url, api_key_env, **options)
+
+
+def overview(src: Source, where: dict, extra: dict | None = None) -> dict:
+    """The source and index a page works on, for a key/value table (``extra``: more rows)."""
+    named = where.get("index_id") or where.get("index_name") or "(not named: set index_id or index_name)"
+    return {"source": src.describe(), "index": named, **(extra or {})}
 
 
 def open_source(

@@ -243,6 +243,10 @@ def read_folder(folder: Path | None) -> dict[str, tuple[str, dict]]:
     return out
 
 
+NOT_DELETED = "not deleted: no document indexed from files has this id (cloud documents follow delta sync)"
+CHANGES = ("added", "replaced", "deleted")
+
+
 def plan_local(col, folder: Path | None, deletions: list[str], chunk_size: int, overlap: int) -> Plan:
     """What the folder changes in ``col`` (read only). Without a folder (``None``) only the deletions
     count: the documents indexed from files earlier are left alone."""
@@ -278,6 +282,9 @@ def plan_local(col, folder: Path | None, deletions: list[str], chunk_size: int, 
     for doc_id, (_, n) in existing.items():
         if doc_id in deletions or (folder is not None and doc_id not in present):
             plan.rows.append({"document": doc_id, "action": "deleted", "chunks removed": n})
+    for doc_id in dict.fromkeys(deletions):
+        if col is not None and doc_id not in existing:  # said, never silently ignored
+            plan.rows.append({"document": doc_id, "action": NOT_DELETED})
     return plan
 
 
@@ -565,6 +572,7 @@ class Context:
     overlap: int = 200
     notes: list = field(default_factory=list)
     restored: dict = field(default_factory=dict)
+    absent: list = field(default_factory=list)  # a dry run: earlier phases not run yet (nothing to read)
     _client: object = None
 
     @property
@@ -597,6 +605,15 @@ class Context:
         return self.client().get_collection(name, embedding_function=None)
 
     def describe(self) -> dict:
+        if self.absent:
+            return {
+                "starts from (verified)": self.start,
+                "phases not run yet": ", ".join(self.absent) + " (a real run stops until they have)",
+                "chroma": f"{self.chroma_mode}: {self.chroma_path} (not opened)",
+                "export it corresponds to": str(self.export_dir),
+                "embedding model": self.spec.model_name,
+                "snapshots before this run": list_snapshots(self.layout) or "(none)",
+            }
         st = state_path(self.layout, self.start)
         return {
             "starts from (verified)": f"{self.start} (phase {self.start_phase})",
@@ -621,6 +638,10 @@ def context(base_path: str, run_dir: str = "", dry_run: bool = True, embedding_c
     layout = Layout.from_params(base_path)
     h01 = handoff.read("01_extract", **kw)
     h02 = handoff.read("02_init_chroma", **kw)
+    h03 = handoff.read("03_migrate", **kw)
+    absent = [r["phase"] for r in (h01, h02, h03) if handoff.is_absent(r)]
+    if absent:  # only a dry run gets here (a real run stopped naming the phase to run first)
+        return _context_without_records(base_path, run_dir, layout, absent, embedding_cache)
     v = handoff.verified_collection(**kw)
     h07 = handoff.read_optional(PHASE, **kw) if v["phase"] == PHASE else None
     export_dir = Path((h07 or {}).get("export_dir") or h02.get("export_dir") or h01["export_dir"])
@@ -650,6 +671,31 @@ def context(base_path: str, run_dir: str = "", dry_run: bool = True, embedding_c
     else:
         export_format.open_export(export_dir)  # raises, naming what is wrong
     return ctx
+
+
+def _context_without_records(
+    base_path: str, run_dir: str, layout: Layout, absent: list[str], embedding_cache: str
+) -> Context:
+    """A dry run before phases 01-03 have run: placeholders where only they can tell; nothing is opened."""
+    return Context(
+        base_path=base_path,
+        run_dir=run_dir,
+        dry_run=True,
+        layout=layout,
+        chroma_mode="embedded",
+        chroma_path=str(layout.chroma_db),
+        chroma_host="127.0.0.1",
+        chroma_port=8000,
+        start="(phase 03 has not run: it names the collection)",
+        start_phase="03_migrate",
+        prior={},
+        export_dir=Path("(phase 01 has not run: it names the export)"),
+        spec=embeddings.ModelSpec("", "(phase 01 has not run: it names the model)"),
+        cache_path=str(resolve(embedding_cache))
+        if embedding_cache
+        else str(layout.cache / "embeddings.sqlite"),
+        absent=absent,
+    )
 
 
 def restore_if_asked(ctx: Context, name: str) -> dict:
@@ -684,12 +730,19 @@ def open_cloud(
     source_api_key_env: str = "LLAMA_CLOUD_API_KEY",
     embedding_cache: str = "",
     emulator_serve_embeddings: bool = False,
+    dry_run: bool = False,
 ):
-    """The source for delta sync (read-only), or None when not asked."""
+    """The source for delta sync (read-only), or None when not asked. A dry run whose key variable is not
+    set (and no local server) does not connect: it says so in one line and gets a :class:`NotContacted`,
+    which the plan shows as what a real run would fetch. A real run stops naming the missing variable."""
     if not sync_from_cloud:
         return None
-    from . import source
+    from . import credentials, source
 
+    if dry_run and not emulator_corpus and not credentials.get_secret(source_api_key_env, required=False):
+        why = f"${source_api_key_env} is not set"
+        print(f"dry run: {why}; the cloud is not contacted, the delta sync is planned without it")
+        return NotContacted(why, source_base_url)
     return source.open_source(
         source_base_url,
         source_api_key_env,
@@ -697,6 +750,22 @@ def open_cloud(
         embed_cache=embedding_cache,
         emulator_serve_embeddings=emulator_serve_embeddings,
     )
+
+
+@dataclass
+class NotContacted:
+    """The cloud a dry run did not contact (why: no key)."""
+
+    why: str
+    base_url: str = ""
+
+    def describe(self) -> str:
+        return f"{self.base_url or 'https://api.cloud.llamaindex.ai'}; not contacted: {self.why}"
+
+
+def cloud_overview(src) -> dict:
+    """The delta-sync row of the page: the source, or that it was not asked."""
+    return {"delta sync from the cloud": src.describe() if src is not None else "not asked"}
 
 
 @dataclass
@@ -716,7 +785,7 @@ class UpdatePlan:
 
     @property
     def empty(self) -> bool:
-        local = any(r["action"] != "unchanged" for r in (self.local.rows if self.local else []))
+        local = any(r["action"] in CHANGES for r in (self.local.rows if self.local else []))
         return not local and not any((self.cloud or {}).values())
 
     def table(self) -> list[dict]:
@@ -756,13 +825,36 @@ class UpdatePlan:
         return {
             "starts from": self.start,
             "records in it": self.start_count,
-            "documents to change": sum(
-                r["action"] not in ("unchanged", "nothing to do") for r in self.table()
-            ),
+            "documents to change": sum(r["action"] in CHANGES for r in self.table()),
             "builds": where,
             "finishes an interrupted build": self.resumed,
+            **({"steps of a real run": self.steps()} if not self.empty else {}),
             **({"notes": self.notes} if self.notes else {}),
         }
+
+    def steps(self) -> list[str]:
+        """What a real run does with this plan, in order."""
+        out = (
+            []
+            if self.in_place
+            else [
+                "snapshot chroma_db/ (and the sparse index) to backup/chroma_snapshots/ (snapshot_before)",
+                f"copy {self.start} to {self.target} (same HNSW settings); {self.start} is never written",
+            ]
+        )
+        if self.local is not None:
+            out.append(
+                f"local documents into {self.target}: "
+                + ", ".join(f"{k} {v['documents']}" for k, v in self.local.counts().items())
+            )
+        if self.cloud is not None:
+            out.append("delta sync: a new export generation fetches what changed; the difference is applied")
+        return out + [
+            "the sparse index follows the changed documents",
+            "verify: count, each changed document's chunks, deletions, export ids"
+            + ("" if self.in_place else f", {self.start} untouched"),
+            "hand-off 07_update_vectors.json (phases 04-06 then use the new version)",
+        ]
 
 
 def plan_update(ctx: Context, documents_folder: str = "", deletions_file: str = "", src=None) -> UpdatePlan:
@@ -771,6 +863,12 @@ def plan_update(ctx: Context, documents_folder: str = "", deletions_file: str = 
     if ctx.restored:
         plan.notes.append("snapshot restore run: no update")
         return plan
+    if not (documents_folder or deletions_file or src is not None):
+        plan.notes.append(
+            "nothing asked: documents_folder and deletions_file are empty, sync_from_cloud is false"
+        )
+    if ctx.absent:
+        return _plan_unconnected(ctx, plan, documents_folder, deletions_file, src)
     client = ctx.client()
     plan.start_exists = ctx.start in _names(client)
     if not plan.start_exists and not ctx.dry_run:
@@ -783,7 +881,12 @@ def plan_update(ctx: Context, documents_folder: str = "", deletions_file: str = 
     if documents_folder or deletions:
         folder = resolve(documents_folder) if documents_folder else None
         plan.local = plan_local(col, folder, deletions, ctx.chunk_size, ctx.overlap)
-    if src is not None:
+    if isinstance(src, NotContacted):
+        plan.cloud = {"added": [], "deleted": [], "changed": []}
+        plan.notes.append(
+            f"delta sync not planned ({src.why}): a real run fetches what changed since the export"
+        )
+    elif src is not None:
         plan.cloud = {"added": [], "deleted": [], "changed": []}
         if (ctx.export_dir / "manifest.json").exists():
             plan.cloud = cloud_plan(src, ctx.export_dir)
@@ -805,6 +908,27 @@ def plan_update(ctx: Context, documents_folder: str = "", deletions_file: str = 
     plan.target = ctx.start if plan.in_place else (unfinished.get("target") or version_name(ctx.start))
     if not ctx.dry_run and not plan.in_place:
         plan.original = fingerprint(col)
+    return plan
+
+
+def _plan_unconnected(
+    ctx: Context, plan: UpdatePlan, documents_folder: str, deletions_file: str, src
+) -> UpdatePlan:
+    """A dry run that cannot look at what it would change (earlier phases not run, or no key for the cloud):
+    the folder and the deletions are read, the rest is said in notes; nothing is opened."""
+    plan.start_exists = False
+    if ctx.absent:
+        plan.notes.append(f"{', '.join(ctx.absent)} not run yet: planned against no collection")
+    deletions = resolve(deletions_file).read_text(encoding="utf-8").split() if deletions_file else []
+    if documents_folder or deletions:
+        folder = resolve(documents_folder) if documents_folder else None
+        plan.local = plan_local(None, folder, deletions, ctx.chunk_size, ctx.overlap)
+    if src is not None:
+        plan.cloud = {"added": [], "deleted": [], "changed": []}
+        why = src.why if isinstance(src, NotContacted) else "no export to compare with yet"
+        plan.notes.append(f"delta sync not planned ({why}): a real run fetches what changed since the export")
+    if not plan.empty:
+        plan.target = "<the verified collection>__u<UTC time>" if ctx.absent else version_name(ctx.start)
     return plan
 
 
@@ -990,6 +1114,8 @@ def verify_update(ctx: Context, plan: UpdatePlan, applied: dict) -> list[dict]:
 def _next_step(ctx: Context, plan: UpdatePlan, applied: dict) -> str:
     if ctx.restored:
         return "restart the service on the restored chroma_db/, then phases 04 and 05, then 06 with approval"
+    if ctx.absent:
+        return f"a real run needs {', '.join(ctx.absent)} first"
     if ctx.dry_run:
         if plan.empty:
             return "nothing to do"
@@ -1111,6 +1237,7 @@ def run_update(
         source_api_key_env,
         embedding_cache,
         emulator_serve_embeddings=emulator_serve_embeddings,
+        dry_run=dry_run,
     )
     plan = plan_update(ctx, documents_folder, deletions_file, src)
     applied = apply_update(ctx, plan, snapshot_before)

@@ -680,3 +680,80 @@ def _plan_args(base, cfg):
         cloud_key_env="CUTOVER_TEST_KEY",
         restart_command="true",
     )
+
+
+# --- what the page's cells call -------------------------------------------------------------------------
+def test_service_settings_choose_the_backend_for_each_mode_and_direction(tmp_path):
+    base = str(tmp_path / "base")
+    backend = cutover.Backend("backend/config.env", "pm2 restart WELLO_BE", "http://h/health", "http://h/q")
+    ext = cutover.service_settings(cutover.Run(base, dry_run=False), "external", backend)
+    assert ext["config_env"].endswith("/backend/config.env") and Path(ext["config_env"]).is_absolute()
+    assert ext["restart_command"] == "pm2 restart WELLO_BE" and "note" not in ext
+    # reference mode, dry run: nothing is started, the page says so
+    dry = cutover.service_settings(cutover.Run(base, dry_run=True), "reference", backend)
+    assert "starts the demo's stand-in" in dry["note"]
+    # reference mode, rollback: back to the stand-in the cutover started (phase 06's record names it)
+    started = {"config_env": "/srv/stand-in/config.env", "health_url": "http://127.0.0.1:5/health"}
+    handoff.record("06_cutover", {"direction": "cutover", "service": started}, base_path=base)
+    back = cutover.service_settings(
+        cutover.Run(base, dry_run=False, direction="rollback"), "reference", backend
+    )
+    assert back["config_env"] == started["config_env"] and back["health_url"] == started["health_url"]
+    assert back["restart_command"] == "pm2 restart WELLO_BE"  # what the record does not name: the params'
+
+
+def test_a_rollback_plans_to_put_the_cutover_backup_back_else_flips_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUTOVER_TEST_KEY", "abc")
+    base = str(tmp_path / "base")
+    cfg = tmp_path / "config.env"
+    cloud = "# settings\nUSE_LOCAL_VECTOR_DB=false\nOTHER=1\n"
+    cfg.write_text(
+        cutover.update_env_text(cloud, {"USE_LOCAL_VECTOR_DB": "true", "LOCAL_VECTOR_DB_COLLECTION": "c"})
+    )
+    args = {**_plan_args(base, cfg), "direction": "rollback"}
+    p = cutover.plan(**args)  # no backup: the flag only
+    assert p.restore is None and p.changes == {"USE_LOCAL_VECTOR_DB": "false"}
+    assert "does not exist" in {r["check"]: r for r in p.rows}["what the rollback writes"]["detail"]
+    cfg.with_name("config.env.backup").write_text(cloud)
+    p = cutover.plan(**args)
+    assert p.restore == cloud.encode() and p.restore_from.endswith("config.env.backup") and p.ok, p.rows
+    assert p.changes == {"LOCAL_VECTOR_DB_COLLECTION": "(removed)", "USE_LOCAL_VECTOR_DB": "false"}
+    steps = {
+        s["step"]: s["what"]
+        for s in cutover.steps_planned(p, {"config_env": str(cfg)}, ["q"], cutover.Timeouts())
+    }
+    assert "byte for byte" in steps["write config.env atomically"] and "the cloud arm" in steps["health"]
+    cfg.with_name("config.env.backup").write_text("USE_LOCAL_VECTOR_DB=true\n")  # not the cloud: not put back
+    assert cutover.plan(**args).restore is None
+
+
+def test_a_switch_that_puts_bytes_back_keeps_the_backup_it_restores(tmp_path):
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=true\nLOCAL_VECTOR_DB_COLLECTION=c\n")
+    backup = cfg.with_name("config.env.backup")
+    backup.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    co = cutover.Cutover(cfg, "true", "")
+    original = co.backup(keep_backup=True)
+    assert backup.read_text() == "USE_LOCAL_VECTOR_DB=false\n"  # not overwritten by the file it replaces
+    stamped = [p for p in tmp_path.iterdir() if p.name.startswith("config.env.backup.")]
+    assert [p.read_bytes() for p in stamped] == [original]
+
+
+def test_a_dry_run_before_the_earlier_phases_plans_with_placeholders(tmp_path, capsys):
+    base = str(tmp_path / "base")
+    run = cutover.Run(base, dry_run=True)
+    svc = cutover.service_settings(run, "external", cutover.Backend())
+    p = cutover.plan_switch(run, svc, 80.0, "CUTOVER_TEST_KEY")
+    rows = {r["check"]: r for r in p.rows}
+    assert "01_extract, 03_migrate, 04_rag_service not run yet" in rows["hand-offs of 01-05"]["detail"]
+    assert (
+        p.changes["USE_LOCAL_VECTOR_DB"] == "true"
+        and "has not run" in p.changes["LOCAL_VECTOR_DB_COLLECTION"]
+    )
+    assert len([ln for ln in capsys.readouterr().out.splitlines() if "has not run" in ln]) == 3
+    rec = cutover.outcome(run, p, svc, None)
+    assert rec["dry_run"] and rec["result"].startswith("dry run") and "DRY RUN" in cutover.verdict(rec)
+    assert not (tmp_path / "base").exists()
+    real = cutover.plan_switch(cutover.Run(base, dry_run=False), svc, 80.0, "CUTOVER_TEST_KEY")
+    row = {r["check"]: r for r in real.rows}["hand-offs of 01-04"]  # a real run still refuses, naming it
+    assert not row["ok"] and "run phase 01_extract first" in row["detail"] and not real.ok

@@ -21,8 +21,6 @@ import pytest
 from runbook import (
     atomic,
     chroma_target,
-    cloud_emulator,
-    corpus,
     disk,
     embeddings,
     export_format,
@@ -31,6 +29,7 @@ from runbook import (
     preflight,
     source,
 )
+from runbook.rehearsal import cloud_emulator, corpus
 
 DIM = 384
 KEY = "disk-test-key-1234"

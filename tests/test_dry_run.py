@@ -105,6 +105,19 @@ def test_a_real_run_refuses_a_dry_run_record(tmp_path):
         handoff.read("01_extract", base_path=base, run_dir=run_dir)
 
 
+def test_a_dry_run_without_an_earlier_phase_goes_on_saying_so_in_one_line(tmp_path, capsys):
+    base = str(tmp_path / "base")
+    rec = handoff.read("01_extract", base_path=base, dry_run=True)
+    assert rec == {"phase": "01_extract", "dry_run": True, "absent": True} and handoff.is_absent(rec)
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("phase 01_extract has not run under ")
+    assert handoff.read_optional("07_update_vectors", base_path=base, dry_run=True) is None
+    assert capsys.readouterr().out == ""  # an optional record is not announced
+    with pytest.raises(handoff.MissingHandoffError, match="run phase 01_extract first"):
+        handoff.read("01_extract", base_path=base)  # a real run stops
+    assert not (tmp_path / "base").exists()
+
+
 def test_dry_run_of_02_checks_an_existing_collection_without_changing_it(tmp_path):
     base = str(tmp_path / "base")
     client = chroma_target.open_client("embedded", base)

@@ -14,7 +14,6 @@ import pytest
 
 from runbook import (
     atomic,
-    cloud_emulator,
     embeddings,
     export_format,
     extract,
@@ -23,6 +22,7 @@ from runbook import (
     source,
     verify,
 )
+from runbook.rehearsal import cloud_emulator
 
 from .conftest import API_KEY, CACHE
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from runbook import cli, config, params, runner
+from runbook import cli, config, kernels, params, runner
 from runbook.paths import NOTEBOOKS_DIR, PARAMS_DIR, PROJECT_ROOT
 
 from .conftest import write_params
@@ -91,7 +91,7 @@ def test_shipped_params_files_and_the_notebooks_defaults_pass():
 
 def test_runner_refuses_a_wrong_type_before_anything_runs(tmp_path, outputs, capsys):
     before = _tree(PROJECT_DRY_RUN)
-    p = write_params(tmp_path, expected_chunks="three hundred", verify_sample=True, index_name=123)
+    p = write_params(tmp_path, expected_chunks="three hundred", load_batch_size=True, index_name=123)
     with pytest.raises(config.ParameterError) as e:
         runner.run(p)
     msg = str(e.value)
@@ -101,7 +101,9 @@ def test_runner_refuses_a_wrong_type_before_anything_runs(tmp_path, outputs, cap
         'the value given is "three hundred" (a string)' in msg
     )
     assert (
-        "verify_sample must be int" in msg and "01_extract, 03_migrate" in msg and "true (a boolean)" in msg
+        "load_batch_size must be int" in msg
+        and "00_preflight, 03_migrate" in msg
+        and "true (a boolean)" in msg
     )
     assert "index_name must be str" in msg and 'write index_name: "123"' in msg
     assert not outputs.exists() and not (tmp_path / "base").exists() and _tree(PROJECT_DRY_RUN) == before
@@ -153,7 +155,7 @@ def test_check_types_in_the_kernel_namespace_names_everything_and_hides_secrets(
 def test_plain_papermill_stops_in_the_first_cell_naming_the_parameter(tmp_path):
     """``papermill nb.ipynb out.ipynb -f runbook_params/defaults.yaml -f x.yaml``: the notebook stops right
     after the injected parameters, before the layout is created."""
-    runner.ensure_kernel()
+    kernels.ensure_kernel()
     base = tmp_path / "base"
     bad = tmp_path / "x.yaml"
     bad.write_text(
@@ -270,3 +272,24 @@ def test_a_number_below_its_least_value_is_refused_before_anything_runs(tmp_path
     with pytest.raises(config.ParameterError, match="latency_repetitions must be at least 1"):
         params.check_types(ns, "05_ab_compare")
     params.check_types({"__annotations__": {"latency_repetitions": int}, "latency_repetitions": 1})
+
+
+def test_params_command_writes_one_notebooks_parameters_and_stops_on_a_typo(tmp_path, capsys):
+    """``python -m runbook params <file> NN``: only what that notebook declares (papermill then warns about
+    nothing), the params file over the defaults, and a misspelt name refused with a suggestion."""
+    out = tmp_path / "03.yaml"
+    assert cli.main(["params", str(PARAMS_DIR / "demo.yaml"), "03", "-o", str(out)]) == 0
+    values = yaml.safe_load(out.read_text(encoding="utf-8"))
+    declared = config.notebook_parameters(NOTEBOOKS_DIR / "03_migrate.ipynb")
+    demo = config.load_params(PARAMS_DIR / "demo.yaml")
+    assert values and set(values) <= set(declared)
+    assert values == {k: v for k, v in demo.items() if k in declared}
+    assert "run_dir" not in values and "source_api_key_env" not in values  # 03 does not take it
+    assert cli.main(["params", str(PARAMS_DIR / "demo.yaml"), "05_ab_compare"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["gate_latency_margin"] == 9.0  # 05 takes it, 03 does not
+    assert "gate_latency_margin" not in values
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("base_path: data/x\ncolection_name: x\n", encoding="utf-8")
+    assert cli.main(["params", str(typo), "03"]) == 2
+    assert "colection_name (did you mean collection_name?)" in capsys.readouterr().err
+    assert cli.main(["params", str(PARAMS_DIR / "demo.yaml"), "42"]) == 2

@@ -149,3 +149,22 @@ def test_fusion_keeps_apart_two_documents_that_share_a_chunk_id():
     out = _same_chunk_same_node({("q", 0): dense, ("q", 1): sparse})
     assert [n.node.ref_doc_id for n in out[("q", 0)]] == ["docA", "docB"]
     assert out[("q", 1)][0].node is out[("q", 0)][1].node  # the same chunk of docB: one node
+
+
+def test_whether_a_cloud_preset_is_hybrid_or_reranked_and_how_it_reads():
+    """Phase 05 adds a dense-only cloud arm for these presets; phase 04's match-cloud follows the same rule."""
+    cases = [
+        (None, False, False, "unknown (the cloud was not asked)"),
+        ({}, False, False, "dense"),  # alpha null: dense only
+        ({"alpha": 1.0}, False, False, "dense"),
+        ({"alpha": 0.5}, True, True, "hybrid (alpha 0.5)"),
+        ({"alpha": 0.0}, True, True, "hybrid (alpha 0)"),
+        ({"alpha": 1.0, "enable_reranking": True, "rerank_top_n": 6}, False, True, "dense, reranked (top 6)"),
+    ]
+    for preset, fuses, dense_arm, text in cases:
+        assert retrieval_modes.preset_fuses_sparse(preset) is fuses, preset
+        assert retrieval_modes.preset_needs_dense_arm(preset) is dense_arm, preset
+        assert retrieval_modes.describe_preset(preset) == text
+        if preset is not None:
+            mode = retrieval_modes.choose("match-cloud", preset, "/sparse")
+            assert mode.mode == ("hybrid" if fuses else "dense"), preset

@@ -14,7 +14,6 @@ from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 
 from runbook import (
     chroma_target,
-    cloud_emulator,
     export_format,
     load,
     rag_switch,
@@ -23,7 +22,7 @@ from runbook import (
     update,
 )
 from runbook.paths import Layout
-from runbook.rehearsal import korean_demo
+from runbook.rehearsal import cloud_emulator, korean_demo
 from runbook.retrieval_modes import Mode
 from runbook.sparse_index import SparseIndex
 

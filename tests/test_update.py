@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import chromadb
 import nbformat
@@ -15,8 +16,6 @@ import pytest
 
 from runbook import (
     chroma_target,
-    cloud_emulator,
-    corpus,
     embeddings,
     export_format,
     extract,
@@ -28,6 +27,7 @@ from runbook import (
     update,
 )
 from runbook.paths import PACKAGE_DATA, PROJECT_ROOT, Layout
+from runbook.rehearsal import cloud_emulator, corpus
 
 from .conftest import API_KEY, CACHE, write_params
 
@@ -525,3 +525,106 @@ def test_restoring_the_snapshot_of_a_build_hands_back_what_was_verified_then(mig
     assert names(fresh_client(layout)) == {NAME}  # the chroma_db/ of before the build
     assert handoff.verified_collection(base_path=base)["collection"] == NAME  # 03's again, not a ghost
     assert any(p.name.startswith("chroma_db.replaced-") for p in layout.base.iterdir())
+
+
+# ---------------------------------------------------------------- page 07 executed as a notebook
+def run_07(tmp_path, base: str, **parameters) -> str:
+    """Phase 07's notebook for real on ``base`` with ``parameters``; its outputs as text."""
+    import papermill
+
+    from runbook import kernels
+    from runbook.paths import NOTEBOOKS_DIR
+
+    out = tmp_path / "07_update_vectors.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / "07_update_vectors.ipynb"),
+        str(out),
+        parameters={"base_path": base, "dry_run": False, "embedding_cache": str(CACHE), **parameters},
+        kernel_name=kernels.ensure_kernel(),
+        cwd=str(NOTEBOOKS_DIR),
+        progress_bar=False,
+    )
+    nb = json.loads(out.read_text(encoding="utf-8"))
+    return json.dumps([c.get("outputs", []) for c in nb["cells"]], ensure_ascii=False)
+
+
+def handoff_07(layout) -> dict:
+    return json.loads((layout.state / "handoff" / "07_update_vectors.json").read_text(encoding="utf-8"))
+
+
+def test_restore_snapshot_page_puts_the_collection_back_as_it_was(migrated, tmp_path):
+    m, layout = migrated, migrated["layout"]
+    base = record_migration(m)
+    ids_then = sorted(m["col"].get(include=[])["ids"])
+    snap = update.snapshot(layout, "page-test").name
+    m["col"].delete(ids=ids_then[:25])
+    assert m["col"].count() == len(ids_then) - 25
+    page = run_07(tmp_path, base, restore_snapshot=snap)
+    back = fresh_client(layout).get_collection(NAME)
+    assert sorted(back.get(include=[])["ids"]) == ids_then and back.count() == len(ids_then)
+    rec = handoff_07(layout)
+    assert rec["restored"]["restored"] == snap and not rec["changed"] and "collection" not in rec
+    aside = Path(rec["restored"]["previous chroma_db kept at"])
+    assert aside.is_dir() and aside.parent == layout.base  # the replaced chroma_db/ is kept, not deleted
+    assert f"Snapshot {snap} restored" in page and "Traceback" not in page
+
+
+def test_deletions_file_page_removes_that_document_and_keeps_the_others(migrated, tmp_path):
+    m, layout, client = migrated, migrated["layout"], migrated["client"]
+    base = record_migration(m)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / DOC).write_text(
+        "# 검진 결과 상담\nAfter the checkup, a nurse explains each abnormal result by phone within two weeks.\n",
+        encoding="utf-8",
+    )
+    (docs / "갑상선암_검진_안내.md").write_bytes((NEW_DOCS / "갑상선암_검진_안내.md").read_bytes())
+    first = update.run_update(base, dry_run=False, documents_folder=str(docs), embedding_cache=str(CACHE))
+    v1 = client.get_collection(first["collection"])
+    gone = v1.get(where={"ref_doc_id": NEW_DOC_ID}, include=[])["ids"]
+    kept = v1.get(where={"ref_doc_id": f"local:{DOC}"}, include=[])["ids"]
+    ids_v1 = set(v1.get(include=[])["ids"])
+    assert gone and kept
+    deletions = tmp_path / "deletions.txt"
+    deletions.write_text(NEW_DOC_ID + "\n", encoding="utf-8")
+    page = run_07(tmp_path, base, deletions_file=str(deletions))
+    rec = handoff_07(layout)
+    assert rec["built_from"] == first["collection"] != rec["collection"]
+    v2 = fresh_client(layout).get_collection(rec["collection"])
+    assert v2.get(where={"ref_doc_id": NEW_DOC_ID}, include=[])["ids"] == []
+    assert set(v2.get(include=[])["ids"]) == ids_v1 - set(gone)  # every other record stays
+    assert sorted(v2.get(where={"ref_doc_id": f"local:{DOC}"}, include=[])["ids"]) == sorted(kept)
+    assert rec["count"] == len(ids_v1) - len(gone) == v2.count()
+    assert rec["local"] == {"deleted": {"documents": 1, "chunks added": 0, "chunks removed": len(gone)}}
+    assert all(c["ok"] for c in rec["checks"])
+    assert fresh_client(layout).get_collection(first["collection"]).count() == len(ids_v1)  # untouched
+    assert NEW_DOC_ID in page and "Traceback" not in page
+
+
+def test_a_dry_run_before_phases_01_to_03_plans_without_opening_anything(tmp_path, capsys):
+    base = str(tmp_path / "base")
+    ctx = update.context(base, dry_run=True)
+    assert ctx.absent == ["01_extract", "02_init_chroma", "03_migrate"]
+    assert len([ln for ln in capsys.readouterr().out.splitlines() if "has not run" in ln]) == 3
+    plan = update.plan_update(ctx, documents_folder=str(NEW_DOCS))
+    assert [(r["document"], r["action"]) for r in plan.table()] == [(NEW_DOC_ID, "added")]
+    assert plan.target.endswith("__u<UTC time>") and any(
+        "snapshot" in s for s in plan.summary()["steps of a real run"]
+    )
+    assert ctx._client is None  # no Chroma was opened
+    applied = update.apply_update(ctx, plan)
+    rec = update.record_update(ctx, plan, applied, update.verify_update(ctx, plan, applied))
+    assert rec["dry_run"] and rec["next"] == "a real run needs 01_extract, 02_init_chroma, 03_migrate first"
+    assert not (tmp_path / "base").exists()
+    with pytest.raises(handoff.MissingHandoffError, match="01_extract"):  # a real run stops, naming it
+        update.context(base, dry_run=False)
+
+
+def test_a_deletion_of_an_id_no_file_indexed_is_said_not_ignored(tmp_path):
+    client = chromadb.EphemeralClient()
+    col = client.create_collection("deletions_probe", embedding_function=None)
+    col.add(ids=["c1"], embeddings=[[0.1, 0.2]], documents=["x"], metadatas=[{"ref_doc_id": "cloud-doc"}])
+    plan = update.plan_local(col, None, ["cloud-doc"], 1024, 200)
+    assert plan.rows == [{"document": "cloud-doc", "action": update.NOT_DELETED}]
+    up = update.UpdatePlan(start="deletions_probe", local=plan)
+    assert up.empty and up.summary()["documents to change"] == 0  # nothing is built for it

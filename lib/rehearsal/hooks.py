@@ -51,15 +51,25 @@ def ensure_local_server(
         raise RehearsalError(
             f"rehearsal mode: set {api_key_env} to any value; the local server accepts that key"
         )
-    handle = cloud_emulator.start_subprocess(
-        emulator_corpus, api_key_env, port, embed_cache, serve_embeddings=serve_embeddings
-    )
-    if query_latency_ms:
-        cloud_emulator.set_faults_remote(
-            handle.url, os.environ[api_key_env], latency_ms=query_latency_ms, path_pattern="/retrieve$"
-        )
+    handle = _start(emulator_corpus, api_key_env, "", port, embed_cache, serve_embeddings, query_latency_ms)
     atexit.register(handle.stop)
     return handle.url
+
+
+def _start(corpus, key_env, google_env, port, embed_cache, serve_embeddings, latency_ms):
+    handle = cloud_emulator.start_subprocess(
+        corpus=corpus,
+        api_key_env=key_env,
+        port=port,
+        embed_cache=embed_cache,
+        serve_embeddings=serve_embeddings,
+        google_key_env=google_env or "GOOGLE_API_KEY",
+    )
+    if latency_ms:
+        cloud_emulator.set_faults_remote(
+            handle.url, os.environ[key_env], latency_ms=float(latency_ms), path_pattern="/retrieve$"
+        )
+    return handle
 
 
 def start_local_server(params: dict):
@@ -72,21 +82,9 @@ def start_local_server(params: dict):
     for name in (key_env, google_env):  # the stand-ins accept whatever these hold; a fresh key otherwise
         if not os.environ.get(name):
             os.environ[name] = "emu-" + secrets.token_urlsafe(24)
-    handle = cloud_emulator.start_subprocess(
-        corpus=corpus,
-        api_key_env=key_env,
-        google_key_env=google_env,
-        embed_cache=str(resolve(params["embedding_cache"])) if params.get("embedding_cache") else "",
-        serve_embeddings=bool(params.get("emulator_serve_embeddings", False)),
-    )
-    if params.get("emulator_query_latency_ms"):
-        cloud_emulator.set_faults_remote(
-            handle.url,
-            os.environ[key_env],
-            latency_ms=float(params["emulator_query_latency_ms"]),
-            path_pattern="/retrieve$",
-        )
-    return handle
+    cache = str(resolve(params["embedding_cache"])) if params.get("embedding_cache") else ""
+    serve = bool(params.get("emulator_serve_embeddings", False))
+    return _start(corpus, key_env, google_env, 0, cache, serve, params.get("emulator_query_latency_ms"))
 
 
 def stop_reference_service(base_path: str) -> bool:

@@ -10,7 +10,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
-.PHONY: env demo test lint bench bench-hybrid mutants
+.PHONY: env demo test test-notebooks lint bench bench-hybrid mutants
 env: $(STAMP)
 
 demo: $(STAMP)  ## run the demo runbook end to end (offline, local LlamaCloud-compatible server)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 test: lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest -q
+
+test-notebooks: $(STAMP)  ## the notebook tiers: each notebook on its own defaults, then on its branches (~8 min)
+	$(BIN)/python -m pytest -q -m notebook_smoke
+	$(BIN)/python -m pytest -q -m notebook_branch
 
 bench: $(STAMP)  ## the benchmarks (prints figures; see BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_extract.py

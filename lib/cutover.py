@@ -792,11 +792,11 @@ def _go_check(p: Plan, approval: str, auto_approve: bool, dry_run: bool, base_pa
         p.check("a human go for this cutover", True, "dry run: none needed")
         return
     if approval.startswith("--approve "):
-        from . import config, runner
+        from . import approvals, config
 
         run_id = approval.split()[1]
         try:
-            runner.check_approval(run_id, {"base_path": base_path})
+            approvals.check_approval(run_id, {"base_path": base_path})
             p.check("a human go for this cutover", True, approval)
         except config.ParameterError as e:
             p.check("a human go for this cutover", False, str(e))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,37 @@ def write_params(tmp_path: Path, **overrides) -> Path:
     p = tmp_path / "test-params.yaml"
     p.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     return p
+
+
+@dataclass
+class Executed:
+    """A notebook executed by :func:`run_notebook`: the notebook's JSON and its outputs as one text."""
+
+    nb: dict
+    text: str
+
+
+def run_notebook(stem: str, out_dir: Path, **parameters) -> Executed:
+    """Execute the project notebook ``stem`` (``NN_name``) as plain papermill does, with the runbook kernel
+    and the notebooks folder as its working directory; the executed copy goes to ``out_dir``."""
+    import json
+
+    import papermill
+
+    from runbook import kernels
+    from runbook.paths import NOTEBOOKS_DIR
+
+    out = Path(out_dir) / f"{stem}.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / f"{stem}.ipynb"),
+        str(out),
+        parameters=parameters,
+        kernel_name=kernels.ensure_kernel(),
+        cwd=str(NOTEBOOKS_DIR),
+        progress_bar=False,
+    )
+    nb = json.loads(out.read_text(encoding="utf-8"))
+    return Executed(nb, json.dumps([c.get("outputs", []) for c in nb["cells"]], ensure_ascii=False))
 
 
 os.environ.setdefault("RUNBOOK_HEADLESS", "1")

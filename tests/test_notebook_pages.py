@@ -9,11 +9,11 @@ import json
 import os
 import re
 
-import papermill
 import pytest
 
-from runbook import kernels
 from runbook.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+
+from .conftest import run_notebook
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 MAX_LINES = 12
@@ -74,19 +74,10 @@ def test_own_defaults_run_as_a_dry_run_that_reaches_and_writes_nothing(path, tmp
             monkeypatch.delenv(name)
     watched = [PROJECT_ROOT / "data" / "dry-run", NOTEBOOKS_DIR]
     before = [_snapshot(w) for w in watched]
-    out = tmp_path / path.name
-    papermill.execute_notebook(
-        str(path),
-        str(out),
-        kernel_name=kernels.ensure_kernel(),
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
-    )
-    nb = json.loads(out.read_text(encoding="utf-8"))
-    first = next(c for c in nb["cells"] if c["cell_type"] == "code" and c.get("outputs"))
+    page = run_notebook(path.stem, tmp_path)  # no parameters at all
+    first = next(c for c in page.nb["cells"] if c["cell_type"] == "code" and c.get("outputs"))
     assert "DRY RUN" in json.dumps(first["outputs"], ensure_ascii=False), "no DRY RUN banner at the top"
-    text = json.dumps([c.get("outputs", []) for c in nb["cells"]], ensure_ascii=False)
-    assert "Traceback" not in text
+    assert "Traceback" not in page.text
     after = [_snapshot(w) for w in watched]
     assert [sorted(map(str, a - b)) for a, b in zip(after, before, strict=True)] == [[], []], (
         "a default dry run wrote files"

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 
-import papermill
 import pytest
 
-from runbook import credentials, display, extract, handoff, kernels, preflight, reembed, source, verify
-from runbook.paths import NOTEBOOKS_DIR, Layout
+from runbook import credentials, display, extract, handoff, preflight, reembed, source, verify
+from runbook.paths import Layout
 
-from .conftest import CACHE
+from .conftest import CACHE, run_notebook
 
 NO_KEY = "H1_TEST_UNSET_KEY"
 
@@ -248,6 +247,7 @@ def test_the_real_steps_export_embed_verify_and_hand_on(src, server, tmp_path):
 # --------------------------------------------------------------- phase 01 as a notebook, in a dry run
 
 
+@pytest.mark.notebook_branch
 def test_01_as_a_notebook_in_a_dry_run_records_what_it_would_export(server, key_env, tmp_path):
     """01_extract executed on its own (papermill) with the params of a rehearsal dry run against the local
     server: its dry-run record holds the counts the source gives and a planned export under the base path;
@@ -264,15 +264,7 @@ def test_01_as_a_notebook_in_a_dry_run_records_what_it_would_export(server, key_
         "index_name": "Dr.Welno",
         "embedding_cache": str(CACHE),
     }
-    out = tmp_path / "01_extract.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / "01_extract.ipynb"),
-        str(out),
-        parameters=params,
-        kernel_name=kernels.ensure_kernel(),
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
-    )
+    page = run_notebook("01_extract", tmp_path, **params)
     rec = json.loads((run_dir / "handoff" / "01_extract.json").read_text(encoding="utf-8"))
     corpus = server.corpus
     docs, total = corpus.documents_page(0, 20)  # phase 01 estimates chunks from one listing page of 20
@@ -289,7 +281,7 @@ def test_01_as_a_notebook_in_a_dry_run_records_what_it_would_export(server, key_
     assert rec["manifest_sha256"] == preflight.PLANNED_MANIFEST_SHA256
     assert not base.exists(), "a dry run wrote under the base path"
     assert {method for method, _ in server.requests} == {"GET"}
-    text = json.dumps(json.loads(out.read_text(encoding="utf-8"))["cells"], ensure_ascii=False)
+    text = page.text
     assert "DRY RUN" in text and "Traceback" not in text
     assert "not run (dry run): nothing was exported" in text  # re-embedding and verification said so
     assert os.environ[key_env]  # the key the notebook used came from the environment, not the params

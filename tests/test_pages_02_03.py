@@ -4,15 +4,13 @@ notebooks executed against a real ``chroma run`` server (chroma_mode http) on a 
 
 from __future__ import annotations
 
-import json
-
-import papermill
 import pytest
 
-from runbook import chroma_target, export_format, handoff, kernels, load, preflight, records
-from runbook.paths import NOTEBOOKS_DIR, Layout
+from runbook import chroma_target, export_format, handoff, load, preflight, records
+from runbook.paths import Layout
 from runbook.rehearsal import cloud_emulator
 
+from .conftest import run_notebook
 from .test_load import start_chroma
 
 
@@ -126,18 +124,10 @@ def test_the_steps_of_pages_02_and_03_create_load_verify_and_record(tmp_path, de
 
 
 def run_page(stem: str, out_dir, **params) -> dict:
-    out = out_dir / f"{stem}.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / f"{stem}.ipynb"),
-        str(out),
-        parameters=params,
-        kernel_name=kernels.ensure_kernel(),
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
-    )
-    return json.loads(out.read_text(encoding="utf-8"))
+    return run_notebook(stem, out_dir, **params).nb
 
 
+@pytest.mark.notebook_branch
 def test_pages_02_and_03_in_http_mode_load_a_chroma_server(tmp_path, demo_export):
     base = str(tmp_path / "base")
     layout = Layout.from_params(base)

@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 
-import papermill
 import pytest
 
-from runbook import compare, credentials, handoff, kernels, rag_arms, retrieval_modes
-from runbook.paths import NOTEBOOKS_DIR
+from runbook import compare, credentials, handoff, rag_arms, retrieval_modes
 from runbook.rehearsal import korean_demo
 
-from .conftest import API_KEY
+from .conftest import API_KEY, run_notebook
 from .test_retrieval_parity import _local, ko_export, ko_master, ko_server  # noqa: F401 (fixtures)
 
 ABSENT01 = {"phase": "01_extract", "dry_run": True, "absent": True}
@@ -112,17 +110,7 @@ def test_phase_05_plan_and_outcome():
     assert worse["passed"] is False and worse["modes_meeting_label_gates"] == []
 
 
-def _run(name: str, out_dir, params: dict):
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / name),
-        str(out_dir / name),
-        parameters=params,
-        kernel_name=kernels.ensure_kernel(),
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
-    )
-
-
+@pytest.mark.notebook_branch
 def test_04_and_05_as_notebooks_on_a_hybrid_reranked_cloud_preset(
     tmp_path,
     ko_export,  # noqa: F811
@@ -169,25 +157,23 @@ def test_04_and_05_as_notebooks_on_a_hybrid_reranked_cloud_preset(
         "source_base_url": ko_server.url,
         "index_name": "Dr.Welno",
     }
-    _run("04_rag_service.ipynb", tmp_path, {**common, "local_hybrid_alpha": 0.3, "parity_sample": 10})
+    run_notebook("04_rag_service", tmp_path, **common, local_hybrid_alpha=0.3, parity_sample=10)
     h04 = handoff.read("04_rag_service", base_path=str(base))
     assert h04["retrieval_mode"] == "local hybrid (alpha 0.3)" and h04["collection"] == col.name
     assert h04["entries"]["LOCAL_SPARSE_INDEX_PATH"] == built["path"]
     assert (base / "state" / "rag" / "config.env").stat().st_mode & 0o777 == 0o600
     assert h04["parity"]["min cosine"] >= 0.999
 
-    _run(
-        "05_ab_compare.ipynb",
+    run_notebook(
+        "05_ab_compare",
         tmp_path,
-        {
-            **common,
-            "questions_file": str(questions),
-            "latency_repetitions": 1,
-            "gate_local_p95_below_cloud": False,
-            "gate_min_recall": 0.0,
-            "gate_label_tolerance": 1.0,
-            "alpha_sweep": [],
-        },
+        **common,
+        questions_file=str(questions),
+        latency_repetitions=1,
+        gate_local_p95_below_cloud=False,
+        gate_min_recall=0.0,
+        gate_label_tolerance=1.0,
+        alpha_sweep=[],
     )
     rec = handoff.read("05_ab_compare", base_path=str(base))
     assert rec["cloud_preset"]["alpha"] == 0.5 and rec["cloud_preset"]["enable_reranking"] is True

@@ -10,13 +10,12 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-from pathlib import Path
 
-import papermill
 import pytest
 
-from runbook import cutover, kernels
-from runbook.paths import NOTEBOOKS_DIR
+from runbook import cutover
+
+from .conftest import run_notebook
 
 CLOUD_CONFIG = (
     "# Welno backend settings\n"
@@ -78,29 +77,16 @@ def switched_backend(tmp_path):
         srv.server_close()
 
 
-def run_page(name: str, out: Path, **parameters) -> str:
-    """Execute a notebook of the project with ``parameters``; its outputs as text."""
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / name),
-        str(out),
-        parameters=parameters,
-        kernel_name=kernels.ensure_kernel(),
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
-    )
-    nb = json.loads(out.read_text(encoding="utf-8"))
-    return json.dumps([c.get("outputs", []) for c in nb["cells"]], ensure_ascii=False)
-
-
+@pytest.mark.notebook_branch
 def test_06_rollback_page_puts_the_backup_back_byte_for_byte(switched_backend, tmp_path):
     b = switched_backend
     before_cutover = b["backup"].read_bytes()
     switched = b["cfg"].read_bytes()
     marker = tmp_path / "restarted"
     base, run_dir = tmp_path / "base", tmp_path / "run"
-    page = run_page(
-        "06_cutover.ipynb",
-        tmp_path / "06.ipynb",
+    page = run_notebook(
+        "06_cutover",
+        tmp_path,
         base_path=str(base),
         run_dir=str(run_dir),
         dry_run=False,
@@ -111,7 +97,7 @@ def test_06_rollback_page_puts_the_backup_back_byte_for_byte(switched_backend, t
         query_url=b["query"],
         smoke_questions=["What should I eat before a colonoscopy?"],
         health_timeout_s=20.0,
-    )
+    ).text
     # config.env is the file as it was before the cutover, byte for byte; that backup is kept as it was
     assert b["cfg"].read_bytes() == before_cutover
     assert b["backup"].read_bytes() == before_cutover

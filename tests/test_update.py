@@ -29,7 +29,7 @@ from runbook import (
 from runbook.paths import PACKAGE_DATA, PROJECT_ROOT, Layout
 from runbook.rehearsal import cloud_emulator, corpus
 
-from .conftest import API_KEY, CACHE, write_params
+from .conftest import API_KEY, CACHE, run_notebook, write_params
 
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
 DOC = "건강검진_결과_상담.md"
@@ -530,28 +530,15 @@ def test_restoring_the_snapshot_of_a_build_hands_back_what_was_verified_then(mig
 # ---------------------------------------------------------------- page 07 executed as a notebook
 def run_07(tmp_path, base: str, **parameters) -> str:
     """Phase 07's notebook for real on ``base`` with ``parameters``; its outputs as text."""
-    import papermill
-
-    from runbook import kernels
-    from runbook.paths import NOTEBOOKS_DIR
-
-    out = tmp_path / "07_update_vectors.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / "07_update_vectors.ipynb"),
-        str(out),
-        parameters={"base_path": base, "dry_run": False, "embedding_cache": str(CACHE), **parameters},
-        kernel_name=kernels.ensure_kernel(),
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
-    )
-    nb = json.loads(out.read_text(encoding="utf-8"))
-    return json.dumps([c.get("outputs", []) for c in nb["cells"]], ensure_ascii=False)
+    params = {"base_path": base, "dry_run": False, "embedding_cache": str(CACHE), **parameters}
+    return run_notebook("07_update_vectors", tmp_path, **params).text
 
 
 def handoff_07(layout) -> dict:
     return json.loads((layout.state / "handoff" / "07_update_vectors.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.notebook_branch
 def test_restore_snapshot_page_puts_the_collection_back_as_it_was(migrated, tmp_path):
     m, layout = migrated, migrated["layout"]
     base = record_migration(m)
@@ -569,6 +556,7 @@ def test_restore_snapshot_page_puts_the_collection_back_as_it_was(migrated, tmp_
     assert f"Snapshot {snap} restored" in page and "Traceback" not in page
 
 
+@pytest.mark.notebook_branch
 def test_deletions_file_page_removes_that_document_and_keeps_the_others(migrated, tmp_path):
     m, layout, client = migrated, migrated["layout"], migrated["client"]
     base = record_migration(m)

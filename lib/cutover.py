@@ -147,8 +147,8 @@ class Expect:
 def describe_failure(e: BaseException) -> str:
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (SIGINT / Ctrl-C)"
-    if isinstance(e, Terminated):
-        return "terminated (SIGTERM)"
+    if isinstance(e, Terminated):  # a SIGTERM, or the runner's stop file (which names its signal)
+        return "terminated (SIGTERM)" if str(e) == "SIGTERM" else str(e)
     if isinstance(e, CutoverFailed):
         return str(e)
     return credentials.scrub(f"{type(e).__name__}: {e}")
@@ -458,21 +458,26 @@ class Cutover:
         return f"{restored}; health and smoke queries show {back.describe()} again"
 
 
-def end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the process group ``proc`` leads, then SIGKILL what is left after ``grace_s``."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+def end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:  # pragma: no mutate
+    """SIGTERM the process group ``proc`` leads, then SIGKILL what is left after ``grace_s``.
+
+    The lines marked ``no mutate`` hold only timings (the default grace, the wait after SIGKILL, the poll
+    interval, ``<`` against ``<=`` on a clock) and the last reap of a process SIGKILL has already ended:
+    mutation testing leaves them alone, since no test can tell their variants apart without asserting
+    wall-clock times (which the suite never does) or a process that survives SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):  # pragma: no mutate
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
         deadline = time.time() + wait
-        while time.time() < deadline and group_alive(proc.pid):
+        while time.time() < deadline and group_alive(proc.pid):  # pragma: no mutate
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.1)
+                proc.wait(timeout=0.1)  # pragma: no mutate
         if not group_alive(proc.pid):
-            break
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=1)
+            break  # pragma: no mutate
+    with contextlib.suppress(subprocess.TimeoutExpired):  # pragma: no mutate
+        proc.wait(timeout=1)  # pragma: no mutate
 
 
 def group_alive(pgid: int) -> bool:

@@ -3,12 +3,16 @@ restarts the real one. Real processes throughout: the backend (FastAPI, switch f
 the local LlamaCloud-compatible server, Chroma on disk. Every failure must end with the backend's
 config.env byte-identical to before and the backend back on the cloud arm."""
 
+import contextlib
 import copy
+import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -203,8 +207,8 @@ def test_restart_exits_0_but_the_backend_is_dead(stand_in):
     r.faults.write_text(json.dumps({"crash_on_start": {"when": "local"}}))
     before = r.cfg.read_bytes()
     with pytest.raises(cutover.CutoverFailed) as err:
-        make(r, health_timeout_s=45).switch(changes(r), EXPECT, BACK)
-    assert_rolled_back(r, before, err, "health did not show the local arm", "no answer", "within 45 s")
+        make(r, health_timeout_s=20).switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, "health did not show the local arm", "no answer", "within 20 s")
 
 
 @pytest.mark.parametrize(
@@ -219,9 +223,9 @@ def test_health_200_with_the_wrong_arm_collection_or_count(stand_in, lie, named)
     r = stand_in
     r.faults.write_text(json.dumps({"health_lie": {"when": "local", **lie}}))
     before = r.cfg.read_bytes()
-    with pytest.raises(cutover.CutoverFailed) as err:
-        make(r).switch(changes(r), EXPECT, BACK)
-    assert_rolled_back(r, before, err, named)
+    with pytest.raises(cutover.CutoverFailed) as err:  # the lie never ends: a short settle is enough
+        make(r, settle_s=3.0).switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, named, "held for 3 s")
 
 
 def test_health_answers_plain_text(stand_in):
@@ -229,8 +233,8 @@ def test_health_answers_plain_text(stand_in):
     r.faults.write_text(json.dumps({"health_plain_text": {"when": "local"}}))
     before = r.cfg.read_bytes()
     with pytest.raises(cutover.CutoverFailed) as err:
-        make(r).switch(changes(r), EXPECT, BACK)
-    assert_rolled_back(r, before, err, "non-JSON", "'OK'")
+        make(r, settle_s=3.0).switch(changes(r), EXPECT, BACK)
+    assert_rolled_back(r, before, err, "non-JSON", "'OK'", "held for 3 s")
 
 
 def test_restart_hangs_past_its_timeout(stand_in):
@@ -351,6 +355,124 @@ def test_restore_that_writes_the_backup_says_byte_identical(tmp_path):
     step = next(s for s in co.steps if s["step"] == "restore config.env from backup")
     assert step["ok"] is True and step["detail"] == "byte-identical to the backup"
     assert msg.startswith("config.env restored byte-identical, BUT the service is not back")
+
+
+def test_restore_whose_restart_fails_says_so_and_still_probes_health(tmp_path):
+    """A restart that fails after the backup went back is a failed step with its cause, and the service is
+    looked at anyway: the message says the file is right and the service is not back."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=true\n")
+    co = cutover.Cutover(
+        cfg,
+        "sh -c 'echo cannot bind >&2; exit 3'",
+        "http://127.0.0.1:9/health",
+        health_timeout_s=0.5,
+        restore_timeout_s=0.5,
+    )
+    msg = co.restore(b"USE_LOCAL_VECTOR_DB=false\n", BACK)
+    step = next(s for s in co.steps if s["step"] == "restart after restore")
+    assert step["ok"] is False
+    assert step["detail"] == "restart command exited 3: cannot bind\n; probing health"
+    assert [s["step"] for s in co.steps] == [
+        "restore config.env from backup",
+        "restart after restore",
+        "service after restore",
+    ]
+    assert msg.startswith("config.env restored byte-identical, BUT the service is not back on the cloud arm")
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """A health endpoint: 503 (still starting) until ``up_at``, then 200 with ``body``."""
+
+    up_at = 0.0
+    body: dict = {"status": "ok", "arm": "cloud"}
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        up = time.monotonic() >= self.up_at
+        data = json.dumps(self.body if up else {"status": "starting"}).encode()
+        self.send_response(200 if up else 503)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802 - a query: one record, from the arm health reports
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        data = json.dumps({"arm": self.body.get("arm"), "results": [{"id": "c-1", "text": "위염"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+@contextlib.contextmanager
+def health_server(body: dict | None = None, up_in_s: float = 0.0):
+    """A real HTTP health endpoint (GET) and query endpoint (POST) on a free loopback port; yields the
+    health URL (the query URL is the same address)."""
+    attrs = {"up_at": time.monotonic() + up_in_s, **({"body": body} if body else {})}
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Health,), attrs))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/health"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_restore_waits_for_the_service_with_the_longer_restore_timeout(tmp_path):
+    """A service that takes longer than ``health_timeout_s`` to come back after a restore is still waited
+    for, up to ``restore_timeout_s``: the restore does not say "not back" while it is coming up."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=true\n")
+    with health_server(up_in_s=2.0) as url:
+        co = cutover.Cutover(cfg, "true", url, health_timeout_s=0.5, restore_timeout_s=120)
+        msg = co.restore(b"USE_LOCAL_VECTOR_DB=false\n", BACK)
+    assert "BUT" not in msg and "the service answers again" in msg, msg
+    assert [s["step"] for s in co.steps][-1] == "health"
+
+
+def test_a_rollback_switch_puts_the_backup_back_byte_for_byte_and_keeps_it(tmp_path):
+    """``replace_with`` (phase 06's rollback): the bytes given are written as they are, ``config.env.backup``
+    is left as it was, the current file gets a time-stamped copy, and the steps say so."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=true\nLOCAL_VECTOR_DB_COLLECTION=c\n")
+    backup = cfg.with_name("config.env.backup")
+    backup.write_bytes(b"# \xea\xb0\x80\r\nUSE_LOCAL_VECTOR_DB=false\r\n")
+    with health_server({"status": "ok", "arm": "cloud"}) as url:
+        co = cutover.Cutover(cfg, "true", url, url, ["위염이란?"], health_timeout_s=30)
+        steps = co.switch({}, BACK, EXPECT, replace_with=backup.read_bytes())
+    assert cfg.read_bytes() == backup.read_bytes() == b"# \xea\xb0\x80\r\nUSE_LOCAL_VECTOR_DB=false\r\n"
+    stamped = [p for p in tmp_path.iterdir() if p.name.startswith("config.env.backup.")]
+    assert [p.read_text() for p in stamped] == ["USE_LOCAL_VECTOR_DB=true\nLOCAL_VECTOR_DB_COLLECTION=c\n"]
+    assert steps is co.steps and [(s["step"], s["ok"]) for s in steps] == [
+        ("backup", True),
+        ("write config.env atomically", True),
+        ("restart", True),
+        ("health", True),
+        ("smoke queries", True),
+    ]
+    assert steps[1]["detail"] == f"{backup} (taken before the cutover) put back byte for byte"
+
+
+def test_a_failed_switch_restores_the_file_it_replaced_and_proves_the_old_arm(tmp_path):
+    """Health keeps showing the cloud arm after a switch to local: the switch fails, names the cause,
+    restores the original bytes and proves the cloud arm is back."""
+    cfg = tmp_path / "config.env"
+    original = b"USE_LOCAL_VECTOR_DB=false  # \xeb\xa1\x9c\xec\xbb\xac\n"
+    cfg.write_bytes(original)
+    with health_server({"status": "ok", "arm": "cloud"}) as url:
+        co = cutover.Cutover(cfg, "true", url, health_timeout_s=30, settle_s=0.5)
+        with pytest.raises(cutover.CutoverFailed) as err:
+            co.switch({"USE_LOCAL_VECTOR_DB": "true"}, EXPECT, BACK)
+    msg = str(err.value)
+    assert msg.startswith(f"switch to {EXPECT.describe()} failed: health did not show the local arm"), msg
+    assert "Automatic rollback: config.env restored byte-identical; the service answers again" in msg
+    assert cfg.read_bytes() == original and co.backup_path.read_bytes() == original
+    switch = next(s for s in co.steps if s["step"] == "switch")
+    assert switch["ok"] is False and switch["detail"].startswith("health did not show the local arm")
+    assert [s["step"] for s in co.steps][-3:] == ["restore config.env from backup", "restart", "health"]
 
 
 CRASH = """
@@ -546,9 +668,41 @@ def test_the_write_keeps_line_endings_and_writes_through_a_symlink(tmp_path):
     os.chmod(real, 0o640)
     link = tmp_path / "config.env"
     link.symlink_to(real)
-    cutover.Cutover(link, "true", "").write({"USE_LOCAL_VECTOR_DB": "true"})
+    co = cutover.Cutover(link, "true", "")
+    co.write({"USE_LOCAL_VECTOR_DB": "true", "LOCAL_VECTOR_DB_COLLECTION": "의학_지식"})
     assert link.is_symlink() and real.stat().st_mode & 0o777 == 0o640
-    assert real.read_bytes() == b"# settings\r\nUSE_LOCAL_VECTOR_DB=true\r\nOTHER=1\r\n"
+    assert real.read_bytes() == (
+        "# settings\r\nUSE_LOCAL_VECTOR_DB=true\r\nOTHER=1\r\nLOCAL_VECTOR_DB_COLLECTION=의학_지식\r\n".encode()
+    )
+    assert {k: co.steps[-1][k] for k in ("step", "ok", "detail")} == {
+        "step": "write config.env atomically",
+        "ok": True,
+        "detail": "USE_LOCAL_VECTOR_DB=true, LOCAL_VECTOR_DB_COLLECTION=의학_지식",
+    }
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_the_write_keeps_the_files_owner_and_group(tmp_path):
+    """A backend that runs as another user must still read its config.env after the switch."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    os.chown(cfg, 4321, 8765)
+    cutover.Cutover(cfg, "true", "").write({"USE_LOCAL_VECTOR_DB": "true"})
+    st = cfg.stat()
+    assert (st.st_uid, st.st_gid) == (4321, 8765) and cfg.read_text() == "USE_LOCAL_VECTOR_DB=true\n"
+
+
+def test_the_write_goes_ahead_when_the_owner_cannot_be_kept(tmp_path, monkeypatch):
+    """Not root and the file belongs to another user: the new file is the runbook user's, and is written."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+
+    def refused(*a):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chown", refused)
+    cutover.Cutover(cfg, "true", "").write({"USE_LOCAL_VECTOR_DB": "true"})
+    assert cfg.read_text() == "USE_LOCAL_VECTOR_DB=true\n"
 
 
 @pytest.mark.parametrize(
@@ -592,7 +746,9 @@ def test_the_backup_is_kept_twice_private_and_byte_for_byte(tmp_path):
     assert co.backup_path.read_bytes() == cfg.read_bytes() and len(stamped) == 1
     assert stamped[0].read_bytes() == cfg.read_bytes()
     assert co.backup_path.stat().st_mode & 0o777 == 0o600 and stamped[0].stat().st_mode & 0o777 == 0o600
+    assert re.fullmatch(r"config\.env\.backup\.\d{8}T\d{6}Z", stamped[0].name), stamped[0].name
     assert co.steps[-1]["step"] == "backup" and co.steps[-1]["ok"] is True
+    assert co.steps[-1]["detail"] == f"{cfg} -> {co.backup_path} (0600)"
 
 
 TRAPS_TERM = """
@@ -737,6 +893,8 @@ def test_a_switch_that_puts_bytes_back_keeps_the_backup_it_restores(tmp_path):
     assert backup.read_text() == "USE_LOCAL_VECTOR_DB=false\n"  # not overwritten by the file it replaces
     stamped = [p for p in tmp_path.iterdir() if p.name.startswith("config.env.backup.")]
     assert [p.read_bytes() for p in stamped] == [original]
+    assert stamped[0].stat().st_mode & 0o777 == 0o600
+    assert co.steps[-1]["detail"] == f"{cfg} -> {stamped[0]} (0600); {backup} kept: it is what goes back"
 
 
 def test_a_dry_run_before_the_earlier_phases_plans_with_placeholders(tmp_path, capsys):
@@ -757,3 +915,129 @@ def test_a_dry_run_before_the_earlier_phases_plans_with_placeholders(tmp_path, c
     real = cutover.plan_switch(cutover.Run(base, dry_run=False), svc, 80.0, "CUTOVER_TEST_KEY")
     row = {r["check"]: r for r in real.rows}["hand-offs of 01-04"]  # a real run still refuses, naming it
     assert not row["ok"] and "run phase 01_extract first" in row["detail"] and not real.ok
+
+
+def test_sigterm_during_a_switch_raises_terminated_and_the_old_handler_comes_back():
+    """Inside ``signals_as_exceptions`` SIGTERM is an exception the switch turns into a rollback; outside it
+    the handler that was there before is in force again."""
+    seen = []
+    before = signal.signal(signal.SIGTERM, lambda n, f: seen.append(n))
+    try:
+        with pytest.raises(cutover.Terminated, match="^SIGTERM$"):
+            with cutover.signals_as_exceptions():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the signal arrives before this ends
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_restore_holds_off_sigint_and_sigterm_until_it_is_done():
+    """Inside ``signals_deferred`` neither signal interrupts: both are noted, in order; afterwards the
+    handlers that were there before are in force again."""
+    seen = []
+    before = {s: signal.signal(s, lambda n, f: seen.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with cutover.signals_deferred() as got:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while len(got) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert got == [signal.SIGINT, signal.SIGTERM] and seen == []
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGINT, signal.SIGTERM]
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def test_signal_handling_is_left_alone_outside_the_main_thread():
+    """Python sets handlers only in the main thread: elsewhere both guards are no-ops instead of errors."""
+    errors = []
+
+    def worker():
+        try:
+            with cutover.signals_as_exceptions():
+                pass
+            with cutover.signals_deferred() as got:
+                assert got is None
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert errors == []
+
+
+def test_restart_runs_the_command_and_names_what_went_wrong(tmp_path):
+    """The restart command's outcome, each way: exit 0 is a step; no command, a missing program and a
+    non-zero exit stop the switch naming the cause (the last 300 characters of its output)."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    co = cutover.Cutover(cfg, "true", "http://127.0.0.1:9/health")
+    co.restart()
+    assert co.steps[-1]["step"] == "restart" and co.steps[-1]["ok"] is True
+    assert co.steps[-1]["detail"] == "true (exit 0)" and len(co.restart_groups) == 1
+    for command, message in [
+        ("", "restart command could not run: restart_command is empty"),
+        ("/nonexistent/restart-it", "restart command could not run: [Errno 2] No such file or directory"),
+        (
+            f"{sys.executable} -c \"print('x' * 400 + 'TAIL'); raise SystemExit(7)\"",
+            "restart command exited 7: ",
+        ),
+    ]:
+        with pytest.raises(cutover.CutoverFailed) as err:
+            cutover.Cutover(cfg, command, "http://127.0.0.1:9/health").restart()
+        assert str(err.value).startswith(message), str(err.value)
+    assert str(err.value) == "restart command exited 7: " + ("x" * 400 + "TAIL\n")[-300:]
+
+
+def test_a_stop_request_after_the_write_rolls_the_switch_back(tmp_path):
+    """The runner's stop file, dropped while the restart runs, is honoured before the next step: the
+    switch restores the backup instead of waiting for health, and says why."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    stop = tmp_path / "STOP"
+    co = cutover.Cutover(
+        cfg,
+        f"sh -c 'echo SIGTERM > {stop}'",
+        "http://127.0.0.1:9/health",
+        stop_file=stop,
+        health_timeout_s=0.5,
+        restore_timeout_s=0.5,
+    )
+    with pytest.raises(cutover.CutoverFailed) as err:
+        co.switch({"USE_LOCAL_VECTOR_DB": "true"}, EXPECT, BACK)
+    msg = str(err.value)
+    assert msg.startswith("switch to the local arm") and "stop requested by the runner (SIGTERM)" in msg, msg
+    assert "Automatic rollback: config.env restored byte-identical" in msg
+    assert cfg.read_text() == "USE_LOCAL_VECTOR_DB=false\n"
+    assert [s["step"] for s in co.steps][:4] == ["backup", "write config.env atomically", "restart", "switch"]
+    assert not any(s["step"] == "health" for s in co.steps)
+
+
+def test_an_interrupted_restart_ends_the_commands_process_group(tmp_path):
+    """Ctrl-C while the restart command runs: its whole process group is ended before the interrupt goes
+    on to the switch (which then rolls back)."""
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    started = tmp_path / "started"
+    co = cutover.Cutover(cfg, f"sh -c 'touch {started}; sleep 60 & sleep 60'", "http://127.0.0.1:9/health")
+
+    def interrupt_once_started():
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        co.restart()
+    assert len(co.restart_groups) == 1 and not cutover.group_alive(co.restart_groups[0])

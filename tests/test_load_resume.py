@@ -1,0 +1,203 @@
+"""The loader's checkpoint, in process: what it records after each batch, how a stopped load resumes (with
+another batch size, so a resume starts inside a shard), and what a batch Chroma refuses leaves behind.
+A small synthetic export (300 chunks of 16-d vectors in 5 shards of 60) keeps each test to seconds."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from runbook import atomic, chroma_target, disk, export_format, extract, load, records, source
+from runbook.rehearsal import cloud_emulator, corpus
+
+N, SHARD = 300, 60
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    syn = corpus.SyntheticCorpus(N, 16, chunks_per_doc=10)
+    os.environ["RESUME_EXPORT_KEY"] = "resume-export-key-123"
+    with cloud_emulator.EmulatorServer(syn, "resume-export-key-123", serve_embeddings=True) as srv:
+        return extract.export_index(
+            source.open_source(srv.url, "RESUME_EXPORT_KEY"),
+            tmp_path_factory.mktemp("resume"),
+            index_name=syn.pipeline["name"],
+            shard_rows=SHARD,
+            progress=False,
+        ).path
+
+
+def collection(path, export_dir, name="resume"):
+    client = chroma_target.open_client("embedded", str(path))
+    prov = chroma_target.provenance(export_format.open_export(export_dir), "hash")
+    col, _ = chroma_target.create_or_verify(client, name, chroma_target.HnswSettings(), prov)
+    return client, col
+
+
+def snapshot(col) -> dict:
+    got = col.get(include=["documents", "metadatas", "embeddings"])
+    return {
+        i: (d, m, np.asarray(e, dtype=np.float32).tobytes())
+        for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
+    }
+
+
+def export_ids(export_dir) -> list[str]:
+    exp = export_format.open_export(export_dir)
+    return [i for b in exp.iter_chunk_batches(columns=["chunk_id"]) for i in b.column(0).to_pylist()]
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_before(call: int):
+    """A ``before_batch`` guard that stops the load before its ``call``-th ``add`` (as the disk guard does)."""
+    calls = []
+
+    def guard(n):
+        calls.append(n)
+        if len(calls) == call:
+            raise Stop(f"stopped before add #{call}")
+
+    guard.calls = calls
+    return guard
+
+
+@pytest.fixture(scope="module")
+def reference(export_dir, tmp_path_factory):
+    """One uninterrupted load: every record as Chroma holds it, and the tally."""
+    client, col = collection(tmp_path_factory.mktemp("ref"), export_dir)
+    res = load.load_export(
+        client, col, export_dir, tmp_path_factory.mktemp("refcp") / "cp.json", progress=False
+    )
+    return snapshot(col), res.tally.state()
+
+
+def test_a_stopped_load_checkpoints_each_whole_batch_and_resumes_inside_a_shard(
+    export_dir, reference, tmp_path
+):
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    guard = stop_before(5)  # batches of 25 in shards of 60: 25, 25, 10 | 25, [stop]
+    with pytest.raises(Stop):
+        load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False, before_batch=guard)
+    assert guard.calls == [25, 25, 10, 25, 25]
+    cp = atomic.read_json(cp_path)
+    tally = cp.pop("tally")
+    assert cp == {
+        "export_manifest_sha256": export_format.open_export(export_dir).manifest_sha256,
+        "collection": "resume",
+        "collection_id": str(col.id),
+        "policy": vars(records.Policy()),
+        "shard": 1,
+        "row": 25,
+        "loaded": 85,
+        "rows_done": 85,
+    }
+    assert sum(tally["counts"].values()) == 85 and col.count() == 85
+    assert sorted(col.get()["ids"]) == sorted(export_ids(export_dir)[:85])
+
+    # resumed with batches of 40: shard 1 starts at its row 25 (its first batch of 40 is sliced)
+    res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False)
+    assert (res.skipped_by_checkpoint, res.loaded_now, res.total, res.batch_size) == (85, N - 85, N, 40)
+    assert snapshot(col) == reference[0]
+    assert res.tally.state() == reference[1]
+    cp = atomic.read_json(cp_path)
+    assert (cp["shard"], cp["row"], cp["loaded"], cp["rows_done"], cp["complete"]) == (4, SHARD, N, N, True)
+
+    # and a third run has nothing left to do
+    again = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False)
+    assert (again.skipped_by_checkpoint, again.loaded_now) == (N, 0) and snapshot(col) == reference[0]
+
+
+def test_a_resume_in_other_batches_adds_each_remaining_record_once_in_export_order(
+    export_dir, reference, tmp_path
+):
+    """Stopped after one batch of 30, resumed in batches of 7 (whose edges fall at 28 and 35, not at 30):
+    the batch that holds the checkpoint is cut there, nothing is added twice, nothing is missed."""
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    with pytest.raises(Stop):
+        load.load_export(
+            client, col, export_dir, cp_path, batch_size=30, progress=False, before_batch=stop_before(2)
+        )
+    assert (atomic.read_json(cp_path)["shard"], atomic.read_json(cp_path)["row"]) == (0, 30)
+    added = []
+    real_add = col.add
+
+    def counting_add(**kw):
+        added.extend(kw["ids"])
+        return real_add(**kw)
+
+    col.add = counting_add
+    res = load.load_export(client, col, export_dir, cp_path, batch_size=7, progress=False)
+    assert added == export_ids(export_dir)[30:] and res.loaded_now == N - 30
+    assert snapshot(col) == reference[0]
+
+
+def test_a_checkpoint_of_another_collection_or_export_is_not_resumed(export_dir, tmp_path):
+    """The checkpoint names the export and the collection (and that collection's id): a collection made anew
+    under the same name is loaded from the start."""
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    load.load_export(client, col, export_dir, cp_path, progress=False)
+    client.delete_collection("resume")
+    client, fresh = collection(tmp_path, export_dir)
+    res = load.load_export(client, fresh, export_dir, cp_path, progress=False)
+    assert (res.skipped_by_checkpoint, res.loaded_now) == (0, N) and fresh.count() == N
+    assert atomic.read_json(cp_path)["collection_id"] == str(fresh.id)
+    # another export's checkpoint (its manifest differs): the same
+    cp = atomic.read_json(cp_path)
+    atomic.write_json(cp_path, {**cp, "export_manifest_sha256": "0" * 64})
+    res = load.load_export(client, fresh, export_dir, cp_path, progress=False)
+    assert (res.skipped_by_checkpoint, res.loaded_now) == (0, N)
+
+
+class Refusing:
+    """A real collection whose ``add`` fails on the ``fail_at``-th call with ``exc``."""
+
+    def __init__(self, col, fail_at: int, exc: Exception):
+        self._col, self._fail_at, self._exc, self.calls = col, fail_at, exc, 0
+
+    def __getattr__(self, name):
+        return getattr(self._col, name)
+
+    def add(self, **kw):
+        self.calls += 1
+        if self.calls == self._fail_at:
+            raise self._exc
+        return self._col.add(**kw)
+
+
+def test_a_batch_chroma_refuses_is_named_and_nothing_of_it_is_counted(export_dir, tmp_path):
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    refusing = Refusing(col, 2, ValueError("Expected metadata value to be a str"))
+    with pytest.raises(load.LoadError) as err:
+        load.load_export(client, refusing, export_dir, cp_path, batch_size=25, progress=False)
+    ids = export_ids(export_dir)
+    shard0 = export_format.open_export(export_dir).shards[0]["chunks_file"]
+    assert str(err.value) == (
+        f"Chroma refused the batch of 25 records from {shard0} (chunks {ids[25]!r} … {ids[49]!r}): "
+        "Expected metadata value to be a str. Nothing of this batch is counted as loaded; the records before "
+        "it are checkpointed. Report the chunk ids with this message."
+    )
+    assert isinstance(err.value.__cause__, ValueError)
+    cp = atomic.read_json(cp_path)
+    assert (cp["loaded"], cp["rows_done"], cp["row"]) == (25, 25, 25) and col.count() == 25
+    assert sum(cp["tally"]["counts"].values()) == 25
+
+
+def test_a_full_disk_while_adding_is_said_as_a_full_disk(export_dir, tmp_path):
+    client, col = collection(tmp_path, export_dir)
+    refusing = Refusing(col, 1, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(disk.DiskFull) as err:
+        load.load_export(
+            client, refusing, export_dir, tmp_path / "cp.json", progress=False, chroma_path=tmp_path
+        )
+    assert "No space left on device" in str(err.value) and isinstance(err.value.__cause__, OSError)
+    assert not (tmp_path / "cp.json").exists() and col.count() == 0  # no batch went in, none is counted

@@ -10,7 +10,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
-.PHONY: env demo test test-notebooks lint bench bench-hybrid mutants
+.PHONY: env demo test test-notebooks lint bench bench-hybrid mutants soak
 env: $(STAMP)
 
 demo: $(STAMP)  ## run the demo runbook end to end (offline, local LlamaCloud-compatible server)
@@ -36,3 +36,6 @@ bench-hybrid: $(STAMP)  ## hybrid retrieval (Chroma + BM25) vs dense only, 100k 
 
 mutants: $(STAMP)  ## mutation testing of the safety-critical modules (mutmut; slow, not in CI; see BENCHMARKS.md)
 	$(BIN)/python benchmarks/mutants.py $(MODULES)
+
+soak: $(STAMP)  ## the whole suite RUNS times in a row (default 10), every STRESS_EVERY-th under load (~35 min a run)
+	$(BIN)/python benchmarks/soak.py --runs $(or $(RUNS),10) --stress-every $(or $(STRESS_EVERY),10)

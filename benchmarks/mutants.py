@@ -12,6 +12,7 @@ counting as a survivor.
     python benchmarks/mutants.py                       # every module below (about an hour on 2 cores)
     python benchmarks/mutants.py credentials cutover   # some of them
     python benchmarks/mutants.py --survivors --diffs   # after a run: scores, and each survivor's change
+    python benchmarks/mutants.py --work .mutants-load load  # a second run beside the first, own workspace
 
 Each run re-tests every mutant of the modules it names, with a fresh map of which tests reach which function.
 """
@@ -19,6 +20,7 @@ Each run re-tests every mutant of the modules it names, with a fresh map of whic
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import fnmatch
 import json
@@ -55,7 +57,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "load": (
         ["x_load_export", "x__batches"],
-        ["tests/test_load.py", "tests/test_odd_records_property.py"],
+        ["tests/test_load.py", "tests/test_load_resume.py", "tests/test_odd_records_property.py"],
     ),
     "extract": (
         ["xǁ_Writerǁ*", "x_find_resumable"],
@@ -74,7 +76,7 @@ def in_scope(module: str, key: str) -> bool:
     return any(fnmatch.fnmatchcase(function, f) for f in MODULES[module][0])
 
 
-def sync(modules: list[str]) -> None:
+def sync(modules: list[str], keep_stats: bool = False) -> None:
     """Refresh the workspace from the working tree. The tests run are those of ``modules`` (another
     selection than the last run's makes mutmut forget every result, so a run's scores are printed at its
     end and recorded in BENCHMARKS.md, not kept for the next run)."""
@@ -103,12 +105,45 @@ def sync(modules: list[str]) -> None:
     # mutmut re-collects its test-to-function map only for tests it has not seen: a function added since (or a
     # test that now reaches another function) would keep a stale map and its mutants run too few tests. The
     # map is made afresh each run (the runs below name their mutants, so mutmut re-tests them all anyway).
-    (WORK / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    if not keep_stats:
+        (WORK / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     # the demo's embedding cache is read, not rebuilt, by the mutated tree's tests
     data = WORK / "mutants" / "data"
     data.parent.mkdir(exist_ok=True)
     if not data.exists() and (ROOT / "data").exists():
         data.symlink_to(ROOT / "data")
+
+
+def _functions(path: Path) -> dict[str, str]:
+    """Each function's source in ``path``, by mutmut's name for it (``x_f``, ``xǁClassǁmethod``)."""
+    src = path.read_text(encoding="utf-8")
+    out = {}
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            out[f"x_{node.name}"] = ast.get_source_segment(src, node)
+        elif isinstance(node, ast.ClassDef):
+            for f in node.body:
+                if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef):
+                    out[f"xǁ{node.name}ǁ{f.name}"] = ast.get_source_segment(src, f)
+    return out
+
+
+def recheck_names(module: str) -> list[str]:
+    """What ``--recheck`` runs again for ``module``: the last run's survivors and unchecked mutants, and every
+    mutant of a function in scope whose code changed since that run (its mutants are numbered anew)."""
+    last = WORK / "runbook" / f"{module}.py"
+    if not last.exists():
+        raise SystemExit(f"--recheck {module}: no earlier run in {WORK}; run it whole first")
+    before, now = _functions(last), _functions(ROOT / "lib" / f"{module}.py")
+    changed = [
+        f for f in now if f in before and before[f] != now[f] and in_scope(module, f"runbook.{module}.{f}")
+    ]
+    rows = scores([module])[0]
+    kept = [k.split()[0] for k in rows.get("survivors", [])]
+    kept = [k for k in kept if k.split(".", 2)[2].rsplit("__mutmut_", 1)[0] not in changed]
+    meta = json.loads((WORK / "mutants" / "runbook" / f"{module}.py.meta").read_text())
+    unchecked = [k for k, c in meta["exit_code_by_key"].items() if c is None and in_scope(module, k)]
+    return sorted(set(kept + unchecked)) + [f"runbook.{module}.{f}__mutmut_*" for f in changed]
 
 
 def scores(modules: list[str]) -> list[dict]:
@@ -145,9 +180,21 @@ def scores(modules: list[str]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global WORK
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("modules", nargs="*", help=f"modules to mutate (default: {' '.join(MODULES)})")
     ap.add_argument("--max-children", type=int, default=2, help="parallel test processes (default 2)")
+    ap.add_argument(
+        "--work",
+        default=str(WORK),
+        help="scratch workspace (default .mutants/); give each of two runs side by side its own",
+    )
+    ap.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run again only the last run's survivors and unchecked mutants (and every mutant of a function "
+        "changed since): after writing the tests that kill them",
+    )
     ap.add_argument("--survivors", action="store_true", help="only print the scores and the survivors")
     ap.add_argument("--diffs", action="store_true", help="with --survivors: show each survivor's change")
     args = ap.parse_args(argv)
@@ -155,13 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
     modules = args.modules or list(MODULES)
+    WORK = Path(args.work).resolve()
     if not args.survivors:
-        sync(modules)
+        names = (
+            [n for m in modules for n in recheck_names(m)]
+            if args.recheck
+            else [f"runbook.{m}.{f}__mutmut_*" for m in modules for f in MODULES[m][0]]
+        )
+        sync(modules, keep_stats=args.recheck)
         # subprocesses (notebook kernels, servers) import the unmutated library: a mutant is judged by the
         # tests that reach it in-process
         env = dict(os.environ)
         mutmut = Path(sys.executable).with_name("mutmut")
-        names = [f"runbook.{m}.{f}__mutmut_*" for m in modules for f in MODULES[m][0]]
         cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *names]
         # mutmut's workers outlive an interrupted parent: run it in a process group of its own, ended whole
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below runs

@@ -95,6 +95,10 @@ def sync(modules: list[str], keep_stats: bool = False) -> None:
         'also_copy = ["tests", "notebooks", "runbook_params"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore"]\n'
+        # each mutant's tests run in a process forked from a server that has only collected the tests: forked
+        # from mutmut's own process (which ran the suite, with Chroma's and the servers' threads) a worker
+        # could deadlock on a lock another thread held at the fork, then count as a timeout, that is killed
+        'process_isolation = "forkserver"\n'
         # logging and messages that only decorate an error are not behaviour worth a test each
         'do_not_mutate_patterns = ["^\\\\s*log\\\\.", "progress=", "desc="]\n'
         "\n[tool.pytest.ini_options]\n"
@@ -168,6 +172,8 @@ def scores(modules: list[str]) -> list[dict]:
                 "killed": killed,
                 "survived": sum(1 for k in survivors if status[k] == "survived"),
                 "no tests": sum(1 for k in survivors if status[k] == "no tests"),
+                # killed by mutmut's wall/CPU limit (a mutant that loops); listed so a stall shows
+                "timeouts": sum(1 for k in counted if status[k] == "timeout"),
                 "not checked": sum(1 for s in status.values() if s == "not checked"),
                 # a run cut short leaves mutants not checked: no score then, rather than a flattering one
                 "score %": round(100 * killed / len(counted), 1)

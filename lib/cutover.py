@@ -468,8 +468,8 @@ def end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:  # pragma: 
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):  # pragma: no mutate
         try:
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
+        except ProcessLookupError:  # the group is gone (its leader reaped): the reap below is a no-op
+            break  # pragma: no mutate
         deadline = time.time() + wait
         while time.time() < deadline and group_alive(proc.pid):  # pragma: no mutate
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -378,7 +378,14 @@ def test_restore_whose_restart_fails_says_so_and_still_probes_health(tmp_path):
         "restart after restore",
         "service after restore",
     ]
-    assert msg.startswith("config.env restored byte-identical, BUT the service is not back on the cloud arm")
+    after = co.steps[-1]
+    assert after["ok"] is False and after["detail"].startswith(
+        "health did not show the cloud arm (last: no answer"
+    )
+    assert msg == (
+        f"config.env restored byte-identical, BUT the service is not back on the cloud arm: {after['detail']}. "
+        "Act now."
+    )
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

@@ -199,5 +199,40 @@ def test_a_full_disk_while_adding_is_said_as_a_full_disk(export_dir, tmp_path):
         load.load_export(
             client, refusing, export_dir, tmp_path / "cp.json", progress=False, chroma_path=tmp_path
         )
+    assert err.value.path == str(tmp_path) and f"(holding {tmp_path})" in str(err.value)
     assert "No space left on device" in str(err.value) and isinstance(err.value.__cause__, OSError)
     assert not (tmp_path / "cp.json").exists() and col.count() == 0  # no batch went in, none is counted
+
+
+class Bar:
+    """Records what the loader tells its progress bar."""
+
+    made: list = []
+
+    def __init__(self, total=None, initial=0, desc="", unit=""):
+        self.total, self.initial, self.desc, self.unit = total, initial, desc, unit
+        self.updates, self.closed = [], False
+        Bar.made.append(self)
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_progress_bar_of_a_resumed_load_starts_where_the_checkpoint_is(export_dir, tmp_path, monkeypatch):
+    from runbook import display
+
+    monkeypatch.setattr(display, "progress", Bar)
+    Bar.made = []
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    with pytest.raises(Stop):
+        load.load_export(client, col, export_dir, cp_path, batch_size=50, before_batch=stop_before(3))
+    load.load_export(client, col, export_dir, cp_path, batch_size=50)
+    first, second = Bar.made
+    assert (first.total, first.initial, first.updates, first.closed) == (N, 0, [50, 10], True)
+    assert (second.total, second.initial, second.closed) == (N, 60, True)
+    assert second.updates == [50, 10, 50, 10, 50, 10, 50, 10] and second.unit == "chunk"
+    assert "resume" in second.desc

@@ -5,6 +5,7 @@ config.env byte-identical to before and the backend back on the cloud arm."""
 
 import contextlib
 import copy
+import datetime as dt
 import http.server
 import json
 import os
@@ -1035,8 +1036,10 @@ def test_an_interrupted_restart_ends_the_commands_process_group(tmp_path):
     on to the switch (which then rolls back)."""
     cfg = tmp_path / "config.env"
     cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
-    started = tmp_path / "started"
-    co = cutover.Cutover(cfg, f"sh -c 'touch {started}; sleep 60 & sleep 60'", "http://127.0.0.1:9/health")
+    started, child = tmp_path / "started", tmp_path / "child"
+    co = cutover.Cutover(
+        cfg, f"sh -c 'sleep 60 & echo $! > {child}; touch {started}; wait'", "http://127.0.0.1:9/health"
+    )
 
     def interrupt_once_started():
         deadline = time.monotonic() + 30
@@ -1048,3 +1051,44 @@ def test_an_interrupted_restart_ends_the_commands_process_group(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         co.restart()
     assert len(co.restart_groups) == 1 and not cutover.group_alive(co.restart_groups[0])
+    assert not _alive(int(child.read_text())), "what the restart command started outlived it"
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting to be reaped does not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_restart_command_runs_in_the_project_folder_with_its_errors_captured(tmp_path, monkeypatch):
+    """Relative paths in a restart command resolve against the project folder (as every path parameter
+    does), wherever the runbook was started from; what it writes to stderr is in the error."""
+    from runbook.paths import PROJECT_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "config.env"
+    cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+    where = tmp_path / "where"
+    cutover.Cutover(cfg, f"sh -c 'pwd > {where}'", "").restart()
+    assert where.read_text().strip() == str(PROJECT_ROOT)
+    with pytest.raises(cutover.CutoverFailed, match="exited 1: pm2: process WELLO_BE not found"):
+        cutover.Cutover(cfg, "sh -c 'echo pm2: process WELLO_BE not found >&2; exit 1'", "").restart()
+
+
+def test_the_backups_time_stamp_is_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
+    """Backups from a Seoul server and a UTC CI sort the same way: the stamp is UTC."""
+    monkeypatch.setenv("TZ", "Asia/Seoul")
+    time.tzset()
+    try:
+        cfg = tmp_path / "config.env"
+        cfg.write_text("USE_LOCAL_VECTOR_DB=false\n")
+        before = dt.datetime.now(dt.UTC)
+        cutover.Cutover(cfg, "true", "").backup()
+        (stamped,) = [p for p in tmp_path.iterdir() if p.name.startswith("config.env.backup.")]
+        stamp = dt.datetime.strptime(stamped.name.rsplit(".", 1)[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        assert abs((stamp - before).total_seconds()) < 600, (stamp, before)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

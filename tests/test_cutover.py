@@ -739,6 +739,8 @@ def test_the_write_goes_ahead_when_the_owner_cannot_be_kept(tmp_path, monkeypatc
             "# USE_LOCAL_VECTOR_DB=true\nUSE_LOCAL_VECTOR_DB=false\n",
         ),
         ("", {"A": "1"}, "A=1\n"),
+        # '=' inside the old value and inside the comment: the key is cut at its own '=', the comment kept whole
+        ("DSN_ENV=a=b  # was x=y\n", {"DSN_ENV": "c"}, "DSN_ENV=c  # was x=y\n"),
     ],
 )
 def test_update_env_text_changes_only_the_keys_it_is_given(before, changes, after):

@@ -65,7 +65,12 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "verify": (
         ["x_verify_export", "x__compare_with_source", "x_ensure_verified"],
-        ["tests/test_extract.py", "tests/test_load.py", "tests/test_odd_records_property.py"],
+        [
+            "tests/test_verify.py",
+            "tests/test_extract.py",
+            "tests/test_load.py",
+            "tests/test_odd_records_property.py",
+        ],
     ),
 }
 

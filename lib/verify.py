@@ -224,9 +224,16 @@ def verify_export(
                     f"dimension {dd}, most vectors have {main_dim}",
                     "vectors from another model were mixed in: run phase 01 with reembed_bad_vectors: true",
                 )
-    if m.get("embedding_dimension") and main_dim and m["embedding_dimension"] != main_dim:
+    # a manifest naming one dimension (not the list of a mixed export) is what phase 03 creates the collection
+    # with: most vectors must have it
+    most = max(dims, key=dims.get) if dims else None
+    if isinstance(m.get("embedding_dimension"), int) and most and m["embedding_dimension"] != most:
         r.check(
-            "manifest dimension", False, f"manifest says {m['embedding_dimension']}, vectors have {main_dim}"
+            "manifest dimension",
+            False,
+            f"manifest says {m['embedding_dimension']}, most vectors have {most} ({dims[most]} of "
+            f"{sum(dims.values())}): the manifest was edited or the vectors come from another model; "
+            "run phase 01 into a new export_id",
         )
     bad = sum(n for cls, n in tally.classes.items() if cls.startswith("vector "))
     r.check(

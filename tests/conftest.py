@@ -99,6 +99,23 @@ def _no_proxy(monkeypatch):
     yield
 
 
+def synthetic_export(syn, root: Path, shard_rows: int | None = None, key_env: str = "SYNTHETIC_EXPORT_KEY"):
+    """Export the synthetic corpus ``syn`` (vectors served) through a real local server into ``root``;
+    returns the export's folder."""
+    from runbook import extract
+
+    key = f"{key_env.lower()}-123456"
+    os.environ[key_env] = key
+    with cloud_emulator.EmulatorServer(syn, key, serve_embeddings=True) as srv:
+        return extract.export_index(
+            source.open_source(srv.url, key_env),
+            root,
+            index_name=syn.pipeline["name"],
+            progress=False,
+            **({"shard_rows": shard_rows} if shard_rows else {}),
+        ).path
+
+
 def write_params(tmp_path: Path, **overrides) -> Path:
     """A params file (YAML) for a test run under tmp_path."""
     import yaml

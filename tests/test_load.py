@@ -13,6 +13,8 @@ import pytest
 from runbook import atomic, chroma_target, embeddings, export_format, load, records
 from runbook.rehearsal import cloud_emulator
 
+from .conftest import synthetic_export
+
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
 
 
@@ -232,18 +234,10 @@ WEAK = dict(ef_construction=32, max_neighbors=8, ef_search=10)
 def weak_export(tmp_path_factory):
     """4,000 nearly isotropic 64-d vectors: with a deliberately weak HNSW graph, recall@10 at ef_search 10
     is far below 0.99."""
-    from runbook import extract, source
     from runbook.rehearsal import corpus
 
     syn = corpus.SyntheticCorpus(4000, 64, chunks_per_doc=50)
-    os.environ["WEAK_EXPORT_KEY"] = "weak-export-key-123"
-    with cloud_emulator.EmulatorServer(syn, "weak-export-key-123", serve_embeddings=True) as srv:
-        return extract.export_index(
-            source.open_source(srv.url, "WEAK_EXPORT_KEY"),
-            tmp_path_factory.mktemp("weak"),
-            index_name=syn.pipeline["name"],
-            progress=False,
-        ).path
+    return synthetic_export(syn, tmp_path_factory.mktemp("weak"), key_env="WEAK_EXPORT_KEY")
 
 
 def load_weak(client, exp, checkpoint):

@@ -5,13 +5,14 @@ A small synthetic export (300 chunks of 16-d vectors in 5 shards of 60) keeps ea
 from __future__ import annotations
 
 import errno
-import os
 
 import numpy as np
 import pytest
 
-from runbook import atomic, chroma_target, disk, export_format, extract, load, records, source
-from runbook.rehearsal import cloud_emulator, corpus
+from runbook import atomic, chroma_target, disk, export_format, load, records
+from runbook.rehearsal import corpus
+
+from .conftest import synthetic_export
 
 N, SHARD = 300, 60
 
@@ -19,15 +20,9 @@ N, SHARD = 300, 60
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     syn = corpus.SyntheticCorpus(N, 16, chunks_per_doc=10)
-    os.environ["RESUME_EXPORT_KEY"] = "resume-export-key-123"
-    with cloud_emulator.EmulatorServer(syn, "resume-export-key-123", serve_embeddings=True) as srv:
-        return extract.export_index(
-            source.open_source(srv.url, "RESUME_EXPORT_KEY"),
-            tmp_path_factory.mktemp("resume"),
-            index_name=syn.pipeline["name"],
-            shard_rows=SHARD,
-            progress=False,
-        ).path
+    return synthetic_export(
+        syn, tmp_path_factory.mktemp("resume"), shard_rows=SHARD, key_env="RESUME_EXPORT_KEY"
+    )
 
 
 def collection(path, export_dir, name="resume"):

@@ -1,0 +1,539 @@
+"""Phase 01's and 03's export verification, in process and in seconds: each check's exact verdict and wording,
+each issue's place, problem and what to do, on a small synthetic export (120 chunks of 8-d vectors, 12
+documents, 3 shards of 40) damaged one way per test. The same checks on the demo export, through the real
+pipeline, are in test_extract.py; these are the fast ones a mutation run leans on."""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from runbook import atomic, export_format, records, source, verify
+from runbook.export_format import ExportError
+from runbook.rehearsal import cloud_emulator, corpus
+
+from .conftest import synthetic_export
+
+N, DIM, PER_DOC, SHARD = 120, 8, 10, 40
+KEY_ENV, KEY = "VERIFY_SOURCE_KEY", "verify-source-key-123456"
+RE_EXPORT = "run phase 01 into a new export_id"
+
+
+def syn() -> corpus.SyntheticCorpus:
+    return corpus.SyntheticCorpus(N, DIM, chunks_per_doc=PER_DOC)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return synthetic_export(
+        syn(), tmp_path_factory.mktemp("verify"), shard_rows=SHARD, key_env="VERIFY_EXPORT_KEY"
+    )
+
+
+@pytest.fixture
+def exp(pristine, tmp_path):
+    """A private copy of the export, free to damage."""
+    return shutil.copytree(pristine, tmp_path / pristine.name)
+
+
+def manifest(path) -> dict:
+    return atomic.read_json(path / "manifest.json")
+
+
+def edit_manifest(path, fn) -> dict:
+    m = manifest(path)
+    fn(m)
+    atomic.write_json(path / "manifest.json", m)
+    return m
+
+
+def rewrite(path, shard: int, fn, key: str = "chunks_file") -> str:
+    """Apply ``fn`` to one shard's table and register the new file in the manifest (checksum and row count):
+    an export consistent with itself but wrong, so the content checks, not the checksum, must find it."""
+    m = manifest(path)
+    sh = m["shards"][shard]
+    t = fn(pq.read_table(path / sh[key]))
+    pq.write_table(t, path / sh[key])
+    sh[key.replace("_file", "_sha256")] = export_format.sha256_file(path / sh[key])
+    sh["rows" if key == "chunks_file" else "documents"] = t.num_rows
+    atomic.write_json(path / "manifest.json", m)
+    return sh[key]
+
+
+def set_cell(t: pa.Table, column: str, row: int, value) -> pa.Table:
+    i = t.schema.get_field_index(column)
+    values = t.column(column).to_pylist()
+    values[row] = value
+    return t.set_column(i, column, pa.array(values, type=t.schema.field(i).type))
+
+
+def checks(rep) -> dict[str, tuple[bool, str]]:
+    return {c["check"]: (c["ok"], c["detail"]) for c in rep.checks}
+
+
+def test_a_clean_export_passes_every_check_and_says_so_exactly(exp):
+    rep = verify.verify_export(exp)
+    got = checks(rep)
+    m = manifest(exp)
+    assert got.pop("manifest") == (True, f"{m['index_name']} ({m['index_id']}), exported {m['exported_at']}")
+    assert got == {
+        "shard checksums and row counts": (True, "3 shard pair(s); 0 bad"),
+        "manifest totals": (True, "chunks 120 (manifest 120), documents 12 (manifest 12)"),
+        "documents vs source total_count at export": (True, "12 exported, source reported 12"),
+        "chunk ids": (True, "every chunk id unique"),
+        "texts": (True, "0 empty or whitespace-only (empty_texts: load), 0 with a NUL character; all listed"),
+        "vectors loadable": (
+            True,
+            "0 with NaN/Infinity, 0 all zeros, 0 of another dimension, 0 missing: none",
+        ),
+        "every chunk has a vector": (True, "0 chunk(s) without a vector"),
+        "vector norms": (True, "min 1.0000, mean 1.0000, max 1.0000 (unit vectors)"),
+        "chunks per document": (True, "0 document(s) with a chunk count mismatch"),
+    }
+    assert rep.ok and rep.issues == [] and rep.odd == []
+    assert rep.norms["unit"] is True and set(rep.norms) == {"min", "mean", "max", "unit"}
+    assert rep.norms["min"] == pytest.approx(1.0, abs=1e-5) and rep.norms["max"] == pytest.approx(
+        1.0, abs=1e-5
+    )
+    assert {r["item"].strip(): r["count"] for r in rep.reconciliation}["exported"] == N
+
+
+def test_missing_files_are_each_named_and_the_checks_stop_there(exp):
+    m = manifest(exp)
+    for key in ("chunks_file", "documents_file"):
+        (exp / m["shards"][1][key]).unlink()
+    rep = verify.verify_export(exp)
+    assert rep.issues == [
+        {
+            "where": m["shards"][1][key],
+            "problem": "file missing",
+            "what to do": "restore it from a copy or delete the export and run phase 01 again",
+        }
+        for key in ("chunks_file", "documents_file")
+    ]
+    assert [c["check"] for c in rep.checks] == ["manifest", "shard checksums and row counts"]
+    assert checks(rep)["shard checksums and row counts"] == (False, "3 shard pair(s); 2 bad")
+    assert not rep.ok
+
+
+def test_a_checksum_mismatch_names_both_sums_and_says_not_to_load(exp):
+    m = manifest(exp)
+    for key in ("chunks_file", "documents_file"):
+        f = exp / m["shards"][2][key]
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    rep = verify.verify_export(exp)
+    want = []
+    for key, sha in (("chunks_file", "chunks_sha256"), ("documents_file", "documents_sha256")):
+        actual = export_format.sha256_file(exp / m["shards"][2][key])
+        want.append(
+            {
+                "where": m["shards"][2][key],
+                "problem": f"sha256 {actual[:12]}… does not match the manifest's {m['shards'][2][sha][:12]}… "
+                "(corrupted or truncated)",
+                "what to do": "do not load this export; run phase 01 into a new export_id",
+            }
+        )
+    assert rep.issues == want
+    assert checks(rep)["shard checksums and row counts"] == (False, "3 shard pair(s); 2 bad")
+
+
+def test_a_shard_whose_checksum_matches_but_is_not_parquet_is_refused(exp):
+    m = manifest(exp)
+    f = exp / m["shards"][0]["chunks_file"]
+    f.write_bytes(b"PAR1" + f.read_bytes()[4:-8] + b"\x00" * 8)
+    edit_manifest(exp, lambda m: m["shards"][0].update(chunks_sha256=export_format.sha256_file(f)))
+    rep = verify.verify_export(exp)
+    assert [(i["where"], i["what to do"]) for i in rep.issues] == [(m["shards"][0]["chunks_file"], RE_EXPORT)]
+    assert rep.issues[0]["problem"].startswith("not readable as Parquet: ")
+    assert checks(rep)["shard checksums and row counts"] == (False, "3 shard pair(s); 1 bad")
+
+
+def test_each_files_rows_are_counted_against_its_own_manifest_entry(exp):
+    """The chunk file against ``rows``, the document file against ``documents``."""
+
+    def wrong(m):
+        m["shards"][1]["rows"] += 1
+        m["shards"][2]["documents"] += 1
+
+    m = edit_manifest(exp, wrong)
+    rep = verify.verify_export(exp)
+    assert rep.issues == [
+        {
+            "where": m["shards"][1]["chunks_file"],
+            "problem": "40 rows, manifest says 41",
+            "what to do": RE_EXPORT,
+        },
+        {
+            "where": m["shards"][2]["documents_file"],
+            "problem": "4 rows, manifest says 5",
+            "what to do": RE_EXPORT,
+        },
+    ]
+    assert checks(rep)["shard checksums and row counts"] == (False, "3 shard pair(s); 2 bad")
+
+
+def test_stray_parquet_files_are_named_and_ignored(exp):
+    shutil.copy(exp / "chunks-00000.parquet", exp / "chunks-00009.parquet")
+    (exp / "notes.txt").write_text("not a shard")
+    rep = verify.verify_export(exp)
+    assert checks(rep)["shard checksums and row counts"] == (
+        True,
+        "3 shard pair(s); 0 bad; stray files ignored: ['chunks-00009.parquet']",
+    )
+    assert rep.ok
+
+
+@pytest.mark.parametrize(
+    "field, detail",
+    [
+        ("total_chunks", "chunks 120 (manifest 121), documents 12 (manifest 12)"),
+        ("total_documents", "chunks 120 (manifest 120), documents 12 (manifest 13)"),
+    ],
+)
+def test_the_manifests_totals_must_each_match_the_shards(exp, field, detail):
+    edit_manifest(exp, lambda m: m.update({field: m[field] + 1}))
+    rep = verify.verify_export(exp)
+    assert checks(rep)["manifest totals"] == (False, detail) and not rep.ok
+
+
+def test_documents_refused_at_export_count_toward_the_sources_total(exp):
+    refused = {
+        "document_id": "bad\udc80id",
+        "problem": "id not valid Unicode",
+        "what to do": "fix it at the source",
+    }
+    edit_manifest(exp, lambda m: m.update(source_total_count=13, refused_documents=[refused]))
+    rep = verify.verify_export(exp)
+    assert checks(rep)["documents vs source total_count at export"] == (
+        True,
+        "12 exported + 1 refused (listed), source reported 13",
+    )
+    edit_manifest(exp, lambda m: m.update(source_total_count=14))
+    assert checks(verify.verify_export(exp))["documents vs source total_count at export"] == (
+        False,
+        "12 exported + 1 refused (listed), source reported 14",
+    )
+    edit_manifest(exp, lambda m: m.pop("source_total_count"))
+    assert "documents vs source total_count at export" not in checks(verify.verify_export(exp))
+
+
+def test_a_vector_of_another_dimension_is_listed_and_counted(exp):
+    rewrite(exp, 0, lambda t: set_cell(t, "embedding", 3, [0.5] * 5))
+    rep = verify.verify_export(exp)
+    assert rep.ok  # a policy matter: refused at load, listed, not a broken export
+    assert rep.issues == [
+        {
+            "where": "1 chunk(s)",
+            "problem": "dimension 5, most vectors have 8",
+            "what to do": "vectors from another model were mixed in: run phase 01 with reembed_bad_vectors: true",
+        }
+    ]
+    assert checks(rep)["vectors loadable"] == (
+        True,
+        "0 with NaN/Infinity, 0 all zeros, 1 of another dimension, 0 missing: "
+        "1 refused at load (listed); phase 01 re-embeds them with reembed_bad_vectors: true",
+    )
+    assert "manifest dimension" not in checks(rep)
+
+
+def test_a_manifest_that_names_another_dimension_fails(exp):
+    """Phase 03 creates the collection with the manifest's dimension: most vectors must have it. (This check
+    could never fail before: the dimension it compared with was the manifest's own.)"""
+    edit_manifest(exp, lambda m: m.update(embedding_dimension=9))
+    rep = verify.verify_export(exp)
+    assert checks(rep)["manifest dimension"] == (
+        False,
+        "manifest says 9, most vectors have 8 (120 of 120): the manifest was edited or the vectors come from "
+        "another model; run phase 01 into a new export_id",
+    )
+    assert not rep.ok
+
+
+def test_nan_and_zero_vectors_are_refused_at_load_and_left_out_of_the_norms(exp):
+    def damage(t):
+        v = t.column("embedding")[2].as_py()
+        v[1] = float("nan")
+        t = set_cell(t, "embedding", 2, v)
+        t = set_cell(t, "embedding", 5, [0.0] * DIM)
+        return set_cell(t, "embedding", 7, [2.0 / DIM**0.5] * DIM)  # norm 2: loadable, not unit
+
+    rewrite(exp, 1, damage)
+    rep = verify.verify_export(exp)
+    got = checks(rep)
+    assert got["vectors loadable"] == (
+        True,
+        "1 with NaN/Infinity, 1 all zeros, 0 of another dimension, 0 missing: "
+        "2 refused at load (listed); phase 01 re-embeds them with reembed_bad_vectors: true",
+    )
+    assert got["vector norms"] == (
+        True,
+        "min 1.0000, mean 1.0085, max 2.0000 (not unit: cosine space normalises them)",
+    )
+    assert rep.norms["unit"] is False and rep.norms["min"] == pytest.approx(1.0, abs=1e-5)
+    # the mean is over the 118 loadable vectors: (117 x 1 + 2) / 118
+    treatment = "refused: run phase 01 with reembed_bad_vectors: true to re-embed it"
+    assert [(o["chunk"], o["what"], o["treatment"]) for o in rep.odd] == [
+        ("syn-00000004-0002", "vector with NaN or Infinity", treatment),
+        ("syn-00000004-0005", "vector of zeros (no direction for cosine)", treatment),
+    ]
+
+
+def test_a_chunk_without_a_vector_fails_only_when_vectors_are_expected(exp):
+    rewrite(exp, 2, lambda t: set_cell(t, "embedding", 0, None))
+    rep = verify.verify_export(exp)
+    assert checks(rep)["every chunk has a vector"] == (
+        False,
+        "1 chunk(s) without a vector (run the re-embedding step)",
+    )
+    assert checks(rep)["vectors loadable"][1].endswith(
+        "0 of another dimension, 1 missing: 1 refused at load (listed); "
+        "phase 01 re-embeds them with reembed_bad_vectors: true"
+    )
+    assert not rep.ok
+    rep = verify.verify_export(exp, expect_vectors=False)
+    assert checks(rep)["every chunk has a vector"] == (
+        True,
+        "1 chunk(s) without a vector (run the re-embedding step)",
+    )
+    assert rep.ok
+
+
+def test_vectors_replaced_by_re_embedding_are_counted_on_the_page(exp):
+    replaced = [
+        {"document_id": "d", "chunk_id": f"c{i}", "served": "of zeros (no direction for cosine)"}
+        for i in range(3)
+    ]
+    edit_manifest(exp, lambda m: m.update(replaced_vectors=replaced))
+    prefix = "0 with NaN/Infinity, 0 all zeros, 0 of another dimension, 0 missing: "
+    rep = verify.verify_export(exp)
+    assert checks(rep)["vectors loadable"] == (
+        True,
+        prefix + "none now; 3 served vector(s) were replaced by re-embedding (listed)",
+    )
+    assert [o["chunk"] for o in rep.odd] == ["c0", "c1", "c2"]
+    edit_manifest(exp, lambda m: m.update(replaced_vectors_count=5))  # the list is capped, the count is not
+    assert checks(verify.verify_export(exp))["vectors loadable"][1] == (
+        prefix + "none now; 5 served vector(s) were replaced by re-embedding (listed)"
+    )
+
+
+def test_ids_and_texts_that_phase_03_treats_specially_are_counted(exp):
+    m = manifest(exp)
+    first = pq.read_table(exp / m["shards"][0]["chunks_file"]).column("chunk_id")[0].as_py()
+
+    def odd(t):
+        t = set_cell(t, "chunk_id", 15, first)  # a chunk of document 1 reusing document 0's id
+        t = set_cell(t, "text", 21, " \n ")
+        return set_cell(t, "text", 22, "a\x00b")
+
+    rewrite(exp, 0, odd)
+    rep = verify.verify_export(exp)
+    got = checks(rep)
+    assert got["chunk ids"] == (
+        True,
+        "1 id(s) used by more than one chunk (1 later use(s): duplicate_chunk_ids: qualify)",
+    )
+    assert got["texts"] == (
+        True,
+        "1 empty or whitespace-only (empty_texts: load), 1 with a NUL character; all listed",
+    )
+    rep = verify.verify_export(exp, policy=records.Policy(empty_texts="skip", duplicate_chunk_ids="refuse"))
+    got = checks(rep)
+    assert got["chunk ids"][1].endswith("duplicate_chunk_ids: refuse)")
+    assert got["texts"][1].startswith("1 empty or whitespace-only (empty_texts: skip)")
+
+
+def test_a_documents_chunk_count_is_checked_against_its_chunks(exp):
+    m = manifest(exp)
+    docs = pq.read_table(exp / m["shards"][1]["documents_file"])
+    doc_id = docs.column("document_id")[2].as_py()
+    rewrite(exp, 1, lambda t: set_cell(t, "chunk_count", 2, 11), key="documents_file")
+    rep = verify.verify_export(exp)
+    assert rep.issues == [
+        {"where": f"document {doc_id}", "problem": "10 chunks exported, 11 listed", "what to do": RE_EXPORT}
+    ]
+    assert checks(rep)["chunks per document"] == (False, "1 document(s) with a chunk count mismatch")
+
+
+# ------------------------------------------------------------------------------------------ ensure_verified
+def test_an_export_phase_01_verified_is_trusted_only_as_it_was(exp):
+    sha = export_format.open_export(exp).manifest_sha256
+    h01 = {"export_dir": str(exp), "manifest_sha256": sha, "policy": vars(records.Policy())}
+    trusted = {"export": str(exp), "verified by": "phase 01 (same manifest sha256)", "sha256": sha}
+    assert verify.ensure_verified(exp, h01) == trusted
+    assert verify.ensure_verified(exp, h01, records.Policy()) == trusted
+    assert verify.ensure_verified(exp, {**h01, "policy": None}, records.Policy(empty_texts="skip")) == trusted
+    again = {"export": str(exp), "verified by": "this phase (verify_export, offline)", "sha256": sha}
+    assert verify.ensure_verified(exp, h01, records.Policy(empty_texts="skip")) == again
+    assert verify.ensure_verified(exp, {**h01, "export_dir": str(exp) + "-elsewhere"}) == again
+    assert verify.ensure_verified(exp, {**h01, "manifest_sha256": "0" * 64}) == again
+    assert verify.ensure_verified(exp, None) == again
+    assert verify.ensure_verified(exp, {}) == again
+
+
+def test_an_export_that_fails_verification_is_refused_with_the_failed_checks_named(exp):
+    m = manifest(exp)
+    (exp / m["shards"][0]["chunks_file"]).unlink()
+    edit_manifest(exp, lambda m: m.update(total_chunks=1))
+    with pytest.raises(ExportError) as e:
+        verify.ensure_verified(exp, None)
+    assert str(e.value) == (
+        f"{exp} did not pass verification (shard checksums and row counts: 3 shard pair(s); 1 bad). It was not "
+        "verified by phase 01 in this layout; run `python -m runbook verify-export <folder>` for the details, "
+        "or export again with phase 01"
+    )
+
+
+# ---------------------------------------------------------------------------------- against the live source
+@pytest.fixture
+def live(monkeypatch):
+    """A real local server over the corpus the export came from; ``live.corpus.get_chunks`` may be wrapped."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with cloud_emulator.EmulatorServer(syn(), KEY, serve_embeddings=True) as srv:
+        srv.src = source.open_source(srv.url, KEY_ENV)
+        yield srv
+
+
+def change_at_source(srv, monkeypatch, doc_id: str, fn):
+    served = srv.corpus.get_chunks
+
+    def get_chunks(d, with_embeddings):
+        out = served(d, with_embeddings)
+        return fn(out) if d == doc_id and out is not None else out
+
+    monkeypatch.setattr(srv.corpus, "get_chunks", get_chunks)
+
+
+def test_every_chunk_compared_with_an_unchanged_source_agrees(exp, live):
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    got = checks(rep)
+    assert got["documents vs source now"] == (True, "source has 12 now, export has 12")
+    assert got["sample re-fetched from source"] == (
+        True,
+        "120 chunk(s) from 12 document(s) compared field by field, and each document's chunk count; 0 difference(s)",
+    )
+    assert rep.ok and rep.issues == []
+
+
+@pytest.mark.parametrize("sample", [0, 1, 7, 40])
+def test_the_sample_has_the_size_asked_for(exp, live, sample):
+    rep = verify.verify_export(exp, source=live.src, sample=sample)
+    assert checks(rep)["sample re-fetched from source"][1].startswith(f"{sample} chunk(s) from ")
+
+
+def test_the_sample_follows_its_seed_and_reaches_every_shard(exp, live):
+    """A reservoir sample: different seeds pick different chunks, and over a few seeds every shard (the last
+    rows included) is reached, not only the first rows read."""
+    fetched = []
+    served = live.corpus.get_chunks
+
+    def spy(d, with_embeddings):
+        fetched.append(d)
+        return served(d, with_embeddings)
+
+    live.corpus.get_chunks = spy
+    picks = []
+    for seed in range(6):
+        fetched.clear()
+        verify.verify_export(exp, source=live.src, sample=3, seed=seed)
+        picks.append(frozenset(fetched))
+    assert len(set(picks)) > 1
+    assert set().union(*picks) & {live.corpus.doc_id(d) for d in (8, 9, 10, 11)}
+
+
+def test_a_changed_text_a_vanished_chunk_and_a_changed_vector_are_each_named(exp, live, monkeypatch):
+    doc_id = live.corpus.doc_id(3)
+
+    def change(chunks):
+        chunks[0]["text"] += " 개정됨"
+        chunks[1]["id_"] += "-replaced"
+        if chunks[2].get("embedding"):
+            chunks[2]["embedding"] = [-x for x in chunks[2]["embedding"]]
+        chunks[3]["end_char_idx"] += 1
+        return chunks
+
+    change_at_source(live, monkeypatch, doc_id, change)
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    ids = [f"syn-{3:08d}-{k:04d}" for k in range(4)]
+    assert sorted((i["where"], i["problem"], i["what to do"]) for i in rep.issues) == sorted(
+        [
+            (
+                f"chunk {ids[0]} of document {doc_id}",
+                "field text differs from the source",
+                "re-export this document (phase 01 resumes)",
+            ),
+            (
+                f"chunk {ids[1]} of document {doc_id}",
+                "no longer at the source",
+                "the source changed since the export: run phase 07's delta sync",
+            ),
+            (f"chunk {ids[2]} of document {doc_id}", "vector differs from the source's", "re-export"),
+            (
+                f"chunk {ids[3]} of document {doc_id}",
+                "field end_char_idx differs from the source",
+                "re-export this document (phase 01 resumes)",
+            ),
+        ]
+    )
+    assert checks(rep)["sample re-fetched from source"][0] is False
+    assert checks(rep)["sample re-fetched from source"][1].endswith("; 4 difference(s)")
+
+
+def test_a_vector_the_export_computed_itself_is_not_compared_with_the_sources(exp, live, monkeypatch):
+    rewrite(exp, 0, lambda t: set_cell(t, "embedding_source", 0, "reembedded"))
+    doc_id = live.corpus.doc_id(0)
+
+    def change(chunks):
+        chunks[0]["embedding"] = [-x for x in chunks[0]["embedding"]]
+        return chunks
+
+    change_at_source(live, monkeypatch, doc_id, change)
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert rep.issues == [] and rep.ok
+
+
+def test_a_documents_chunk_count_at_the_source_is_compared_with_refused_chunks_counted(
+    exp, live, monkeypatch
+):
+    doc_id = live.corpus.doc_id(5)
+    change_at_source(live, monkeypatch, doc_id, lambda chunks: [*chunks, {**chunks[-1], "id_": "added"}])
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert rep.issues == [
+        {
+            "where": f"document {doc_id}",
+            "problem": "the source serves 11 chunk(s), the export holds 10 (+0 refused)",
+            "what to do": "the source changed or a chunk was missed: export again (phase 01 into a new export_id)",
+        }
+    ]
+    # a chunk phase 01 refused (listed in the manifest) is one the source serves and the export does not hold
+    refused = {"document_id": doc_id, "chunk_id": "added", "problem": "p", "what to do": "w"}
+    edit_manifest(exp, lambda m: m.update(refused=[refused, {**refused, "chunk_id": None}]))
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert [i for i in rep.issues if i["where"] == f"document {doc_id}"] == []
+
+
+def test_the_sources_count_now_counts_refused_documents_as_had(exp, live):
+    live.corpus.delete_document(live.corpus.doc_id(11))
+    rep = verify.verify_export(exp, source=live.src, sample=0)
+    assert checks(rep)["documents vs source now"] == (
+        False,
+        "source has 11 now, export has 12 (the source changed since: phase 07's delta sync catches up)",
+    )
+    edit_manifest(exp, lambda m: m.update(refused_documents=[{"document_id": "x"}]))
+    rep = verify.verify_export(exp, source=live.src, sample=0)
+    assert checks(rep)["documents vs source now"][1].startswith("source has 11 now, export has 13")
+
+
+def test_a_mixed_export_whose_manifest_lists_its_dimensions_is_not_failed_for_it(exp):
+    """Phase 01 writes the list of dimensions when vectors of several were served; the main one is then the
+    dimension most vectors have."""
+    rewrite(exp, 0, lambda t: set_cell(t, "embedding", 3, [0.5] * 5))
+    edit_manifest(exp, lambda m: m.update(embedding_dimension=[5, 8]))
+    rep = verify.verify_export(exp)
+    assert "manifest dimension" not in checks(rep) and rep.ok
+    assert [i["problem"] for i in rep.issues] == ["dimension 5, most vectors have 8"]

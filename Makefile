@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check lib notebooks tests benchmarks
 
 test: lint  ## lint, then the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20  # the slowest tests named at the end of the log
 
 test-notebooks: $(STAMP)  ## the notebook tiers: each notebook on its own defaults, then on its branches (~8 min)
 	$(BIN)/python -m pytest -q -m notebook_smoke

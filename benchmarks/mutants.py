@@ -37,7 +37,10 @@ WORK = ROOT / ".mutants"
 # module -> (the functions that hold its safety-critical code, the test files that guard it). A function is a
 # mutmut name glob: ``x_<function>`` or ``xǁ<Class>ǁ<method>``. The scope is what issue 17 names: all of
 # verify and credentials, load's checkpointed load and resume, extract's resumable writer, cutover's
-# backup, write, restart, restore and rollback.
+# backup, write, restart, restore and rollback. For load and verify only their fast, in-process test files
+# run: the demo-export tests of test_extract.py and test_load.py reach the same code but cost minutes per
+# surviving mutant (each re-exports the demo corpus). Leaving tests out can only lose kills, so the score
+# printed is a lower bound of the whole suite's.
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "credentials": (["*"], ["tests/test_credentials.py", "tests/test_secret_canaries.py"]),
     "cutover": (
@@ -57,20 +60,15 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "load": (
         ["x_load_export", "x__batches"],
-        ["tests/test_load.py", "tests/test_load_resume.py", "tests/test_odd_records_property.py"],
+        ["tests/test_load_resume.py", "tests/test_odd_records_property.py"],
     ),
     "extract": (
         ["xǁ_Writerǁ*", "x_find_resumable"],
         ["tests/test_extract.py", "tests/test_export_writer.py"],
     ),
     "verify": (
-        ["x_verify_export", "x__compare_with_source", "x_ensure_verified"],
-        [
-            "tests/test_verify.py",
-            "tests/test_extract.py",
-            "tests/test_load.py",
-            "tests/test_odd_records_property.py",
-        ],
+        ["x_verify_export", "x__compare_with_source", "x_reservoir_sample", "x_ensure_verified"],
+        ["tests/test_verify.py", "tests/test_odd_records_property.py"],
     ),
 }
 
@@ -139,13 +137,14 @@ def _functions(path: Path) -> dict[str, str]:
 
 def recheck_names(module: str) -> list[str]:
     """What ``--recheck`` runs again for ``module``: the last run's survivors and unchecked mutants, and every
-    mutant of a function in scope whose code changed since that run (its mutants are numbered anew)."""
+    mutant of a function in scope whose code changed (or that is new) since that run (its mutants are
+    numbered anew)."""
     last = WORK / "runbook" / f"{module}.py"
     if not last.exists():
         raise SystemExit(f"--recheck {module}: no earlier run in {WORK}; run it whole first")
     before, now = _functions(last), _functions(ROOT / "lib" / f"{module}.py")
-    changed = [
-        f for f in now if f in before and before[f] != now[f] and in_scope(module, f"runbook.{module}.{f}")
+    changed = [  # a function new since that run counts as changed: none of its mutants ran
+        f for f in now if before.get(f) != now[f] and in_scope(module, f"runbook.{module}.{f}")
     ]
     rows = scores([module])[0]
     kept = [k.split()[0] for k in rows.get("survivors", [])]

@@ -376,6 +376,16 @@ def test_an_export_phase_01_verified_is_trusted_only_as_it_was(exp):
     assert verify.ensure_verified(exp, {}) == again
 
 
+def test_every_failed_check_is_named_in_the_refusal(exp):
+    edit_manifest(exp, lambda m: m.update(total_chunks=121, embedding_dimension=9))
+    with pytest.raises(ExportError) as e:
+        verify.ensure_verified(exp, None)
+    assert str(e.value).startswith(
+        f"{exp} did not pass verification (manifest totals: chunks 120 (manifest 121), documents 12 (manifest "
+        "12); manifest dimension: manifest says 9, most vectors have 8 (120 of 120): "
+    )
+
+
 def test_an_export_that_fails_verification_is_refused_with_the_failed_checks_named(exp):
     m = manifest(exp)
     (exp / m["shards"][0]["chunks_file"]).unlink()
@@ -426,6 +436,24 @@ def test_the_sample_has_the_size_asked_for(exp, live, sample):
     assert checks(rep)["sample re-fetched from source"][1].startswith(f"{sample} chunk(s) from ")
 
 
+@pytest.mark.parametrize("n, k", [(10, 3), (7, 6)])
+def test_the_reservoir_sample_is_uniform_and_follows_its_seed(n, k):
+    """Every item is drawn with probability k/n: 20,000 draws put each item's frequency within 0.015 of it
+    (six standard deviations; the seeds are fixed, so the figures are the same on every run)."""
+    counts = [0] * n
+    trials = 20_000
+    for seed in range(trials):
+        got = verify.reservoir_sample(iter(range(n)), k, seed)
+        assert len(got) == k and len(set(got)) == k
+        for x in got:
+            counts[x] += 1
+    assert all(abs(c / trials - k / n) < 0.015 for c in counts), [c / trials for c in counts]
+    assert verify.reservoir_sample(range(100), 5, 3) == verify.reservoir_sample(range(100), 5, 3)
+    assert verify.reservoir_sample(range(100), 5, 3) != verify.reservoir_sample(range(100), 5, 4)
+    assert verify.reservoir_sample(range(3), 5, 0) == [0, 1, 2]
+    assert verify.reservoir_sample(range(3), 0, 0) == []
+
+
 def test_the_sample_follows_its_seed_and_reaches_every_shard(exp, live):
     """A reservoir sample: different seeds pick different chunks, and over a few seeds every shard (the last
     rows included) is reached, not only the first rows read."""
@@ -443,6 +471,9 @@ def test_the_sample_follows_its_seed_and_reaches_every_shard(exp, live):
         verify.verify_export(exp, source=live.src, sample=3, seed=seed)
         picks.append(frozenset(fetched))
     assert len(set(picks)) > 1
+    fetched.clear()
+    verify.verify_export(exp, source=live.src, sample=3, seed=0)
+    assert frozenset(fetched) == picks[0]  # the same seed, the same sample
     assert set().union(*picks) & {live.corpus.doc_id(d) for d in (8, 9, 10, 11)}
 
 
@@ -537,3 +568,10 @@ def test_a_mixed_export_whose_manifest_lists_its_dimensions_is_not_failed_for_it
     rep = verify.verify_export(exp)
     assert "manifest dimension" not in checks(rep) and rep.ok
     assert [i["problem"] for i in rep.issues] == ["dimension 5, most vectors have 8"]
+
+
+def test_a_manifest_without_a_refused_list_is_compared_with_the_source(exp, live):
+    """Exports written before refused chunks were listed carry no ``refused`` key."""
+    edit_manifest(exp, lambda m: m.pop("refused", None))
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert rep.ok and checks(rep)["sample re-fetched from source"][1].endswith("; 0 difference(s)")

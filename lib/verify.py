@@ -280,12 +280,22 @@ def verify_export(
 
     # documents agree with chunks
     doc_mismatch = 0
+    listed = set()
     for d in exp.iter_documents():
+        listed.add(d["document_id"])
         if doc_chunks.get(d["document_id"], 0) != d["chunk_count"]:
             doc_mismatch += 1
             r.issue(
                 f"document {d['document_id']}",
                 f"{doc_chunks.get(d['document_id'], 0)} chunks exported, {d['chunk_count']} listed",
+                "run phase 01 into a new export_id",
+            )
+    for doc_id, n in doc_chunks.items():  # chunks of a document the export does not list
+        if doc_id not in listed:
+            doc_mismatch += 1
+            r.issue(
+                f"document {doc_id}",
+                f"{n} chunks exported, the document is not listed",
                 "run phase 01 into a new export_id",
             )
     r.check(

@@ -575,3 +575,46 @@ def test_a_manifest_without_a_refused_list_is_compared_with_the_source(exp, live
     edit_manifest(exp, lambda m: m.pop("refused", None))
     rep = verify.verify_export(exp, source=live.src, sample=1000)
     assert rep.ok and checks(rep)["sample re-fetched from source"][1].endswith("; 0 difference(s)")
+
+
+def test_chunks_of_a_document_the_export_does_not_list_are_found(exp, live):
+    """A documents table that lost a row (the manifest's totals made to agree): its chunks are named, and the
+    source comparison counts the document as holding nothing."""
+    m = manifest(exp)
+    docs = pq.read_table(exp / m["shards"][1]["documents_file"])
+    doc_id = docs.column("document_id")[1].as_py()
+    rewrite(exp, 1, lambda t: t.filter(pa.array([i != 1 for i in range(t.num_rows)])), key="documents_file")
+    edit_manifest(exp, lambda m: m.update(total_documents=11, source_total_count=11))
+    rep = verify.verify_export(exp)
+    assert rep.issues == [
+        {
+            "where": f"document {doc_id}",
+            "problem": "10 chunks exported, the document is not listed",
+            "what to do": RE_EXPORT,
+        }
+    ]
+    assert checks(rep)["chunks per document"] == (False, "1 document(s) with a chunk count mismatch")
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert {
+        "where": f"document {doc_id}",
+        "problem": "the source serves 10 chunk(s), the export holds 0 (+0 refused)",
+        "what to do": "the source changed or a chunk was missed: export again (phase 01 into a new export_id)",
+    } in rep.issues
+
+
+def test_each_document_whose_count_differs_at_the_source_is_one_difference(exp, live, monkeypatch):
+    for d in (2, 6):
+        change_at_source(
+            live,
+            monkeypatch,
+            live.corpus.doc_id(d),
+            lambda c: [*c, {**c[-1], "id_": c[-1]["id_"] + "+"}, {**c[-1], "id_": c[-1]["id_"] + "++"}],
+        )
+    refused = {"document_id": live.corpus.doc_id(6), "chunk_id": "x", "problem": "p", "what to do": "w"}
+    edit_manifest(exp, lambda m: m.update(refused=[refused]))
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert sorted(i["problem"] for i in rep.issues) == [
+        "the source serves 12 chunk(s), the export holds 10 (+0 refused)",
+        "the source serves 12 chunk(s), the export holds 10 (+1 refused)",
+    ]
+    assert checks(rep)["sample re-fetched from source"][1].endswith("; 2 difference(s)")

@@ -231,3 +231,23 @@ def test_the_progress_bar_of_a_resumed_load_starts_where_the_checkpoint_is(expor
     assert (second.total, second.initial, second.closed) == (N, 60, True)
     assert second.updates == [50, 10, 50, 10, 50, 10, 50, 10] and second.unit == "chunk"
     assert "resume" in second.desc
+
+
+@pytest.mark.parametrize("asked, used", [(0, 1), (1, 1), (-5, 1), (10**9, None)])
+def test_the_batch_size_is_at_least_one_and_at_most_what_chroma_takes(export_dir, tmp_path, asked, used):
+    """A batch of one is kept (each record checkpointed); nonsense is raised to one; more than the client's
+    maximum batch is cut to it."""
+    client, col = collection(tmp_path, export_dir)
+    sizes = []
+    res = load.load_export(
+        client,
+        col,
+        export_dir,
+        tmp_path / "cp.json",
+        batch_size=asked,
+        progress=False,
+        before_batch=sizes.append,
+    )
+    used = used or int(client.get_max_batch_size())
+    assert res.batch_size == used and res.loaded_now == N
+    assert max(sizes) == min(used, SHARD)  # a batch never spans two shards

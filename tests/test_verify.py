@@ -618,3 +618,45 @@ def test_each_document_whose_count_differs_at_the_source_is_one_difference(exp, 
         "the source serves 12 chunk(s), the export holds 10 (+1 refused)",
     ]
     assert checks(rep)["sample re-fetched from source"][1].endswith("; 2 difference(s)")
+
+
+def test_a_chunk_the_source_now_serves_at_another_position_is_compared_with_itself(exp, live, monkeypatch):
+    """The comparison finds each sampled chunk by its id, wherever the source now serves it, and names the
+    moved position: the first two chunks of a document swapped at the source differ only in ``seq``."""
+    doc_id = live.corpus.doc_id(4)
+    change_at_source(live, monkeypatch, doc_id, lambda c: [c[1], c[0], *c[2:]])
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert sorted((i["where"], i["problem"]) for i in rep.issues) == [
+        (f"chunk syn-{4:08d}-{k:04d} of document {doc_id}", "field seq differs from the source")
+        for k in (0, 1)
+    ]
+
+
+def test_vectors_are_compared_as_the_export_stores_them_float32_nan_included(exp, live, monkeypatch):
+    """A real source serves JSON numbers with more digits than float32 holds: the export keeps float32, so a
+    vector equal after that rounding is the same vector. A NaN the export kept as served is equal to itself."""
+    import numpy as np
+
+    doc_id = live.corpus.doc_id(0)
+
+    def more_digits(chunks):
+        for c in chunks:
+            v = np.asarray(c["embedding"], dtype=np.float64)
+            c["embedding"] = (v + np.abs(v) * 1e-12).tolist()  # rounds to the same float32 values
+        chunks[3]["embedding"][2] = float("nan")
+        return chunks
+
+    change_at_source(live, monkeypatch, doc_id, more_digits)
+
+    def nan(t):
+        v = t.column("embedding")[3].as_py()
+        v[2] = float("nan")
+        return set_cell(t, "embedding", 3, v)
+
+    rewrite(exp, 0, nan)
+    rep = verify.verify_export(exp, source=live.src, sample=1000)
+    assert [i for i in rep.issues if "vector" in i["problem"]] == []
+    assert checks(rep)["sample re-fetched from source"] == (
+        True,
+        "120 chunk(s) from 12 document(s) compared field by field, and each document's chunk count; 0 difference(s)",
+    )

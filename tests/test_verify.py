@@ -660,3 +660,24 @@ def test_vectors_are_compared_as_the_export_stores_them_float32_nan_included(exp
         True,
         "120 chunk(s) from 12 document(s) compared field by field, and each document's chunk count; 0 difference(s)",
     )
+
+
+def test_a_folder_without_a_finished_manifest_fails_the_manifest_check_alone(tmp_path):
+    (tmp_path / "manifest.partial.json").write_text("{}")
+    rep = verify.verify_export(tmp_path)
+    assert [(c["check"], c["ok"]) for c in rep.checks] == [("manifest", False)] and not rep.ok
+    assert "resume" in rep.checks[0]["detail"]
+
+
+def test_by_default_fifty_chunks_drawn_with_seed_0_are_compared(exp, live, monkeypatch):
+    asked = []
+    draw = verify.reservoir_sample
+
+    def spy(items, k, seed):
+        asked.append((k, seed))
+        return draw(items, k, seed)
+
+    monkeypatch.setattr(verify, "reservoir_sample", spy)
+    rep = verify.verify_export(exp, source=live.src)
+    assert asked == [(50, 0)]
+    assert checks(rep)["sample re-fetched from source"][1].startswith("50 chunk(s) from ")

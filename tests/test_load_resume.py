@@ -251,3 +251,18 @@ def test_the_batch_size_is_at_least_one_and_at_most_what_chroma_takes(export_dir
     used = used or int(client.get_max_batch_size())
     assert res.batch_size == used and res.loaded_now == N
     assert max(sizes) == min(used, SHARD)  # a batch never spans two shards
+
+
+def test_a_checkpoint_written_before_collection_ids_were_recorded_is_resumed(export_dir, tmp_path):
+    """Checkpoints of older versions name the collection but not its id: they are resumed, not restarted."""
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    with pytest.raises(Stop):
+        load.load_export(
+            client, col, export_dir, cp_path, batch_size=40, progress=False, before_batch=stop_before(3)
+        )
+    cp = atomic.read_json(cp_path)
+    del cp["collection_id"]
+    atomic.write_json(cp_path, cp)
+    res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False)
+    assert (res.skipped_by_checkpoint, res.loaded_now) == (60, N - 60) and col.count() == N  # 40, 20 | stop

@@ -143,14 +143,19 @@ def test_a_checksum_mismatch_names_both_sums_and_says_not_to_load(exp):
 
 
 def test_a_shard_whose_checksum_matches_but_is_not_parquet_is_refused(exp):
+    """Both files of a shard damaged before their checksums were taken: each is read, each is named."""
     m = manifest(exp)
-    f = exp / m["shards"][0]["chunks_file"]
-    f.write_bytes(b"PAR1" + f.read_bytes()[4:-8] + b"\x00" * 8)
-    edit_manifest(exp, lambda m: m["shards"][0].update(chunks_sha256=export_format.sha256_file(f)))
+    for key in ("chunks_file", "documents_file"):
+        f = exp / m["shards"][0][key]
+        f.write_bytes(b"PAR1" + f.read_bytes()[4:-8] + b"\x00" * 8)
+        sha = key.replace("_file", "_sha256")
+        edit_manifest(exp, lambda m, sha=sha, f=f: m["shards"][0].update({sha: export_format.sha256_file(f)}))
     rep = verify.verify_export(exp)
-    assert [(i["where"], i["what to do"]) for i in rep.issues] == [(m["shards"][0]["chunks_file"], RE_EXPORT)]
-    assert rep.issues[0]["problem"].startswith("not readable as Parquet: ")
-    assert checks(rep)["shard checksums and row counts"] == (False, "3 shard pair(s); 1 bad")
+    assert [(i["where"], i["what to do"]) for i in rep.issues] == [
+        (m["shards"][0][key], RE_EXPORT) for key in ("chunks_file", "documents_file")
+    ]
+    assert all(i["problem"].startswith("not readable as Parquet: ") for i in rep.issues)
+    assert checks(rep)["shard checksums and row counts"] == (False, "3 shard pair(s); 2 bad")
 
 
 def test_each_files_rows_are_counted_against_its_own_manifest_entry(exp):

@@ -266,3 +266,35 @@ def test_a_checkpoint_written_before_collection_ids_were_recorded_is_resumed(exp
     atomic.write_json(cp_path, cp)
     res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False)
     assert (res.skipped_by_checkpoint, res.loaded_now) == (60, N - 60) and col.count() == N  # 40, 20 | stop
+
+
+def test_a_load_begun_under_one_policy_is_not_resumed_under_another(export_dir, tmp_path):
+    """Records already loaded keep the treatment they had: a resume under another odd-records policy is
+    refused, naming both; a checkpoint of an older version (no policy recorded) was the default policy."""
+    skip = records.Policy(empty_texts="skip")
+    default = records.Policy()
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    with pytest.raises(Stop):
+        load.load_export(
+            client,
+            col,
+            export_dir,
+            cp_path,
+            batch_size=40,
+            progress=False,
+            before_batch=stop_before(2),
+            policy=skip,
+        )
+    with pytest.raises(load.LoadError) as e:
+        load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=default)
+    assert str(e.value) == (
+        f"collection resume was loaded with {vars(skip)}, now asked for {vars(default)}: records already loaded "
+        "would keep the old treatment. Load into a new collection (versioned_collection: true, or another "
+        "collection_name), or set the policy back"
+    )
+    cp = atomic.read_json(cp_path)
+    assert cp["policy"] == vars(skip) and cp["loaded"] == 40
+    atomic.write_json(cp_path, {k: v for k, v in cp.items() if k != "policy"})
+    res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=default)
+    assert (res.skipped_by_checkpoint, res.loaded_now) == (40, N - 40) and col.count() == N

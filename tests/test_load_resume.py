@@ -298,3 +298,32 @@ def test_a_load_begun_under_one_policy_is_not_resumed_under_another(export_dir, 
     atomic.write_json(cp_path, {k: v for k, v in cp.items() if k != "policy"})
     res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=default)
     assert (res.skipped_by_checkpoint, res.loaded_now) == (40, N - 40) and col.count() == N
+
+
+def test_another_policy_is_refused_only_while_records_of_the_old_one_are_in_the_collection(
+    export_dir, tmp_path
+):
+    """One record of the old policy left: refused. None left (emptied by hand): the load starts over under
+    the new policy."""
+    skip, default = records.Policy(empty_texts="skip"), records.Policy()
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    with pytest.raises(Stop):
+        load.load_export(
+            client,
+            col,
+            export_dir,
+            cp_path,
+            batch_size=40,
+            progress=False,
+            before_batch=stop_before(2),
+            policy=skip,
+        )
+    ids = col.get()["ids"]
+    col.delete(ids=ids[1:])
+    with pytest.raises(load.LoadError, match="was loaded with"):
+        load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=default)
+    col.delete(ids=ids[:1])
+    res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=default)
+    assert (res.skipped_by_checkpoint, res.loaded_now) == (0, N) and col.count() == N
+    assert atomic.read_json(cp_path)["policy"] == vars(default)

@@ -686,3 +686,37 @@ def test_by_default_fifty_chunks_drawn_with_seed_0_are_compared(exp, live, monke
     rep = verify.verify_export(exp, source=live.src)
     assert asked == [(50, 0)]
     assert checks(rep)["sample re-fetched from source"][1].startswith("50 chunk(s) from ")
+
+
+def test_metadata_chroma_cannot_store_is_listed_for_the_records_that_will_load(exp):
+    """Lists, nulls and nested objects are converted reversibly at load: listed per key with the number of
+    chunks, counting only the records that will be loaded (a refused record converts nothing)."""
+    import json
+
+    def odd_metadata(t):
+        md = {**json.loads(t.column("metadata_json")[1].as_py()), "tags": ["검진", "b"], "reviewed": None}
+        md["nested"] = {"x": 1}
+        for row in (1, 2, 5):
+            t = set_cell(t, "metadata_json", row, json.dumps(md, ensure_ascii=False))
+        v = t.column("embedding")[5].as_py()
+        v[0] = float("nan")
+        return set_cell(t, "embedding", 5, v)  # row 5 is refused at load
+
+    rewrite(exp, 0, odd_metadata)
+    rep = verify.verify_export(exp)
+    assert rep.metadata == [
+        {
+            "key": "nested",
+            "kind": "nested object",
+            "chunks": 2,
+            "treatment": "stored as 'json:' + canonical JSON",
+        },
+        {"key": "reviewed", "kind": "null", "chunks": 2, "treatment": "stored as 'json:null' (reversible)"},
+        {
+            "key": "tags",
+            "kind": "list",
+            "chunks": 2,
+            "treatment": "stored as 'json:' + JSON, not as a Chroma array (Chroma 1.5.9 leaks arrays of deleted "
+            "collections)",
+        },
+    ]

@@ -228,13 +228,14 @@ def test_documents_refused_at_export_count_toward_the_sources_total(exp):
 
 
 def test_a_vector_of_another_dimension_is_listed_and_counted(exp):
-    rewrite(exp, 0, lambda t: set_cell(t, "embedding", 3, [0.5] * 5))
+    # 12-d, longer than the others: the most common dimension is not the largest
+    rewrite(exp, 0, lambda t: set_cell(t, "embedding", 3, [0.5] * 12))
     rep = verify.verify_export(exp)
     assert rep.ok  # a policy matter: refused at load, listed, not a broken export
     assert rep.issues == [
         {
             "where": "1 chunk(s)",
-            "problem": "dimension 5, most vectors have 8",
+            "problem": "dimension 12, most vectors have 8",
             "what to do": "vectors from another model were mixed in: run phase 01 with reembed_bad_vectors: true",
         }
     ]
@@ -256,6 +257,7 @@ def test_a_manifest_that_names_another_dimension_fails(exp):
         "manifest says 9, most vectors have 8 (120 of 120): the manifest was edited or the vectors come from "
         "another model; run phase 01 into a new export_id",
     )
+    assert rep.issues == []  # one dimension among the vectors: nothing mixed in to list
     assert not rep.ok
 
 
@@ -720,3 +722,18 @@ def test_metadata_chroma_cannot_store_is_listed_for_the_records_that_will_load(e
             "collections)",
         },
     ]
+
+
+def test_a_chunk_id_reused_in_a_later_shard_is_a_later_use_and_one_served_twice_is_not(exp):
+    """Positions run on across shards: a chunk of the last shard reusing an id of the first is its later use
+    (``duplicate_chunk_ids``); an id served twice within one document is counted apart."""
+    m = manifest(exp)
+    first = pq.read_table(exp / m["shards"][0]["chunks_file"]).column("chunk_id")[0].as_py()
+    rewrite(exp, 2, lambda t: set_cell(t, "chunk_id", 35, first))
+    got = checks(verify.verify_export(exp))["chunk ids"]
+    assert got == (True, "1 id(s) used by more than one chunk (1 later use(s): duplicate_chunk_ids: qualify)")
+    second = pq.read_table(exp / m["shards"][1]["chunks_file"]).column("chunk_id")[0].as_py()
+    rewrite(exp, 1, lambda t: set_cell(t, "chunk_id", 1, second))  # same document, served twice
+    rewrite(exp, 2, lambda t: set_cell(t, "chunk_id", 35, f"syn-{11:08d}-{5:04d}"))  # back as it was
+    got = checks(verify.verify_export(exp))["chunk ids"]
+    assert got == (True, "1 id(s) used by more than one chunk (0 later use(s): duplicate_chunk_ids: qualify)")

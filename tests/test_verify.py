@@ -737,3 +737,37 @@ def test_a_chunk_id_reused_in_a_later_shard_is_a_later_use_and_one_served_twice_
     rewrite(exp, 2, lambda t: set_cell(t, "chunk_id", 35, f"syn-{11:08d}-{5:04d}"))  # back as it was
     got = checks(verify.verify_export(exp))["chunk ids"]
     assert got == (True, "1 id(s) used by more than one chunk (0 later use(s): duplicate_chunk_ids: qualify)")
+
+
+def test_near_unit_norms_count_as_unit_and_every_listed_document_is_counted(exp):
+    """Norms within 0.001 of 1 are unit vectors (float32 rounding of real embeddings); a listed document with
+    no chunks exported and another with a count off by one are two mismatches."""
+    import numpy as np
+
+    def nearly_unit(t):
+        v = np.asarray(t.column("embedding")[4].as_py(), dtype=np.float64)
+        return set_cell(t, "embedding", 4, (v * 1.0005).tolist())
+
+    rewrite(exp, 1, nearly_unit)
+    rep = verify.verify_export(exp)
+    assert checks(rep)["vector norms"][1].endswith("(unit vectors)") and rep.norms["unit"] is True
+    m = manifest(exp)
+    docs = pq.read_table(exp / m["shards"][0]["documents_file"]).column("document_id").to_pylist()
+    rewrite(exp, 0, lambda t: t.slice(10))  # document 0's ten chunks gone
+    rewrite(exp, 0, lambda t: set_cell(t, "chunk_count", 2, 11), key="documents_file")
+    edit_manifest(exp, lambda m: m.update(total_chunks=110))
+    rep = verify.verify_export(exp)
+    assert [(i["where"], i["problem"]) for i in rep.issues] == [
+        (f"document {docs[0]}", "0 chunks exported, 10 listed"),
+        (f"document {docs[2]}", "10 chunks exported, 11 listed"),
+    ]
+    assert checks(rep)["chunks per document"] == (False, "2 document(s) with a chunk count mismatch")
+
+
+def test_the_listing_of_vectors_replaced_in_phase_01_is_capped_and_the_reconciliation_is_a_forecast(exp):
+    replaced = [{"document_id": "d", "chunk_id": f"c{i}", "served": "of zeros"} for i in range(450)]
+    edit_manifest(exp, lambda m: m.update(replaced_vectors=replaced))
+    rep = verify.verify_export(exp)
+    assert len(rep.odd) == 2 * rep.max_issues == 400
+    items = [r["item"].strip() for r in rep.reconciliation]
+    assert "will be loaded exactly as exported" in items and "will be refused at load" in items

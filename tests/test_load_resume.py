@@ -268,11 +268,8 @@ def test_a_checkpoint_written_before_collection_ids_were_recorded_is_resumed(exp
     assert (res.skipped_by_checkpoint, res.loaded_now) == (60, N - 60) and col.count() == N  # 40, 20 | stop
 
 
-def test_a_load_begun_under_one_policy_is_not_resumed_under_another(export_dir, tmp_path):
-    """Records already loaded keep the treatment they had: a resume under another odd-records policy is
-    refused, naming both; a checkpoint of an older version (no policy recorded) was the default policy."""
-    skip = records.Policy(empty_texts="skip")
-    default = records.Policy()
+def begun_under(policy, export_dir, tmp_path):
+    """A load of 40 records under ``policy``, stopped before its second batch: (client, collection, checkpoint)."""
     client, col = collection(tmp_path, export_dir)
     cp_path = tmp_path / "cp.json"
     with pytest.raises(Stop):
@@ -284,8 +281,17 @@ def test_a_load_begun_under_one_policy_is_not_resumed_under_another(export_dir, 
             batch_size=40,
             progress=False,
             before_batch=stop_before(2),
-            policy=skip,
+            policy=policy,
         )
+    return client, col, cp_path
+
+
+def test_a_load_begun_under_one_policy_is_not_resumed_under_another(export_dir, tmp_path):
+    """Records already loaded keep the treatment they had: a resume under another odd-records policy is
+    refused, naming both; a checkpoint of an older version (no policy recorded) was the default policy."""
+    skip = records.Policy(empty_texts="skip")
+    default = records.Policy()
+    client, col, cp_path = begun_under(skip, export_dir, tmp_path)
     with pytest.raises(load.LoadError) as e:
         load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=default)
     assert str(e.value) == (
@@ -306,19 +312,7 @@ def test_another_policy_is_refused_only_while_records_of_the_old_one_are_in_the_
     """One record of the old policy left: refused. None left (emptied by hand): the load starts over under
     the new policy."""
     skip, default = records.Policy(empty_texts="skip"), records.Policy()
-    client, col = collection(tmp_path, export_dir)
-    cp_path = tmp_path / "cp.json"
-    with pytest.raises(Stop):
-        load.load_export(
-            client,
-            col,
-            export_dir,
-            cp_path,
-            batch_size=40,
-            progress=False,
-            before_batch=stop_before(2),
-            policy=skip,
-        )
+    client, col, cp_path = begun_under(skip, export_dir, tmp_path)
     ids = col.get()["ids"]
     col.delete(ids=ids[1:])
     with pytest.raises(load.LoadError, match="was loaded with"):

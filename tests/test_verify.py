@@ -584,14 +584,17 @@ def test_a_manifest_without_a_refused_list_is_compared_with_the_source(exp, live
     assert rep.ok and checks(rep)["sample re-fetched from source"][1].endswith("; 0 difference(s)")
 
 
-def test_chunks_of_a_document_the_export_does_not_list_are_found(exp, live):
-    """A documents table that lost a row (the manifest's totals made to agree): its chunks are named, and the
-    source comparison counts the document as holding nothing."""
+def drop_document_row(exp) -> str:
+    """Remove one row of the second shard's documents table (the manifest's totals made to agree); its id."""
     m = manifest(exp)
-    docs = pq.read_table(exp / m["shards"][1]["documents_file"])
-    doc_id = docs.column("document_id")[1].as_py()
+    doc_id = pq.read_table(exp / m["shards"][1]["documents_file"]).column("document_id")[1].as_py()
     rewrite(exp, 1, lambda t: t.filter(pa.array([i != 1 for i in range(t.num_rows)])), key="documents_file")
     edit_manifest(exp, lambda m: m.update(total_documents=11, source_total_count=11))
+    return doc_id
+
+
+def test_chunks_of_a_document_the_export_does_not_list_are_found(exp):
+    doc_id = drop_document_row(exp)
     rep = verify.verify_export(exp)
     assert rep.issues == [
         {
@@ -601,6 +604,10 @@ def test_chunks_of_a_document_the_export_does_not_list_are_found(exp, live):
         }
     ]
     assert checks(rep)["chunks per document"] == (False, "1 document(s) with a chunk count mismatch")
+
+
+def test_the_source_comparison_counts_an_unlisted_document_as_holding_nothing(exp, live):
+    doc_id = drop_document_row(exp)
     rep = verify.verify_export(exp, source=live.src, sample=1000)
     assert {
         "where": f"document {doc_id}",

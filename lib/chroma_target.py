@@ -170,6 +170,82 @@ def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, cr
     return col, "created"
 
 
+# ---------------------------------------------------------------- a denser graph when recall stays short
+# What phase 03 proposes when recall at the highest ef_search stays short of the goal: the graph's degree
+# (max_neighbors, M) and build breadth (ef_construction) are fixed when a collection is created, so the remedy
+# is a new collection built denser. The steps are those benchmarks/bench_load.py --hnsw-grid measured
+# (BENCHMARKS.md, "When recall stays short"): each costs build time and disk for recall on hard data.
+REBUILD_STEPS = (
+    {"max_neighbors": 32, "ef_construction": 200},
+    {"max_neighbors": 48, "ef_construction": 400},
+    {"max_neighbors": 64, "ef_construction": 800},
+)
+REBUILD_KEYS = ("max_neighbors", "ef_construction")
+
+
+def parse_rebuild(spec: str) -> dict:
+    """``"max_neighbors=32,ef_construction=200"`` -> ``{"max_neighbors": 32, "ef_construction": 200}``
+    (either key may be left out; ``""`` is no rebuild, ``{}``)."""
+    out: dict = {}
+    for part in (p.strip() for p in (spec or "").split(",")):
+        if not part:
+            continue
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or key not in REBUILD_KEYS or not value.isdigit() or not 2 <= int(value) <= 10_000:
+            raise ValueError(
+                f"hnsw_rebuild {spec!r}: {part!r} is not one of max_neighbors=<2..10000>, "
+                "ef_construction=<2..10000> (e.g. 'max_neighbors=32,ef_construction=200', the form phase 03 "
+                "proposes when recall stays short)"
+            )
+        out[key] = int(value)
+    return out
+
+
+def rebuild_spec(step: dict) -> str:
+    return ",".join(f"{k}={step[k]}" for k in REBUILD_KEYS if k in step)
+
+
+def next_rebuild(hnsw: dict) -> dict | None:
+    """The first step of :data:`REBUILD_STEPS` denser than ``hnsw`` (a collection's current settings) in
+    both degree and build breadth, or None when the collection is already at least as dense as the last."""
+    m, efc = int(hnsw.get("max_neighbors") or 16), int(hnsw.get("ef_construction") or 100)
+    return next(
+        (dict(s) for s in REBUILD_STEPS if s["max_neighbors"] > m and s["ef_construction"] > efc), None
+    )
+
+
+def rebuilt_name(name: str, step: dict) -> str:
+    """``<name>__m<M>-efc<E>``: the rebuilt collection beside the one phase 02 made (which stays untouched)."""
+    return collection_name(f"{name}__m{step['max_neighbors']}-efc{step['ef_construction']}")
+
+
+def rebuild(client, col, spec: str):
+    """(collection, "created" | "verified", settings) for a copy of ``col``'s configuration and provenance
+    with the denser graph ``spec`` asks for (:func:`parse_rebuild`), named by :func:`rebuilt_name`. Made
+    once: a second call verifies the one made before (and a load into it resumes from its checkpoint)."""
+    step = parse_rebuild(spec)
+    cur = current_hnsw(col)
+    step = {
+        "max_neighbors": step.get("max_neighbors", int(cur.get("max_neighbors") or 16)),
+        "ef_construction": step.get("ef_construction", int(cur.get("ef_construction") or 100)),
+    }
+    if all(step[k] == cur.get(k) for k in REBUILD_KEYS):
+        raise ValueError(
+            f"hnsw_rebuild {spec!r}: collection {col.name!r} already has these settings; name denser ones "
+            f"(phase 03 proposes {rebuild_spec(next_rebuild(cur) or REBUILD_STEPS[-1])!r})"
+        )
+    fields = {
+        k: cur[k] for k in ("space", "ef_search", "batch_size", "sync_threshold") if cur.get(k) is not None
+    }
+    settings = HnswSettings(**{**fields, **step})
+    meta = col.metadata or {}
+    prov = {k: meta[k] for k in PROVENANCE_KEYS if k in meta}
+    new, status = create_or_verify(
+        client, rebuilt_name(col.name, step), settings, {**prov, "rebuilt_from": col.name}
+    )
+    return new, status, step
+
+
 def describe(col) -> dict:
     hnsw = current_hnsw(col)
     return {

@@ -614,6 +614,8 @@ def verify_load(
             recall >= min_recall,
             f"{recall:.4f} over {len(queries)} queries at ef_search={ef} (goal {min_recall}; tried {', '.join(tried)}){stale}",
         )
+        if recall < min_recall and not stale and ef >= max_ef_search:
+            issues.append(recall_remedy(col, recall, ef, min_recall))
 
     # LlamaIndex reads back the exported nodes
     li_ok, li_n = _llamaindex_roundtrip(col, picked[:20])
@@ -642,6 +644,34 @@ def verify_load(
         "tally": tally,
         "reconciliation": records.reconciliation(exp.manifest, tally, chunkless),
         "odd": export_odd + tally.listed,  # what phase 01 did, then what this load did
+    }
+
+
+def recall_remedy(col, recall: float, ef: int, min_recall: float) -> dict:
+    """The issue phase 03 lists when recall stays short at the highest ``ef_search``: which denser graph to
+    build (``chroma_target.next_rebuild``) and the parameter that builds it."""
+    from . import chroma_target
+
+    cur = chroma_target.current_hnsw(col)
+    step = chroma_target.next_rebuild(cur)
+    now = f"max_neighbors {cur.get('max_neighbors')}, ef_construction {cur.get('ef_construction')}"
+    if step is None:
+        what = (
+            f"the graph is already as dense as phase 03 proposes ({now}): check the vectors (phase 01's "
+            "verification, the embedding model), or lower min_recall deliberately and say so on the go/no-go"
+        )
+    else:
+        spec = chroma_target.rebuild_spec(step)
+        what = (
+            f"rebuild the graph denser: run phase 03 again with hnsw_rebuild: '{spec}'. It loads a new collection "
+            f"{chroma_target.rebuilt_name(col.name, step)} beside this one (resumable; about twice the build time "
+            "and more disk, measured in BENCHMARKS.md) and verifies it; the service follows the collection phase 03 "
+            "verified"
+        )
+    return {
+        "where": f"collection {col.name} ({now})",
+        "problem": f"recall@10 {recall:.4f} at ef_search {ef}, the highest tried, is short of the goal {min_recall}",
+        "what to do": what,
     }
 
 
@@ -718,6 +748,7 @@ class LoadJob:
     checked: dict = field(default_factory=dict)
     client: object = None
     collection: object = None
+    rebuilt: dict = field(default_factory=dict)  # phase 03's denser copy of phase 02's collection, if asked
 
     @property
     def target(self):
@@ -741,6 +772,7 @@ class LoadJob:
             return self.plan
         return {
             "collection": self.collection.name,
+            **self.rebuilt,
             "records now": self.collection.count(),
             **self.checked,
             "batch size": min(self.batch_size, self.client.get_max_batch_size()),
@@ -768,13 +800,24 @@ def planned_h02(h01: dict | None, base_path: str) -> dict:
 
 
 def open_load(
-    h02: dict, h01: dict | None, base_path: str, policy: records.Policy, batch_size: int, dry_run: bool
+    h02: dict,
+    h01: dict | None,
+    base_path: str,
+    policy: records.Policy,
+    batch_size: int,
+    dry_run: bool,
+    hnsw_rebuild: str = "",
 ) -> LoadJob:
     """Phase 03's first step. A real run verifies the export phase 02 named (``verify.ensure_verified``
     refuses an unsound one, or one verified with another policy) and opens the collection. A dry run plans
-    the load read-only (``preflight.load_plan``), on :func:`planned_h02` when phase 02 has not run."""
-    from . import handoff, preflight, verify
+    the load read-only (``preflight.load_plan``), on :func:`planned_h02` when phase 02 has not run.
 
+    With ``hnsw_rebuild`` (``"max_neighbors=32,ef_construction=200"``, what the recall check proposes when
+    ``ef_search`` alone falls short) the load goes into a denser copy of phase 02's collection
+    (``chroma_target.rebuild``), made once and resumed like any load; phase 02's collection is left as it is."""
+    from . import chroma_target, handoff, preflight, verify
+
+    step = chroma_target.parse_rebuild(hnsw_rebuild)  # a malformed value stops before anything is opened
     if dry_run and handoff.is_absent(h02):
         h02 = planned_h02(h01, base_path)
     job = LoadJob(h02, base_path, policy, int(batch_size), dry_run)
@@ -783,10 +826,23 @@ def open_load(
         if isinstance(job.plan["records in export"], str) and not (h01 or {}).get("total_chunks"):
             unknown = "<known once phase 01 has run>"  # no export, no estimate: not a load of 0 records
             job.plan.update({"records in export": unknown, "would load": unknown, "batches": unknown})
+        if step:
+            job.plan["rebuilt from"] = h02["collection"]
+            job.plan["rebuilt with"] = chroma_target.rebuild_spec(step)
+            if len(step) == len(chroma_target.REBUILD_KEYS) and h02["collection"] != PLANNED_COLLECTION:
+                job.plan["collection"] = chroma_target.rebuilt_name(h02["collection"], step)
         return job
     job.checked = verify.ensure_verified(job.export_dir, h01, policy)
     job.client = job.target.open()
     job.collection = job.client.get_collection(h02["collection"], embedding_function=None)
+    if step:
+        base = job.collection
+        job.collection, status, step = chroma_target.rebuild(job.client, base, hnsw_rebuild)
+        job.rebuilt = {
+            "rebuilt from": base.name,
+            "rebuilt with": chroma_target.rebuild_spec(step),
+            "rebuild": status,
+        }
     return job
 
 
@@ -872,6 +928,11 @@ def phase_outcome(job: LoadJob, result: LoadResult | None, v: dict | None, sp: d
         "load": result.summary(),
         "reconciliation": v["reconciliation"],
         "policy": vars(job.policy),
+        **(
+            {"rebuilt_from": job.rebuilt["rebuilt from"], "hnsw_rebuild": job.rebuilt["rebuilt with"]}
+            if job.rebuilt
+            else {}
+        ),
         **v["figures"],
         "sparse_index": sp["path"],
         "checks": v["checks"] + sp["checks"],

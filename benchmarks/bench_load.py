@@ -14,6 +14,11 @@ process (peak RSS per arm):
 Recall@10 of each index against exact search on 100 queries at ef_search 100 (Chroma's default) and 800, the
 smallest ef_search of 100/200/400/800 that reaches 0.99 (the runbook's verification raises it the same way),
 and single-query latency p50/p99 at that ef_search. ``.venv/bin/python benchmarks/bench_load.py [--sizes 10000 100000]``
+
+``--grid`` measures instead what phase 03 proposes when recall stays short (``chroma_target.REBUILD_STEPS``):
+this loader with Chroma's default graph and with each denser step, build time, disk and the recall sweep, on
+either synthetic shape (``--shapes isotropic realistic``: the hard case and one shaped like text embeddings).
+``.venv/bin/python benchmarks/bench_load.py --grid --sizes 100000 --dim 384 --shapes isotropic realistic``
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ from runbook.rehearsal import corpus
 BULK = {"ef_construction": 64, "max_neighbors": 16, "batch_size": 5000, "sync_threshold": 50000}
 
 
-def write_synthetic_export(n: int, dim: int, path: Path) -> np.ndarray:
+def write_synthetic_export(n: int, dim: int, path: Path, shape: str = "isotropic") -> np.ndarray:
     """An export of N synthetic chunks with their vectors (as phase 01 would write); returns the vectors."""
     from runbook import extract
 
-    syn = corpus.SyntheticCorpus(n, dim, chunks_per_doc=50)
+    syn = corpus.SyntheticCorpus(n, dim, chunks_per_doc=50, shape=shape)
     header = {
         "format": export_format.FORMAT,
         "export_id": path.name,
@@ -219,74 +224,87 @@ def recall_columns(sweep: dict, exact: list) -> dict:
     }
 
 
+def default_arms() -> list[tuple[str, str, str]]:
+    return [
+        ("this loader (runbook defaults = Chroma's HNSW defaults)", LOADER, json.dumps({"space": "cosine"})),
+        ("raw add, same records, Chroma default HNSW", RAW, json.dumps({"hnsw": {}, "records": "full"})),
+        ("raw add, same records, bulk HNSW settings", RAW, json.dumps({"hnsw": BULK, "records": "full"})),
+        (
+            "raw add, minimal records, Chroma default HNSW",
+            RAW,
+            json.dumps({"hnsw": {}, "records": "minimal"}),
+        ),
+        ("llama-index ChromaVectorStore.add", LLAMA, ""),
+        ("FAISS HNSW (reference)", FAISS, ""),
+    ]
+
+
+def grid_arms() -> list[tuple[str, str, str]]:
+    """This loader with Chroma's default graph, then with each denser step phase 03 proposes."""
+    from runbook import chroma_target
+
+    steps = [{"max_neighbors": 16, "ef_construction": 100}, *chroma_target.REBUILD_STEPS]
+    return [
+        (
+            f"this loader, M {s['max_neighbors']}, ef_construction {s['ef_construction']}",
+            LOADER,
+            json.dumps({"space": "cosine", **s}),
+        )
+        for s in steps
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--shapes", nargs="+", default=["isotropic"], choices=corpus.SyntheticCorpus.SHAPES)
+    ap.add_argument(
+        "--grid", action="store_true", help="the denser graphs phase 03 proposes, not the loaders"
+    )
     args = ap.parse_args()
     all_rows = []
     for n in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            vecs = write_synthetic_export(n, args.dim, tmp / "export")
-            ids = [
-                r
-                for b in export_format.open_export(tmp / "export").iter_chunk_batches(columns=["chunk_id"])
-                for r in b.column("chunk_id").to_pylist()
-            ]
-            rng = np.random.default_rng(1)
-            queries = vecs[rng.integers(0, n, 100)] + rng.normal(0, 0.02, (100, args.dim)).astype(np.float32)
-            np.save(tmp / "q.npy", queries)
-            vn = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-            qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-            exact = [[ids[j] for j in np.argsort(-row)[:10]] for row in qn @ vn.T]
-            del vn
-            arms = [
-                (
-                    "this loader (runbook defaults = Chroma's HNSW defaults)",
-                    LOADER,
-                    json.dumps({"space": "cosine"}),
-                ),
-                (
-                    "raw add, same records, Chroma default HNSW",
-                    RAW,
-                    json.dumps({"hnsw": {}, "records": "full"}),
-                ),
-                (
-                    "raw add, same records, bulk HNSW settings",
-                    RAW,
-                    json.dumps({"hnsw": BULK, "records": "full"}),
-                ),
-                (
-                    "raw add, minimal records, Chroma default HNSW",
-                    RAW,
-                    json.dumps({"hnsw": {}, "records": "minimal"}),
-                ),
-                ("llama-index ChromaVectorStore.add", LLAMA, ""),
-                ("FAISS HNSW (reference)", FAISS, ""),
-            ]
-            rows = []
-            for name, code, conf in arms:
-                db = tmp / f"db-{len(rows)}"
-                out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf)
-                if "sweep" in out:
-                    out.update(recall_columns(out.pop("sweep"), exact))
-                if db.exists():
-                    out["disk_mb"] = round(
-                        sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 2**20, 1
-                    )
-                rows.append({"records": n, "arm": name, **out})
-                print(table(rows[-1:], COLS), flush=True)
-            best_raw = max(
-                (r.get("records_per_s") or 0) for r in rows if r["arm"].startswith("raw add, same")
-            )
-            rows[0]["vs_best_raw"] = round(rows[0].get("records_per_s", 0) / best_raw, 2) if best_raw else ""
-            all_rows.extend(rows)
+        for shape in args.shapes:
+            all_rows.extend(run_size(n, args.dim, shape, grid_arms() if args.grid else default_arms()))
     print("\n" + table(all_rows, COLS))
+
+
+def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]]) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        vecs = write_synthetic_export(n, dim, tmp / "export", shape)
+        ids = [
+            r
+            for b in export_format.open_export(tmp / "export").iter_chunk_batches(columns=["chunk_id"])
+            for r in b.column("chunk_id").to_pylist()
+        ]
+        rng = np.random.default_rng(1)
+        queries = vecs[rng.integers(0, n, 100)] + rng.normal(0, 0.02, (100, dim)).astype(np.float32)
+        np.save(tmp / "q.npy", queries)
+        vn = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        exact = [[ids[j] for j in np.argsort(-row)[:10]] for row in qn @ vn.T]
+        del vn
+        rows = []
+        for name, code, conf in arms:
+            db = tmp / f"db-{len(rows)}"
+            out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf)
+            if "sweep" in out:
+                out.update(recall_columns(out.pop("sweep"), exact))
+            if db.exists():
+                out["disk_mb"] = round(sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 2**20, 1)
+            rows.append({"records": n, "shape": shape, "arm": name, **out})
+            print(table(rows[-1:], COLS), flush=True)
+        raw = [r.get("records_per_s") or 0 for r in rows if r["arm"].startswith("raw add, same")]
+        if raw and max(raw):
+            rows[0]["vs_best_raw"] = round(rows[0].get("records_per_s", 0) / max(raw), 2)
+        return rows
 
 
 COLS = [
     "records",
+    "shape",
     "arm",
     "seconds",
     "records_per_s",

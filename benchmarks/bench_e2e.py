@@ -1,0 +1,196 @@
+"""The runbook end to end at scale: phases 00-03 through the runner (``python -m runbook run <params> --only NN``,
+each phase its own process, as papermill in batch runs them) against the local LlamaCloud-compatible server
+serving a synthetic corpus, into an embedded Chroma. Per phase: wall time, CPU seconds of the phase (the runner
+and its notebook kernel) apart from the server's, the phase's peak RSS (its largest process), and the disk the
+base path holds after it, against preflight's projection (``disk.projection``) component by component.
+
+    .venv/bin/python benchmarks/bench_e2e.py --chunks 100000                   # 1536-d, vectors served
+    .venv/bin/python benchmarks/bench_e2e.py --chunks 100000 --shape realistic --repeat 3
+    .venv/bin/python benchmarks/bench_e2e.py --chunks 1000000 --work /data/bench-1m   # hours; see BENCHMARKS.md
+
+The server serves the vectors (``--serve-embeddings``), so phase 01 re-embeds nothing: this isolates the
+runbook's own work from an embedding API's rate limit (``bench_reembed.py`` measures that one). With
+``--repeat`` the whole pipeline runs that many times, each into a fresh base path; the table gives each
+phase's median and its spread (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import table
+from runbook import disk
+from runbook.rehearsal import cloud_emulator, corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("00", "01", "02", "03")
+KEY_ENV = "LLAMA_CLOUD_API_KEY"
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (``/proc/<pid>/stat``), its reaped children included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def write_params(path: Path, base: Path, url: str, syn: corpus.SyntheticCorpus, args) -> Path:
+    import yaml
+
+    params = {
+        "base_path": str(base),
+        "source_base_url": url,
+        "index_name": syn.pipeline["name"],
+        "expected_chunks": syn.n_chunks,
+        "embedding_dimension": syn.dim,
+        "embedding_cache": str(base / "cache" / "embeddings.sqlite"),
+        "required_env": [KEY_ENV],
+        "collection_name": "bench",
+        "verify_sample": args.verify_sample,
+        "readback_sample": args.readback_sample,
+        "sparse_index": args.sparse_index,
+    }
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
+    """One phase in its own runner process: wall, its CPU (the runner and every process it waited for: the
+    notebook kernel), its largest process's peak RSS (``wait4``'s rusage), the server's CPU meanwhile."""
+    env = {**os.environ, "RUNBOOK_OUTPUTS": str(outputs)}
+    log = outputs / f"phase-{phase}-{time.time_ns()}.log"
+    outputs.mkdir(parents=True, exist_ok=True)
+    s0, t0 = proc_cpu_seconds(server_pid), time.time()
+    with open(log, "w", encoding="utf-8") as f:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "runbook", "run", str(params), "--only", phase],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    row = {
+        "phase": phase,
+        "wall_s": round(time.time() - t0, 1),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+        "server_cpu_s": round(proc_cpu_seconds(server_pid) - s0, 1),
+        "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+    }
+    if p.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        row["error"] = f"exit {p.returncode}: " + " | ".join(tail)[:300]
+    return row
+
+
+def projection(syn: corpus.SyntheticCorpus, args) -> dict[str, int]:
+    rows = disk.projection(syn.n_chunks, syn.dim, reembed=False, snapshots=0, sparse_index=args.sparse_index)
+    return {r["component"]: r["bytes"] for r in rows}
+
+
+def one_pipeline(args, syn, url: str, server_pid: int, work: Path, rep: int) -> list[dict]:
+    base = work / f"base-{rep}"
+    shutil.rmtree(base, ignore_errors=True)
+    params = write_params(work / f"params-{rep}.yaml", base, url, syn, args)
+    rows = []
+    for phase in PHASES:
+        row = {"repetition": rep, **run_phase(params, phase, work / "outputs", server_pid)}
+        row["base_path_mb"] = round(dir_bytes(base) / 2**20, 1)
+        rows.append(row)
+        print(table([row], COLS), flush=True)
+        if "error" in row:
+            break
+    layout = {"export": base / "backup" / "exports", "chroma": base / "chroma_db"}
+    measured = {k: dir_bytes(v) for k, v in layout.items()}
+    rows[-1]["disk"] = {k: round(v / 2**20, 1) for k, v in measured.items()}
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chunks", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--shape", choices=corpus.SyntheticCorpus.SHAPES, default="isotropic")
+    ap.add_argument("--repeat", type=int, default=1, help="whole pipelines, each into a fresh base path")
+    ap.add_argument("--verify-sample", type=int, default=200)
+    ap.add_argument("--readback-sample", type=int, default=200)
+    ap.add_argument("--sparse-index", action="store_true", help="phase 03 builds the BM25 index too")
+    ap.add_argument("--work", default="", help="scratch folder (default: a temporary one, removed after)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault(KEY_ENV, "bench-key-0123456789")
+    spec = f"synthetic:{args.chunks}:{args.dim}:50:{args.shape}"
+    syn = corpus.synthetic(spec)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    work.mkdir(parents=True, exist_ok=True)
+    h = cloud_emulator.start_subprocess(spec, KEY_ENV, serve_embeddings=True)
+    try:
+        rows = []
+        for rep in range(1, args.repeat + 1):
+            rows.extend(one_pipeline(args, syn, h.url, h.proc.pid, work, rep))
+    finally:
+        h.stop()
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{spec}, vectors served, {args.repeat} repetition(s): each phase's median (min-max)")
+    print(table(summarise(rows), SUMMARY_COLS))
+    proj = projection(syn, args)
+    last = [r for r in rows if "disk" in r]
+    if last:
+        got = {k: statistics.median(r["disk"][k] for r in last) for k in last[0]["disk"]}
+        print("\ndisk against preflight's projection (MB)")
+        print(
+            table(
+                [
+                    {
+                        "component": k,
+                        "measured": got[k],
+                        "projected": round(proj.get(k, 0) / 2**20, 1),
+                        "measured / projected": round(got[k] * 2**20 / proj[k], 2) if proj.get(k) else "",
+                    }
+                    for k in got
+                ],
+                ["component", "measured", "projected", "measured / projected"],
+            )
+        )
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    out = []
+    for phase in PHASES:
+        got = [r for r in rows if r["phase"] == phase and "error" not in r]
+        if not got:
+            continue
+        row = {"phase": phase, "runs": len(got)}
+        for k in ("wall_s", "cpu_s", "server_cpu_s", "peak_rss_mb", "base_path_mb"):
+            v = [r[k] for r in got]
+            row[k] = f"{statistics.median(v):g} ({min(v):g}-{max(v):g})" if len(v) > 1 else f"{v[0]:g}"
+        out.append(row)
+    total = [
+        sum(r["wall_s"] for r in rows if r["repetition"] == rep) for rep in {r["repetition"] for r in rows}
+    ]
+    out.append({"phase": "00-03", "runs": len(total), "wall_s": f"{statistics.median(total):g}"})
+    return out
+
+
+COLS = ["repetition", "phase", "wall_s", "cpu_s", "server_cpu_s", "peak_rss_mb", "base_path_mb", "error"]
+SUMMARY_COLS = ["phase", "runs", "wall_s", "cpu_s", "server_cpu_s", "peak_rss_mb", "base_path_mb"]
+
+if __name__ == "__main__":
+    sys.exit(main())

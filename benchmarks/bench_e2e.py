@@ -29,20 +29,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import table
+from benchmarks.common import proc_cpu_seconds, spread, table
 from runbook import disk
 from runbook.rehearsal import cloud_emulator, corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("00", "01", "02", "03")
 KEY_ENV = "LLAMA_CLOUD_API_KEY"
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (``/proc/<pid>/stat``), its reaped children included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
 
 
 def dir_bytes(path: Path) -> int:
@@ -179,8 +172,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             continue
         row = {"phase": phase, "runs": len(got)}
         for k in ("wall_s", "cpu_s", "server_cpu_s", "peak_rss_mb", "base_path_mb"):
-            v = [r[k] for r in got]
-            row[k] = f"{statistics.median(v):g} ({min(v):g}-{max(v):g})" if len(v) > 1 else f"{v[0]:g}"
+            row[k] = spread([r[k] for r in got])
         out.append(row)
     total = [
         sum(r["wall_s"] for r in rows if r["repetition"] == rep) for rep in {r["repetition"] for r in rows}

@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import run_arm, table
+from common import run_arm, spread, table
 
 from runbook import export_format
 from runbook.rehearsal import corpus
@@ -224,19 +225,35 @@ def recall_columns(sweep: dict, exact: list) -> dict:
     }
 
 
-def default_arms() -> list[tuple[str, str, str]]:
-    return [
-        ("this loader (runbook defaults = Chroma's HNSW defaults)", LOADER, json.dumps({"space": "cosine"})),
-        ("raw add, same records, Chroma default HNSW", RAW, json.dumps({"hnsw": {}, "records": "full"})),
-        ("raw add, same records, bulk HNSW settings", RAW, json.dumps({"hnsw": BULK, "records": "full"})),
-        (
+ARM_KEYS = ("loader", "raw", "bulk", "minimal", "llama", "faiss")
+
+
+def default_arms(keys=ARM_KEYS) -> list[tuple[str, str, str]]:
+    arms = {
+        "loader": (
+            "this loader (runbook defaults = Chroma's HNSW defaults)",
+            LOADER,
+            json.dumps({"space": "cosine"}),
+        ),
+        "raw": (
+            "raw add, same records, Chroma default HNSW",
+            RAW,
+            json.dumps({"hnsw": {}, "records": "full"}),
+        ),
+        "bulk": (
+            "raw add, same records, bulk HNSW settings",
+            RAW,
+            json.dumps({"hnsw": BULK, "records": "full"}),
+        ),
+        "minimal": (
             "raw add, minimal records, Chroma default HNSW",
             RAW,
             json.dumps({"hnsw": {}, "records": "minimal"}),
         ),
-        ("llama-index ChromaVectorStore.add", LLAMA, ""),
-        ("FAISS HNSW (reference)", FAISS, ""),
-    ]
+        "llama": ("llama-index ChromaVectorStore.add", LLAMA, ""),
+        "faiss": ("FAISS HNSW (reference)", FAISS, ""),
+    }
+    return [arms[k] for k in ARM_KEYS if k in keys]
 
 
 def grid_arms() -> list[tuple[str, str, str]]:
@@ -262,15 +279,23 @@ def main():
     ap.add_argument(
         "--grid", action="store_true", help="the denser graphs phase 03 proposes, not the loaders"
     )
+    ap.add_argument(
+        "--arms", nargs="+", default=list(ARM_KEYS), choices=ARM_KEYS, help="which loaders to run"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="interleaved repetitions: medians with their spread"
+    )
     args = ap.parse_args()
     all_rows = []
     for n in args.sizes:
         for shape in args.shapes:
-            all_rows.extend(run_size(n, args.dim, shape, grid_arms() if args.grid else default_arms()))
+            arms = grid_arms() if args.grid else default_arms(args.arms)
+            all_rows.extend(run_size(n, args.dim, shape, arms, args.repeat))
     print("\n" + table(all_rows, COLS))
 
 
-def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]]) -> list[dict]:
+def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]], repeat: int = 1) -> list[dict]:
+    """Every arm on the same export, the arms in turn ``repeat`` times (a busy spell falls on all of them)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vecs = write_synthetic_export(n, dim, tmp / "export", shape)
@@ -285,29 +310,71 @@ def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]]) -> 
         vn = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
         qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
         exact = [[ids[j] for j in np.argsort(-row)[:10]] for row in qn @ vn.T]
-        del vn
+        del vn, vecs
+        runs = []
+        for rep in range(1, repeat + 1):
+            for name, code, conf in arms:
+                db = tmp / f"db-{rep}-{len(runs)}"
+                out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf)
+                if "sweep" in out:
+                    out.update(recall_columns(out.pop("sweep"), exact))
+                if db.exists():
+                    out["disk_mb"] = round(
+                        sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 2**20, 1
+                    )
+                    shutil.rmtree(db, ignore_errors=True)  # a million chunks' database is gigabytes
+                runs.append({"records": n, "shape": shape, "arm": name, "repetition": rep, **out})
+                print(table(runs[-1:], COLS + ["repetition"]), flush=True)
+        return summarise(runs, repeat)
+
+
+def summarise(runs: list[dict], repeat: int) -> list[dict]:
+    """One row an arm: single figures when run once; otherwise the median (min-max) of its repetitions. The
+    loader's ratios are paired: each repetition's loader against that repetition's raw arms."""
+    if repeat == 1:
+        rows = [dict(r) for r in runs]
+    else:
         rows = []
-        for name, code, conf in arms:
-            db = tmp / f"db-{len(rows)}"
-            out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf)
-            if "sweep" in out:
-                out.update(recall_columns(out.pop("sweep"), exact))
-            if db.exists():
-                out["disk_mb"] = round(sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 2**20, 1)
-            rows.append({"records": n, "shape": shape, "arm": name, **out})
-            print(table(rows[-1:], COLS), flush=True)
-        raw = [r.get("records_per_s") or 0 for r in rows if r["arm"].startswith("raw add, same")]
-        if raw and max(raw):
-            rows[0]["vs_best_raw"] = round(rows[0].get("records_per_s", 0) / max(raw), 2)
-        return rows
+        for arm in dict.fromkeys(r["arm"] for r in runs):
+            got = [r for r in runs if r["arm"] == arm and "error" not in r]
+            row = {
+                k: v for k, v in (got or [r for r in runs if r["arm"] == arm])[0].items() if k != "repetition"
+            }
+            for k in ("seconds", "records_per_s", "peak_rss_mb", "disk_mb", "recall@10", "recall_ef800"):
+                vals = [r[k] for r in got if isinstance(r.get(k), int | float)]
+                if vals:
+                    row[k] = spread(vals, 4 if k.startswith("recall") else 1)
+            row["runs"] = len(got)
+            rows.append(row)
+    loader = next((a for a in dict.fromkeys(r["arm"] for r in runs) if a.startswith("this loader (")), None)
+    if loader:
+        for key, prefix in (
+            ("vs_raw_same", "raw add, same records, Chroma default"),
+            ("vs_best_raw", "raw add, same"),
+        ):
+            ratios = []
+            for rep in range(1, repeat + 1):
+                mine = [r.get("records_per_s") for r in runs if r["arm"] == loader and r["repetition"] == rep]
+                raw = [
+                    r.get("records_per_s") or 0
+                    for r in runs
+                    if r["arm"].startswith(prefix) and r["repetition"] == rep and "error" not in r
+                ]
+                if mine and mine[0] and raw and max(raw):
+                    ratios.append(mine[0] / max(raw))
+            if ratios:
+                rows[[r["arm"] for r in rows].index(loader)][key] = spread(ratios, 2)
+    return rows
 
 
 COLS = [
     "records",
     "shape",
     "arm",
+    "runs",
     "seconds",
     "records_per_s",
+    "vs_raw_same",
     "vs_best_raw",
     "recall@10",
     "recall_ef800",

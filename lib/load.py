@@ -43,9 +43,9 @@ def node_metadata(row: dict) -> dict:
 def _node_parts(row: dict) -> tuple[dict, dict]:
     """The source's metadata and LlamaIndex's own keys (``_node_content`` ...), built straight from the
     export's JSON (no pydantic round-trip: ~20x faster)."""
-    metadata = records.loads(row["metadata_json"])
-    extra = records.loads(row["node_extra_json"] or "{}")
-    rels = records.loads(row["relationships_json"] or "{}")
+    metadata, f1 = records.loads_checked(row["metadata_json"])
+    extra, f2 = records.loads_checked(row["node_extra_json"] or "{}")
+    rels, f3 = records.loads_checked(row["relationships_json"] or "{}")
     node = {"id_": row["chunk_id"], "embedding": None, "metadata": metadata}
     for k in ("excluded_embed_metadata_keys", "excluded_llm_metadata_keys", "metadata_template"):
         node[k] = extra.get(k) if extra.get(k) is not None else _NODE_DEFAULTS[k]
@@ -63,7 +63,8 @@ def _node_parts(row: dict) -> tuple[dict, dict]:
     ref = source.get("node_id") if isinstance(source, dict) else None
     ref = "None" if ref is None else ref
     own = {
-        "_node_content": records.dumps(node, sort_keys=False),
+        # the node's other fields are strings, ints and None: it is finite when what orjson read is
+        "_node_content": records.dumps(node, sort_keys=False, finite=f1 and f2 and f3),
         "_node_type": "TextNode",
         "document_id": ref,
         "doc_id": ref,

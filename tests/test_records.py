@@ -105,6 +105,47 @@ def test_nan_and_big_integers_survive_the_export_json():
     assert ("nan", "NaN or Infinity") in conv and ("big", "integer beyond 64 bits") in conv
 
 
+def test_the_node_json_skips_the_nan_walk_only_for_what_orjson_read():
+    """The loader tells ``dumps`` its node is finite when orjson read every part (orjson refuses NaN,
+    Infinity and numbers beyond a double): a non-finite value in any part, metadata, relationships or the
+    node's extras, still reaches ``_node_content`` as NaN or Infinity, never as null."""
+    assert records.loads_checked('{"a": 1.5, "b": [null, "NaN"]}') == ({"a": 1.5, "b": [None, "NaN"]}, True)
+    for text in ('{"a": NaN}', '{"a": -Infinity}', '{"a": 1e999}', '{"a": 1234567890123456789}'):
+        value, finite = records.loads_checked(text)
+        assert not finite and value == records.loads(text) or math.isnan(value["a"])
+    assert records.dumps({"a": math.nan}, finite=False) == '{"a":NaN}'
+    assert records.dumps({"a": None}, finite=True) == '{"a":null}'
+    base = {
+        "chunk_id": "c",
+        "document_id": "d",
+        "text": "t",
+        "metadata_json": '{"k": 1}',
+        "relationships_json": '{"1": {"node_id": "d", "metadata": {"x": 2}}}',
+        "node_extra_json": "{}",
+        "start_char_idx": None,
+        "end_char_idx": None,
+    }
+    for key, text, where in (
+        ("metadata_json", '{"k": NaN}', lambda n: n["metadata"]["k"]),
+        ("metadata_json", '{"k": 1e999}', lambda n: n["metadata"]["k"]),
+        (
+            "relationships_json",
+            '{"1": {"node_id": "d", "metadata": {"x": -Infinity}}}',
+            lambda n: n["relationships"]["1"]["metadata"]["x"],
+        ),
+        (
+            "node_extra_json",
+            '{"excluded_llm_metadata_keys": [NaN]}',
+            lambda n: n["excluded_llm_metadata_keys"][0],
+        ),
+    ):
+        node = json.loads(load.to_chroma_metadata({**base, key: text})[0]["_node_content"])
+        got = where(node)
+        assert isinstance(got, float) and not math.isfinite(got), (key, text, node)
+    node = json.loads(load.to_chroma_metadata(base)[0]["_node_content"])
+    assert node["metadata"] == {"k": 1} and node["relationships"]["1"]["metadata"] == {"x": 2}
+
+
 def test_a_source_document_id_equal_to_llamaindexs_needs_no_escape():
     """LlamaCloud's chunk metadata carries document_id; where it equals the ref doc id nothing is converted."""
     row = {

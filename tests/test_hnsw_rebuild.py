@@ -167,6 +167,11 @@ def test_a_rebuild_loads_a_denser_copy_and_leaves_phase_02s_collection_alone(exp
     }
     v = load.verify_job(job, 30, 20, 0.9)
     assert all(c["ok"] for c in v["checks"]), v["checks"]
+    fig = v["figures"]
+    assert fig["sampled records differing, 95% upper bound"] == (
+        "11.4% (0 of 30 sampled differ; every record's text and metadata compared in full)"
+    )
+    assert fig["recall@10, 95% interval"].endswith(" over 20 queries")
     out = load.phase_outcome(job, res, v, {"path": "", "checks": []})
     assert (out["collection"], out["count"], out["rebuilt_from"], out["hnsw_rebuild"]) == (
         "knowledge__m32-efc200",

@@ -256,11 +256,12 @@ def default_arms(keys=ARM_KEYS) -> list[tuple[str, str, str]]:
     return [arms[k] for k in ARM_KEYS if k in keys]
 
 
-def grid_arms() -> list[tuple[str, str, str]]:
-    """This loader with Chroma's default graph, then with each denser step phase 03 proposes."""
+def grid_arms(n_steps: int | None = None) -> list[tuple[str, str, str]]:
+    """This loader with Chroma's default graph, then with each denser step phase 03 proposes (the first
+    ``n_steps`` of them: each costs about twice the build time of the one before)."""
     from runbook import chroma_target
 
-    steps = [{"max_neighbors": 16, "ef_construction": 100}, *chroma_target.REBUILD_STEPS]
+    steps = [{"max_neighbors": 16, "ef_construction": 100}, *chroma_target.REBUILD_STEPS[:n_steps]]
     return [
         (
             f"this loader, M {s['max_neighbors']}, ef_construction {s['ef_construction']}",
@@ -289,7 +290,7 @@ def main():
     all_rows = []
     for n in args.sizes:
         for shape in args.shapes:
-            arms = grid_arms() if args.grid else default_arms(args.arms)
+            arms = grid_arms(args.grid_steps) if args.grid else default_arms(args.arms)
             all_rows.extend(run_size(n, args.dim, shape, arms, args.repeat))
     print("\n" + table(all_rows, COLS))
 

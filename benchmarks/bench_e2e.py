@@ -8,8 +8,11 @@ base path holds after it, against preflight's projection (``disk.projection``) c
     .venv/bin/python benchmarks/bench_e2e.py --chunks 100000 --shape realistic --repeat 3
     .venv/bin/python benchmarks/bench_e2e.py --chunks 1000000 --work /data/bench-1m   # hours; see BENCHMARKS.md
 
-The server serves the vectors (``--serve-embeddings``), so phase 01 re-embeds nothing: this isolates the
-runbook's own work from an embedding API's rate limit (``bench_reembed.py`` measures that one). With
+By default the server serves the vectors, so phase 01 re-embeds nothing: this isolates the runbook's own work
+from an embedding API's rate limit. ``--reembed`` rehearses production's shape instead: the pipeline reports
+LlamaCloud's managed text-embedding-3-small, no vectors are served, and phase 01 re-embeds every chunk through
+the server's OpenAI-compatible ``/v1/embeddings`` (fast ``hash`` vectors) at the limits given
+(``--embed-tpm``, ``--embed-rpm``, ``--embed-latency-ms``); phase 01's row then holds the rate-limited wait. With
 ``--repeat`` the whole pipeline runs that many times, each into a fresh base path; the table gives each
 phase's median and its spread (min-max).
 """
@@ -36,6 +39,7 @@ from runbook.rehearsal import cloud_emulator, corpus
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("00", "01", "02", "03")
 KEY_ENV = "LLAMA_CLOUD_API_KEY"
+OPENAI_ENV = "OPENAI_API_KEY"
 
 
 def dir_bytes(path: Path) -> int:
@@ -52,12 +56,20 @@ def write_params(path: Path, base: Path, url: str, syn: corpus.SyntheticCorpus, 
         "expected_chunks": syn.n_chunks,
         "embedding_dimension": syn.dim,
         "embedding_cache": str(base / "cache" / "embeddings.sqlite"),
-        "required_env": [KEY_ENV],
+        "required_env": [KEY_ENV, *([OPENAI_ENV] if args.reembed else [])],
         "collection_name": "bench",
         "verify_sample": args.verify_sample,
         "readback_sample": args.readback_sample,
         "sparse_index": args.sparse_index,
     }
+    if args.reembed:
+        params.update(
+            embed_api_base=url + "/v1",
+            allow_embedding_spend=True,
+            max_embedding_cost_usd=1000.0,  # the stand-in bills nothing; the cap only has to let it run
+            embed_tpm=args.embed_tpm,
+            embed_rpm=args.embed_rpm,
+        )
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return path
 
@@ -93,7 +105,9 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
 
 
 def projection(syn: corpus.SyntheticCorpus, args) -> dict[str, int]:
-    rows = disk.projection(syn.n_chunks, syn.dim, reembed=False, snapshots=0, sparse_index=args.sparse_index)
+    rows = disk.projection(
+        syn.n_chunks, syn.dim, reembed=args.reembed, snapshots=0, sparse_index=args.sparse_index
+    )
     return {r["component"]: r["bytes"] for r in rows}
 
 
@@ -109,7 +123,10 @@ def one_pipeline(args, syn, url: str, server_pid: int, work: Path, rep: int) -> 
         print(table([row], COLS), flush=True)
         if "error" in row:
             break
-    layout = {"export": base / "backup" / "exports", "chroma": base / "chroma_db"}
+    from runbook.paths import Layout
+
+    lay = Layout.from_params(str(base))
+    layout = {"export": lay.exports, "chroma": lay.chroma_db, "embedding cache": base / "cache"}
     measured = {k: dir_bytes(v) for k, v in layout.items()}
     rows[-1]["disk"] = {k: round(v / 2**20, 1) for k, v in measured.items()}
     return rows
@@ -124,14 +141,31 @@ def main(argv=None) -> int:
     ap.add_argument("--verify-sample", type=int, default=200)
     ap.add_argument("--readback-sample", type=int, default=200)
     ap.add_argument("--sparse-index", action="store_true", help="phase 03 builds the BM25 index too")
+    ap.add_argument(
+        "--reembed", action="store_true", help="no vectors served: phase 01 re-embeds (see above)"
+    )
+    ap.add_argument("--embed-tpm", type=int, default=10_000_000, help="with --reembed: tokens per minute")
+    ap.add_argument("--embed-rpm", type=int, default=10_000, help="with --reembed: requests per minute")
+    ap.add_argument("--embed-latency-ms", type=float, default=300.0, help="with --reembed: per request")
     ap.add_argument("--work", default="", help="scratch folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)
     os.environ.setdefault(KEY_ENV, "bench-key-0123456789")
-    spec = f"synthetic:{args.chunks}:{args.dim}:50:{args.shape}"
+    os.environ.setdefault(OPENAI_ENV, "bench-openai-key-0123456789")
+    spec = f"synthetic:{args.chunks}:{args.dim}:50:{args.shape}" + (":openai" if args.reembed else "")
     syn = corpus.synthetic(spec)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
-    h = cloud_emulator.start_subprocess(spec, KEY_ENV, serve_embeddings=True)
+    if args.reembed:
+        limits = {
+            "tpm": args.embed_tpm,
+            "rpm": args.embed_rpm,
+            "latency_ms": args.embed_latency_ms,
+            # a bucket of 2 s of the limit (as bench_reembed.py's), big enough for the largest request
+            "burst_seconds": max(2.0, 60 * 300_000 / args.embed_tpm),
+        }
+        h = cloud_emulator.start_subprocess(spec, KEY_ENV, openai_vectors="hash", openai_limits=limits)
+    else:
+        h = cloud_emulator.start_subprocess(spec, KEY_ENV, serve_embeddings=True)
     try:
         rows = []
         for rep in range(1, args.repeat + 1):
@@ -140,7 +174,8 @@ def main(argv=None) -> int:
         h.stop()
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{spec}, vectors served, {args.repeat} repetition(s): each phase's median (min-max)")
+    how = "re-embedded at the limits given" if args.reembed else "vectors served"
+    print(f"\n{spec}, {how}, {args.repeat} repetition(s): each phase's median (min-max)")
     print(table(summarise(rows), SUMMARY_COLS))
     proj = projection(syn, args)
     last = [r for r in rows if "disk" in r]

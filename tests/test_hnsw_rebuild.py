@@ -283,10 +283,27 @@ def test_the_synthetic_spec_names_its_shape_and_refuses_what_it_cannot_read():
     assert corpus.load("synthetic:300:32:10:isotropic").pipeline["id"] == iso.pipeline["id"]
     assert real.pipeline["id"] != iso.pipeline["id"] and real.pipeline["name"] == "synthetic-300x32-realistic"
     assert corpus.load("synthetic:300").dim == 1536
-    for bad in ("synthetic:", "synthetic:300:32:10:fuzzy", "synthetic:0", "synthetic:1:2:3:4"):
+    for bad in (
+        "synthetic:",
+        "synthetic:300:32:10:fuzzy",
+        "synthetic:0",
+        "synthetic:1:2:3:4",
+        "synthetic:3:x:2",
+    ):
         with pytest.raises(
             ValueError, match="use synthetic:N\\[:D\\[:chunks_per_doc\\]\\]\\[:isotropic\\|realistic\\]"
         ):
             corpus.load(bad)
+    # the production shape of the source: LlamaCloud's managed OpenAI model, no vectors served: phase 01 re-embeds
+    prod = corpus.load("synthetic:300:1536:10:realistic:openai")
+    assert (prod.shape, prod.pipeline["embedding_config"]["type"]) == (
+        "realistic",
+        "MANAGED_OPENAI_EMBEDDING",
+    )
+    assert prod.pipeline["name"] == "synthetic-300x1536-realistic-openai"
+    assert corpus.load("synthetic:300:1536:10:openai:realistic").pipeline["id"] == prod.pipeline["id"]
+    assert corpus.load("synthetic:300:32:10").pipeline["embedding_config"]["type"] == "HASH_EMBEDDING"
+    with pytest.raises(ValueError, match="embedding 'openai' at 32 dimensions: use hash .* or openai"):
+        corpus.load("synthetic:300:32:10:openai")
     with pytest.raises(ValueError, match="shape 'fuzzy': use one of isotropic, realistic"):
         corpus.SyntheticCorpus(10, 8, shape="fuzzy")

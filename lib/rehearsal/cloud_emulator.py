@@ -1081,7 +1081,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--corpus",
         default="demo",
-        help="demo | demo-openai | demo-ko | hostile | synthetic:N[:D[:chunks_per_doc]][:realistic] | an export folder",
+        help="demo | demo-openai | demo-ko | hostile | synthetic:N[:D[:chunks_per_doc]][:realistic][:openai] | an export folder",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8787)

@@ -914,9 +914,14 @@ class SyntheticCorpus:
       (a fixed random projection into D, plus a little noise in all D), share a common direction (any two
       chunks have a positive cosine, as OpenAI embeddings do), and cluster by topic, the chunks of one
       document near their document's topic. HNSW reaches high recall on such data at its default settings.
+
+    ``embedding="openai"`` makes the pipeline report LlamaCloud's managed text-embedding-3-small (1536-d), as
+    Dr.Welno's does: served without vectors (as LlamaCloud serves them), phase 01 re-embeds every chunk
+    through the OpenAI-compatible API, e.g. the stand-in's rate-limited ``/v1/embeddings``.
     """
 
     SHAPES = ("isotropic", "realistic")
+    EMBEDDINGS = ("hash", "openai")
     INTRINSIC_DIM = 48
     TOPICS = 512
 
@@ -928,9 +933,15 @@ class SyntheticCorpus:
         clusters: int = 64,
         seed: int = 7,
         shape: str = "isotropic",
+        embedding: str = "hash",
     ):
         if shape not in self.SHAPES:
             raise ValueError(f"synthetic corpus shape {shape!r}: use one of {', '.join(self.SHAPES)}")
+        if embedding not in self.EMBEDDINGS or (embedding == "openai" and int(dim) != 1536):
+            raise ValueError(
+                f"synthetic corpus embedding {embedding!r} at {dim} dimensions: use hash (any dimension) or "
+                "openai (text-embedding-3-small, 1536)"
+            )
         self.n_chunks, self.dim, self.per_doc, self.seed = int(n_chunks), int(dim), int(chunks_per_doc), seed
         self.shape = shape
         self.n_docs = (self.n_chunks + self.per_doc - 1) // self.per_doc
@@ -944,13 +955,15 @@ class SyntheticCorpus:
             mean = rng.standard_normal(self.dim).astype(np.float32)
             self.mean = mean / np.linalg.norm(mean)
             self.topics = rng.standard_normal((self.TOPICS, k)).astype(np.float32)
-        suffix = "" if shape == "isotropic" else f"/{shape}"
+        tags = [t for t in (shape, embedding) if t not in ("isotropic", "hash")]
         self.project = copy.deepcopy(DEMO_PROJECT)
         self.pipeline = _pipeline(
-            str(uuid.uuid5(uuid.NAMESPACE_URL, f"synthetic/{n_chunks}/{dim}{suffix}")),
-            f"synthetic-{n_chunks}x{dim}" + ("" if shape == "isotropic" else f"-{shape}"),
+            str(uuid.uuid5(uuid.NAMESPACE_URL, "/".join([f"synthetic/{n_chunks}/{dim}", *tags]))),
+            "-".join([f"synthetic-{n_chunks}x{dim}", *tags]),
             self.project["id"],
-            {"type": "HASH_EMBEDDING", "component": {"model_name": "hash", "dimensions": self.dim}},
+            copy.deepcopy(MANAGED_OPENAI_EMBEDDING)
+            if embedding == "openai"
+            else {"type": "HASH_EMBEDDING", "component": {"model_name": "hash", "dimensions": self.dim}},
             {"mode": "auto", "chunk_size": 1024, "chunk_overlap": 200},
         )
         self.query_spec = embeddings.ModelSpec("hash", "hash", self.dim)
@@ -1084,23 +1097,34 @@ class SyntheticCorpus:
 
 
 def synthetic(spec: str) -> SyntheticCorpus:
-    """``synthetic:N[:D[:chunks_per_doc]][:isotropic|realistic]``, e.g. ``synthetic:100000:1536:50:realistic``."""
+    """``synthetic:N[:D[:chunks_per_doc]][:isotropic|realistic][:openai]``, e.g.
+    ``synthetic:100000:1536:50:realistic:openai`` (see :class:`SyntheticCorpus`)."""
     parts = spec.split(":")[1:]
-    shape = parts.pop() if parts and parts[-1] in SyntheticCorpus.SHAPES else "isotropic"
-    try:
-        numbers = [int(x) for x in parts]
-    except ValueError:
-        numbers = []
-    if not 1 <= len(numbers) <= 3 or min(numbers) < 1:
-        raise ValueError(
-            f"corpus {spec!r}: use synthetic:N[:D[:chunks_per_doc]][:isotropic|realistic] with positive whole "
-            "numbers, e.g. synthetic:100000:1536:50:realistic"
+    words = {"shape": "isotropic", "embedding": "hash"}
+    while parts and not parts[-1].isdigit():
+        word = parts.pop()
+        key = (
+            "shape"
+            if word in SyntheticCorpus.SHAPES
+            else "embedding"
+            if word in SyntheticCorpus.EMBEDDINGS
+            else ""
         )
-    return SyntheticCorpus(*numbers, shape=shape)
+        if not key:
+            parts = []  # an unknown word: refused below
+            break
+        words[key] = word
+    numbers = [int(x) for x in parts if x.isdigit()]
+    if not 1 <= len(numbers) <= 3 or len(numbers) != len(parts) or min(numbers) < 1:
+        raise ValueError(
+            f"corpus {spec!r}: use synthetic:N[:D[:chunks_per_doc]][:isotropic|realistic][:openai] with positive "
+            "whole numbers, e.g. synthetic:100000:1536:50:realistic"
+        )
+    return SyntheticCorpus(*numbers, **words)
 
 
 def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_export: bool = False):
-    """``demo``, ``demo-openai``, ``demo-ko`` (Korean text, hybrid reranked preset), ``hostile``, ``synthetic:N[:D[:chunks_per_doc]][:isotropic|realistic]`` or the path of an export
+    """``demo``, ``demo-openai``, ``demo-ko`` (Korean text, hybrid reranked preset), ``hostile``, ``synthetic:N[:D[:chunks_per_doc]][:isotropic|realistic][:openai]`` or the path of an export
     folder."""
     if corpus == "demo":
         return build_demo_corpus(embed_cache)
@@ -1118,5 +1142,5 @@ def load(corpus: str, embed_cache: str | Path | None = None, serve_vectors_for_e
     if (p / "manifest.json").exists():
         return corpus_from_export(p)
     raise ValueError(
-        f"corpus {corpus!r}: use 'demo', 'demo-openai', 'demo-ko', 'hostile', 'synthetic:N[:D[:chunks_per_doc]][:realistic]' or an export folder with manifest.json"
+        f"corpus {corpus!r}: use 'demo', 'demo-openai', 'demo-ko', 'hostile', 'synthetic:N[:D[:chunks_per_doc]][:realistic][:openai]' or an export folder with manifest.json"
     )

@@ -32,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import proc_cpu_seconds, spread, table
+from benchmarks.common import markdown, proc_cpu_seconds, spread, table, write_section
 from runbook import disk
 from runbook.rehearsal import cloud_emulator, corpus
 
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--embed-tpm", type=int, default=10_000_000, help="with --reembed: tokens per minute")
     ap.add_argument("--embed-rpm", type=int, default=10_000, help="with --reembed: requests per minute")
     ap.add_argument("--embed-latency-ms", type=float, default=300.0, help="with --reembed: per request")
+    ap.add_argument("--page", default="", help="write the tables into this section of BENCHMARKS.md")
     ap.add_argument("--work", default="", help="scratch folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)
     os.environ.setdefault(KEY_ENV, "bench-key-0123456789")
@@ -175,28 +176,34 @@ def main(argv=None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     how = "re-embedded at the limits given" if args.reembed else "vectors served"
-    print(f"\n{spec}, {how}, {args.repeat} repetition(s): each phase's median (min-max)")
-    print(table(summarise(rows), SUMMARY_COLS))
-    proj = projection(syn, args)
-    last = [r for r in rows if "disk" in r]
-    if last:
-        got = {k: statistics.median(r["disk"][k] for r in last) for k in last[0]["disk"]}
-        print("\ndisk against preflight's projection (MB)")
-        print(
-            table(
-                [
-                    {
-                        "component": k,
-                        "measured": got[k],
-                        "projected": round(proj.get(k, 0) / 2**20, 1),
-                        "measured / projected": round(got[k] * 2**20 / proj[k], 2) if proj.get(k) else "",
-                    }
-                    for k in got
-                ],
-                ["component", "measured", "projected", "measured / projected"],
-            )
+    title = f"{spec}, {how}, {args.repeat} repetition(s): each phase's median (min-max)"
+    phases = summarise(rows)
+    print(f"\n{title}\n" + table(phases, SUMMARY_COLS))
+    disk_rows = disk_against_projection(rows, projection(syn, args))
+    if disk_rows:
+        print("\ndisk against preflight's projection (MB)\n" + table(disk_rows, DISK_COLS))
+    if args.page:
+        write_section(
+            args.page, f"{title}\n\n{markdown(phases, SUMMARY_COLS)}\n\n{markdown(disk_rows, DISK_COLS)}"
         )
     return 0 if all("error" not in r for r in rows) else 1
+
+
+def disk_against_projection(rows: list[dict], proj: dict[str, int]) -> list[dict]:
+    """Each component's measured size after phase 03 (median over the repetitions) against the projection."""
+    last = [r for r in rows if "disk" in r]
+    if not last:
+        return []
+    got = {k: statistics.median(r["disk"][k] for r in last) for k in last[0]["disk"]}
+    return [
+        {
+            "component": k,
+            "measured MB": got[k],
+            "projected MB": round(proj.get(k, 0) / 2**20, 1),
+            "measured / projected": round(got[k] * 2**20 / proj[k], 2) if proj.get(k) else "",
+        }
+        for k in got
+    ]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -217,6 +224,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 COLS = ["repetition", "phase", "wall_s", "cpu_s", "server_cpu_s", "peak_rss_mb", "base_path_mb", "error"]
+DISK_COLS = ["component", "measured MB", "projected MB", "measured / projected"]
 SUMMARY_COLS = ["phase", "runs", "wall_s", "cpu_s", "server_cpu_s", "peak_rss_mb", "base_path_mb"]
 
 if __name__ == "__main__":

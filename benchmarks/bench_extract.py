@@ -20,7 +20,7 @@ import os
 import tempfile
 import urllib.request
 
-from common import proc_cpu_seconds, run_arm, spread, table
+from common import markdown, proc_cpu_seconds, run_arm, spread, table, write_section
 
 from runbook.rehearsal import cloud_emulator
 
@@ -105,6 +105,7 @@ def main():
     ap.add_argument("--latencies-ms", type=float, nargs="+", default=[50.0, 200.0])
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repetitions of each arm")
+    ap.add_argument("--page", action="store_true", help="write the table into BENCHMARKS.md (make bench)")
     args = ap.parse_args()
     os.environ.setdefault("LLAMA_CLOUD_API_KEY", "bench-key-0123456789")
     rows = []
@@ -133,6 +134,8 @@ def main():
         finally:
             h.stop()
     print("\n" + table(rows, COLS))
+    if args.page:
+        write_section("extract", markdown(rows, COLS))
 
 
 COLS = [

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import run_arm, spread, table
+from common import markdown, run_arm, spread, table, write_section
 
 from runbook import export_format
 from runbook.rehearsal import corpus
@@ -293,6 +293,8 @@ def main():
             arms = grid_arms(args.grid_steps) if args.grid else default_arms(args.arms)
             all_rows.extend(run_size(n, args.dim, shape, arms, args.repeat))
     print("\n" + table(all_rows, COLS))
+    if args.page:
+        write_section(args.page, markdown(all_rows, COLS))
 
 
 def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]], repeat: int = 1) -> list[dict]:

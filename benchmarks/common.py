@@ -59,3 +59,47 @@ def table(rows: list[dict], columns: list[str]) -> str:
     for r in rows:
         out.append("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------- the benchmark page's tables
+PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md")
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``rows`` (the columns no row has are left out)."""
+    cols = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(out)
+
+
+def machine() -> str:
+    """What the figures were measured on: cores, memory, load when the run ended."""
+    mem = next((ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), "0")
+    load = os.getloadavg()
+    return f"{os.cpu_count()} cores, {int(mem) / 2**20:.0f} GiB, load average {load[0]:.1f} / {load[1]:.1f} at the end"
+
+
+def write_section(name: str, body: str, page: str = PAGE) -> None:
+    """Put ``body`` between ``<!-- bench:<name> -->`` and ``<!-- /bench:<name> -->`` on the benchmark page,
+    stamped with the date, the machine and the command; the rest of the page is left as it is. The page is
+    replaced in one step (a temporary file renamed over it), so an interrupted run leaves it whole."""
+    import datetime as dt
+    import shlex
+
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = open(page, encoding="utf-8").read()
+    if start not in text or end not in text:
+        raise SystemExit(f"{page} has no {start} ... {end} section: add the two markers where the table goes")
+    stamp = (
+        f"_Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {machine()}, by "
+        f"`{shlex.join(['python', *sys.argv])}`._"
+    )
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{stamp}\n\n{body.strip()}\n{end}{tail}"
+    tmp = page + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(new)
+    os.replace(tmp, page)

@@ -102,6 +102,10 @@ def sync(modules: list[str], keep_stats: bool = False) -> None:
         # from mutmut's own process (which ran the suite, with Chroma's and the servers' threads) a worker
         # could deadlock on a lock another thread held at the fork, then count as a timeout, that is killed
         'process_isolation = "forkserver"\n'
+        # a mutant that makes a test wait forever (a queue never closed, a loop never left) uses no CPU, so only
+        # mutmut's wall limit ends it: 6 times the tests' usual time, not the default 15 (a load mutant sat
+        # 25 minutes per worker), still far above what a busy machine stretches a passing run to
+        "timeout_multiplier = 6.0\n"
         # logging and messages that only decorate an error are not behaviour worth a test each
         'do_not_mutate_patterns = ["^\\\\s*log\\\\.", "progress=", "desc="]\n'
         "\n[tool.pytest.ini_options]\n"

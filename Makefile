@@ -30,7 +30,7 @@ test-notebooks: $(STAMP)  ## the notebook tiers: each notebook on its own defaul
 bench: $(STAMP)  ## regenerate BENCHMARKS.md's tables, medians of 3 interleaved runs (hours; see BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000 --latencies-ms 50 200 --repeat 3 --page
 	$(BIN)/python benchmarks/bench_load.py --sizes 10000 100000 --arms loader raw bulk --repeat 3 --page load
-	$(BIN)/python benchmarks/bench_load.py --grid --grid-steps 2 --sizes 100000 --dim 384 --shapes isotropic realistic --page grid
+	$(BIN)/python benchmarks/bench_load.py --grid --grid-steps 1 --sizes 100000 --dim 384 --shapes isotropic realistic --page grid
 	$(BIN)/python benchmarks/bench_e2e.py --chunks 100000 --repeat 3 --page e2e-100k
 
 bench-1m: $(STAMP)  ## the million-chunk runs (needs ~30 GB free disk; several hours)

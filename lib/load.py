@@ -689,9 +689,9 @@ def recall_remedy(col, recall: float, ef: int, min_recall: float) -> dict:
         spec = chroma_target.rebuild_spec(step)
         what = (
             f"rebuild the graph denser: run phase 03 again with hnsw_rebuild: '{spec}'. It loads a new collection "
-            f"{chroma_target.rebuilt_name(col.name, step)} beside this one (resumable; about twice the build time "
-            "and more disk, measured in BENCHMARKS.md) and verifies it; the service follows the collection phase 03 "
-            "verified"
+            f"{chroma_target.rebuilt_name(col.name, step)} beside this one (resumable; two to three times the build time "
+            "and a little more disk, measured in BENCHMARKS.md) and verifies it; the service follows the collection "
+            "phase 03 verified"
         )
     return {
         "where": f"collection {col.name} ({now})",
@@ -837,7 +837,7 @@ def open_load(
     refuses an unsound one, or one verified with another policy) and opens the collection. A dry run plans
     the load read-only (``preflight.load_plan``), on :func:`planned_h02` when phase 02 has not run.
 
-    With ``hnsw_rebuild`` (``"max_neighbors=32,ef_construction=200"``, what the recall check proposes when
+    With ``hnsw_rebuild`` (``"max_neighbors=48,ef_construction=400"``, what the recall check proposes when
     ``ef_search`` alone falls short) the load goes into a denser copy of phase 02's collection
     (``chroma_target.rebuild``), made once and resumed like any load; phase 02's collection is left as it is."""
     from . import chroma_target, handoff, preflight, verify

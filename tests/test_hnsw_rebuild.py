@@ -68,10 +68,11 @@ def test_the_rebuild_parameter_reads_either_setting_and_names_a_bad_one():
 
 def test_the_proposal_climbs_a_step_denser_in_both_settings_and_ends():
     nxt = chroma_target.next_rebuild
-    assert nxt({"max_neighbors": 16, "ef_construction": 100}) == {"max_neighbors": 32, "ef_construction": 200}
-    assert nxt({}) == {"max_neighbors": 32, "ef_construction": 200}  # Chroma's defaults when it names none
+    assert nxt({"max_neighbors": 16, "ef_construction": 100}) == {"max_neighbors": 48, "ef_construction": 400}
+    assert nxt({}) == {"max_neighbors": 48, "ef_construction": 400}  # Chroma's defaults when it names none
     assert nxt({"max_neighbors": 32, "ef_construction": 200}) == {"max_neighbors": 48, "ef_construction": 400}
-    assert nxt({"max_neighbors": 32, "ef_construction": 100}) == {"max_neighbors": 48, "ef_construction": 400}
+    assert nxt({"max_neighbors": 48, "ef_construction": 400}) == {"max_neighbors": 64, "ef_construction": 800}
+    assert nxt({"max_neighbors": 48, "ef_construction": 100}) == {"max_neighbors": 64, "ef_construction": 800}
     assert nxt({"max_neighbors": 16, "ef_construction": 400}) == {"max_neighbors": 64, "ef_construction": 800}
     assert nxt({"max_neighbors": 64, "ef_construction": 800}) is None
     assert chroma_target.rebuild_spec({"max_neighbors": 48, "ef_construction": 400}) == (
@@ -107,9 +108,9 @@ def test_recall_short_at_the_highest_ef_search_proposes_the_rebuild_on_the_page(
             "problem": f"recall@10 {v['figures']['recall@10']:.4f} at ef_search 120, the highest tried, is short of "
             "the goal 1.01",
             "what to do": "rebuild the graph denser: run phase 03 again with hnsw_rebuild: "
-            "'max_neighbors=32,ef_construction=200'. It loads a new collection knowledge__m32-efc200 beside this "
-            "one (resumable; about twice the build time and more disk, measured in BENCHMARKS.md) and verifies "
-            "it; the service follows the collection phase 03 verified",
+            "'max_neighbors=48,ef_construction=400'. It loads a new collection knowledge__m48-efc400 beside this "
+            "one (resumable; two to three times the build time and a little more disk, measured in BENCHMARKS.md) "
+            "and verifies it; the service follows the collection phase 03 verified",
         }
     ]
     # met, or not yet at the highest ef_search: no proposal
@@ -214,7 +215,7 @@ def test_a_rebuild_to_the_same_settings_or_a_bad_value_stops_before_anything_is_
     h02 = phase02(tmp_path, export_dir)
     with pytest.raises(
         ValueError,
-        match="already has these settings; name denser ones .*'max_neighbors=32,ef_construction=200'",
+        match="already has these settings; name denser ones .*'max_neighbors=48,ef_construction=400'",
     ):
         load.open_load(
             h02, None, str(tmp_path), records.Policy(), 50, dry_run=False, hnsw_rebuild="max_neighbors=16"

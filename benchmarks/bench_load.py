@@ -280,11 +280,15 @@ def main():
     ap.add_argument(
         "--grid", action="store_true", help="the denser graphs phase 03 proposes, not the loaders"
     )
+    ap.add_argument("--grid-steps", type=int, default=None, help="with --grid: only the first N denser steps")
     ap.add_argument(
         "--arms", nargs="+", default=list(ARM_KEYS), choices=ARM_KEYS, help="which loaders to run"
     )
     ap.add_argument(
         "--repeat", type=int, default=1, help="interleaved repetitions: medians with their spread"
+    )
+    ap.add_argument(
+        "--page", default="", help="write the table into this section of BENCHMARKS.md (make bench)"
     )
     args = ap.parse_args()
     all_rows = []

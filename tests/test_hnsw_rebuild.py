@@ -41,6 +41,13 @@ def phase02(base, export_dir, name="knowledge") -> dict:
     }
 
 
+def open_job(h02: dict, base, hnsw_rebuild: str = "", dry_run: bool = False) -> load.LoadJob:
+    """Phase 03's first step on phase 02's record, batches of 50 (a shard of 60 ends inside the second)."""
+    return load.open_load(
+        h02, None, str(base), records.Policy(), 50, dry_run=dry_run, hnsw_rebuild=hnsw_rebuild
+    )
+
+
 # ---------------------------------------------------------------- the parameter and the proposal
 def test_the_rebuild_parameter_reads_either_setting_and_names_a_bad_one():
     assert chroma_target.parse_rebuild("") == {}
@@ -87,7 +94,7 @@ def test_recall_short_at_the_highest_ef_search_proposes_the_rebuild_on_the_page(
     """The wiring: verification that stops short at its highest ``ef_search`` lists the parameter to set. A
     goal above 1 can never be met, so the highest ``ef_search`` (here the collection's own) is reached at once."""
     h02 = phase02(tmp_path, export_dir)
-    job = load.open_load(h02, None, str(tmp_path), records.Policy(), 50, dry_run=False)
+    job = open_job(h02, tmp_path)
     load.run_load(job)
     t = job.target
     v = load.verify_load(
@@ -134,15 +141,7 @@ def test_at_the_densest_step_the_proposal_says_to_look_at_the_vectors(tmp_path):
 # ---------------------------------------------------------------- the rebuild
 def test_a_rebuild_loads_a_denser_copy_and_leaves_phase_02s_collection_alone(export_dir, tmp_path):
     h02 = phase02(tmp_path, export_dir)
-    job = load.open_load(
-        h02,
-        None,
-        str(tmp_path),
-        records.Policy(),
-        50,
-        dry_run=False,
-        hnsw_rebuild="max_neighbors=32,ef_construction=200",
-    )
+    job = open_job(h02, tmp_path, "max_neighbors=32,ef_construction=200")
     assert job.collection.name == "knowledge__m32-efc200"
     assert job.rebuilt == {
         "rebuilt from": "knowledge",
@@ -188,7 +187,7 @@ def test_a_rebuild_loads_a_denser_copy_and_leaves_phase_02s_collection_alone(exp
 def test_a_stopped_rebuild_resumes_and_a_second_run_changes_nothing(export_dir, tmp_path):
     h02 = phase02(tmp_path, export_dir)
     spec = "ef_construction=200,max_neighbors=32"
-    job = load.open_load(h02, None, str(tmp_path), records.Policy(), 50, dry_run=False, hnsw_rebuild=spec)
+    job = open_job(h02, tmp_path, spec)
     calls = []
 
     def stop_third(n):
@@ -202,12 +201,12 @@ def test_a_stopped_rebuild_resumes_and_a_second_run_changes_nothing(export_dir, 
             job.client, job.collection, job.export_dir, cp, 50, progress=False, before_batch=stop_third
         )
     assert job.collection.count() == 60  # batches of 50 in shards of 60: 50, 10 | [stop]
-    again = load.open_load(h02, None, str(tmp_path), records.Policy(), 50, dry_run=False, hnsw_rebuild=spec)
+    again = open_job(h02, tmp_path, spec)
     assert again.collection.name == "knowledge__m32-efc200" and again.rebuilt["rebuild"] == "verified"
     assert str(again.collection.id) == str(job.collection.id)
     res = load.run_load(again)
     assert (res.loaded_now, res.skipped_by_checkpoint, again.collection.count()) == (N - 60, 60, N)
-    third = load.open_load(h02, None, str(tmp_path), records.Policy(), 50, dry_run=False, hnsw_rebuild=spec)
+    third = open_job(h02, tmp_path, spec)
     assert load.run_load(third).loaded_now == 0 and third.collection.count() == N
 
 
@@ -217,26 +216,16 @@ def test_a_rebuild_to_the_same_settings_or_a_bad_value_stops_before_anything_is_
         ValueError,
         match="already has these settings; name denser ones .*'max_neighbors=48,ef_construction=400'",
     ):
-        load.open_load(
-            h02, None, str(tmp_path), records.Policy(), 50, dry_run=False, hnsw_rebuild="max_neighbors=16"
-        )
+        open_job(h02, tmp_path, "max_neighbors=16")
     with pytest.raises(ValueError, match="'efc=200' is not one of"):
-        load.open_load(h02, None, str(tmp_path), records.Policy(), 50, dry_run=False, hnsw_rebuild="efc=200")
+        open_job(h02, tmp_path, "efc=200")
     client = chroma_target.open_client("embedded", str(tmp_path))
     assert sorted(c.name for c in client.list_collections()) == ["knowledge"]
 
 
 def test_a_dry_run_plans_the_rebuilt_collection(export_dir, tmp_path):
     h02 = phase02(tmp_path, export_dir)
-    job = load.open_load(
-        h02,
-        None,
-        str(tmp_path),
-        records.Policy(),
-        50,
-        dry_run=True,
-        hnsw_rebuild="max_neighbors=48,ef_construction=400",
-    )
+    job = open_job(h02, tmp_path, "max_neighbors=48,ef_construction=400", dry_run=True)
     assert (job.plan["collection"], job.plan["rebuilt from"], job.plan["rebuilt with"]) == (
         "knowledge__m48-efc400",
         "knowledge",

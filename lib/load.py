@@ -217,6 +217,26 @@ class LoadError(RunbookError, RuntimeError):
     pass
 
 
+def _next_batch(q: queue.Queue, reader: threading.Thread, cp: dict):
+    """The reader thread's next hand-over. Should the thread end without one (it hands over every exception,
+    so only a fault of the interpreter could do this), the load stops with a message instead of waiting
+    forever on an empty queue."""
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue.Empty:
+            if reader.is_alive():
+                continue
+        try:
+            return q.get_nowait()  # handed over just before it ended
+        except queue.Empty:
+            raise LoadError(
+                "the thread that reads the export's shards ended without handing over its next batch; nothing "
+                f"after the last checkpoint (shard {cp['shard']}, row {cp['row']}) is counted as loaded. Run "
+                "phase 03 again (it resumes there) and report this message if it repeats"
+            ) from None
+
+
 def load_export(
     client,
     col,
@@ -298,7 +318,7 @@ def load_export(
     t.start()
     try:
         while True:
-            item = q.get()
+            item = _next_batch(q, t, cp)
             if item is None:
                 break
             if isinstance(item, BaseException):

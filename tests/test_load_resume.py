@@ -5,6 +5,8 @@ A small synthetic export (300 chunks of 16-d vectors in 5 shards of 60) keeps ea
 from __future__ import annotations
 
 import errno
+import threading
+import types
 
 import numpy as np
 import pytest
@@ -185,6 +187,65 @@ def test_a_batch_chroma_refuses_is_named_and_nothing_of_it_is_counted(export_dir
     cp = atomic.read_json(cp_path)
     assert (cp["loaded"], cp["rows_done"], cp["row"]) == (25, 25, 25) and col.count() == 25
     assert sum(cp["tally"]["counts"].values()) == 25
+
+
+def test_a_reader_thread_that_ends_without_a_word_stops_the_load_instead_of_hanging(
+    export_dir, tmp_path, monkeypatch
+):
+    """The reader hands every batch and every exception over; were it to end silently all the same (a fault of
+    the interpreter), the load would wait forever on an empty queue. It stops, naming its checkpoint."""
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    real = threading.Thread
+    started = []
+
+    def reader_that_hands_over(n):
+        """A Thread whose target hands over ``n`` batches, then ends without the end-of-export mark."""
+
+        def make(target, daemon):
+            q = next(c.cell_contents for c in target.__closure__ if hasattr(c.cell_contents, "put"))
+            exp = export_format.open_export(export_dir)
+            ctx = load.context(exp)
+
+            def body():
+                for k, (pos, offset, batch) in enumerate(load._batches(exp, 25, 0, 0)):
+                    if k == n:
+                        return
+                    q.put((pos, offset, batch.num_rows, load._prepare_batch(batch, ctx, 25 * k)))
+
+            t = real(target=body, daemon=daemon)
+            started.append(t)
+            return t
+
+        return make
+
+    # only the loader's own reference to the threading module is replaced
+    monkeypatch.setattr(
+        load, "threading", types.SimpleNamespace(Thread=reader_that_hands_over(2), Event=threading.Event)
+    )
+    outcome: dict = {}
+
+    def run():
+        try:
+            load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False)
+        except BaseException as e:  # noqa: BLE001 - looked at below
+            outcome["error"] = e
+
+    runner = real(target=run, daemon=True)
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive(), "the load waited on a reader thread that had ended"
+    monkeypatch.undo()
+    err = outcome["error"]
+    assert isinstance(err, load.LoadError) and str(err) == (
+        "the thread that reads the export's shards ended without handing over its next batch; nothing after the "
+        "last checkpoint (shard 0, row 50) is counted as loaded. Run phase 03 again (it resumes there) and report "
+        "this message if it repeats"
+    )
+    assert started and (atomic.read_json(cp_path)["loaded"], col.count()) == (50, 50)
+    # and it resumes there
+    res = load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False)
+    assert (res.skipped_by_checkpoint, res.loaded_now, col.count()) == (50, N - 50, N)
 
 
 def test_a_full_disk_while_adding_is_said_as_a_full_disk(export_dir, tmp_path):

@@ -173,10 +173,10 @@ def create_or_verify(client, name: str, hnsw: HnswSettings, provenance: dict, cr
 # ---------------------------------------------------------------- a denser graph when recall stays short
 # What phase 03 proposes when recall at the highest ef_search stays short of the goal: the graph's degree
 # (max_neighbors, M) and build breadth (ef_construction) are fixed when a collection is created, so the remedy
-# is a new collection built denser. The steps are those benchmarks/bench_load.py --hnsw-grid measured
+# is a new collection built denser. The steps are those benchmarks/bench_load.py --grid measured
 # (BENCHMARKS.md, "When recall stays short"): each costs build time and disk for recall on hard data. At 100k
 # isotropic vectors M 32 / ef_construction 200 stopped at recall 0.989 (ef_search 800) where 48 / 400 reached
-# 0.99 at ef_search 400 for a little more build time, so the first step is 48 / 400.
+# 0.99 at ef_search 400 for 2.4x the default build time (32 / 200: 2.1x), so the first step is 48 / 400.
 REBUILD_STEPS = (
     {"max_neighbors": 48, "ef_construction": 400},
     {"max_neighbors": 64, "ef_construction": 800},

@@ -220,31 +220,70 @@ def rebuilt_name(name: str, step: dict) -> str:
     return collection_name(f"{name}__m{step['max_neighbors']}-efc{step['ef_construction']}")
 
 
-def rebuild(client, col, spec: str):
-    """(collection, "created" | "verified", settings) for a copy of ``col``'s configuration and provenance
-    with the denser graph ``spec`` asks for (:func:`parse_rebuild`), named by :func:`rebuilt_name`. Made
-    once: a second call verifies the one made before (and a load into it resumes from its checkpoint)."""
-    step = parse_rebuild(spec)
-    cur = current_hnsw(col)
-    step = {
-        "max_neighbors": step.get("max_neighbors", int(cur.get("max_neighbors") or 16)),
-        "ef_construction": step.get("ef_construction", int(cur.get("ef_construction") or 100)),
+def full_step(step: dict, base_hnsw: dict) -> dict:
+    """Both graph settings of a rebuild: those ``hnsw_rebuild`` names, the base collection's for the other."""
+    return {
+        "max_neighbors": step.get("max_neighbors", int(base_hnsw.get("max_neighbors") or 16)),
+        "ef_construction": step.get("ef_construction", int(base_hnsw.get("ef_construction") or 100)),
     }
+
+
+def rebuild(client, base_name: str, spec: str, base_hnsw: dict | None = None):
+    """(collection, "created" | "verified", step): the copy of collection ``base_name`` (phase 02's) with the
+    denser graph ``spec`` asks for (:func:`parse_rebuild`), named by :func:`rebuilt_name`.
+
+    Made once, from the base collection's configuration and provenance, starting at the ``ef_search`` phase
+    02 configured (``base_hnsw``, its hand-off's settings; the base collection's own may have been raised by
+    its verification, which the denser graph may not need). A second call finds the copy (a load into it
+    resumes from its checkpoint) and keeps its ``ef_search`` as its own verification left it; it needs the
+    base collection only to create the copy, so the base may be deleted once the copy is loaded."""
+    names = {c.name if hasattr(c, "name") else c for c in client.list_collections()}
+    base = client.get_collection(base_name, embedding_function=None) if base_name in names else None
+    configured = dict(base_hnsw or {})
+    cur = {**(current_hnsw(base) if base is not None else {}), **configured}
+    step = full_step(parse_rebuild(spec), cur)
     if all(step[k] == cur.get(k) for k in REBUILD_KEYS):
         raise ValueError(
-            f"hnsw_rebuild {spec!r}: collection {col.name!r} already has these settings; name denser ones "
+            f"hnsw_rebuild {spec!r}: collection {base_name!r} already has these settings; name denser ones "
             f"(phase 03 proposes {rebuild_spec(next_rebuild(cur) or REBUILD_STEPS[-1])!r})"
         )
-    fields = {
-        k: cur[k] for k in ("space", "ef_search", "batch_size", "sync_threshold") if cur.get(k) is not None
-    }
-    settings = HnswSettings(**{**fields, **step})
-    meta = col.metadata or {}
+    name = rebuilt_name(base_name, step)
+    if name in names:
+        col = client.get_collection(name, embedding_function=None)
+        now = current_hnsw(col)
+        wrong = [
+            f"{k}: {now.get(k)!r}, wanted {step[k]!r}"
+            for k in REBUILD_KEYS
+            if now.get(k) not in (None, step[k])
+        ]
+        if wrong:
+            raise CollectionMismatch(
+                f"collection {name!r} exists with another graph ({'; '.join(wrong)}): it is not reused. Delete it "
+                "deliberately, or name other settings in hnsw_rebuild"
+            )
+        if base is not None:  # the copy must still be of the same source and export as phase 02's collection
+            meta, base_meta = col.metadata or {}, base.metadata or {}
+            other = [
+                k for k in ("source_index_id", "export_manifest_sha256") if meta.get(k) != base_meta.get(k)
+            ]
+            if other:
+                raise CollectionMismatch(
+                    f"collection {name!r} was built from another source or export than {base_name!r} ({', '.join(other)} "
+                    "differ): it is not reused. Delete it deliberately, or use versioned_collection: true"
+                )
+        return col, "verified", step
+    if base is None:
+        raise CollectionMismatch(
+            f"collection {base_name!r} does not exist: a rebuild copies its configuration and provenance. Run "
+            "phase 02 again (it creates it), then this phase"
+        )
+    have = current_hnsw(base)
+    fields = {k: have[k] for k in ("space", "batch_size", "sync_threshold") if have.get(k) is not None}
+    settings = HnswSettings(**fields, ef_search=int(configured.get("ef_search") or 100), **step)
+    meta = base.metadata or {}
     prov = {k: meta[k] for k in PROVENANCE_KEYS if k in meta}
-    new, status = create_or_verify(
-        client, rebuilt_name(col.name, step), settings, {**prov, "rebuilt_from": col.name}
-    )
-    return new, status, step
+    col, status = create_or_verify(client, name, settings, {**prov, "rebuilt_from": base_name})
+    return col, status, step
 
 
 def describe(col) -> dict:

@@ -538,7 +538,7 @@ def verify_load(
         i: (d, m, e)
         for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
     }
-    diffs = 0
+    diffs, differing = 0, set()  # differences (fields), and the sampled records that have any
     for r, cid in picked:
         rec = by_id.get(cid)
         where = f"chunk {r['chunk_id']} of document {r['document_id']}"
@@ -561,6 +561,7 @@ def verify_load(
         ):
             if not ok:
                 diffs += 1
+                differing.add(cid)
                 issues.append(
                     {
                         "where": where,
@@ -636,7 +637,7 @@ def verify_load(
             f"{recall:.4f} over {len(queries)} queries at ef_search={ef} (goal {min_recall}; tried {', '.join(tried)}){stale}",
         )
         if recall < min_recall and not stale and ef >= max_ef_search:
-            issues.append(recall_remedy(col, recall, ef, min_recall))
+            issues.append(recall_remedy(col, recall, ef, min_recall, k))
 
     # LlamaIndex reads back the exported nodes
     li_ok, li_n = _llamaindex_roundtrip(col, picked[:20])
@@ -652,9 +653,9 @@ def verify_load(
         "ef_search": ef,
         f"recall@{k}": round(recall, 4),
         # what the samples can tell: the share of records that could differ unseen, how far recall could be off
-        "sampled records differing, 95% upper bound": f"{wilson_upper(diffs, len(picked)):.1%} "
-        f"({diffs} of {len(picked)} sampled differ; every record's text and metadata compared in full)",
-        f"recall@{k}, 95% interval": recall_interval(per_query),
+        "sampled records differing, 95% upper bound": f"{wilson(len(differing), len(picked))[1]:.1%} "
+        f"({len(differing)} of {len(picked)} sampled differ; every record's text and metadata compared in full)",
+        f"recall@{k}, 95% interval": recall_interval(per_query, k),
         "chroma_db bytes": disk,
         "chroma_db MB": round(disk / 2**20, 1) if disk else None,
         "peak RSS MB (this process)": round(peak_rss_mb(), 1),
@@ -672,34 +673,39 @@ def verify_load(
     }
 
 
-def wilson_upper(failures: int, n: int, z: float = 1.96) -> float:
-    """The upper end of the Wilson score interval for a share seen as ``failures`` of ``n`` (95% by
-    default): with 0 of 100 sampled records differing, fewer than 3.7% of all records differ, at 95%."""
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a share seen as ``successes`` of ``n``: with 0 of 100
+    sampled records differing, fewer than 3.7% of all records differ, at 95%. It never has zero width for a
+    finite ``n``, whatever the share seen."""
     if n <= 0:
-        return 1.0
-    p = failures / n
+        return 0.0, 1.0
+    p = min(max(successes / n, 0.0), 1.0)
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z * z / n))
+    div = 1 + z * z / n
+    return max(0.0, (centre - spread) / div), min(1.0, (centre + spread) / div)
 
 
-def recall_interval(per_query: list[float], z: float = 1.96) -> str:
-    """``lo-hi over N queries``: mean recall ± z standard errors of the per-query recalls (clipped to 0-1)."""
+def recall_interval(per_query: list[float], k: int = 10) -> str:
+    """``lo-hi over N queries``: the Wilson interval of the neighbours found over the ``k`` x N sought (the
+    mean recall is their share)."""
     if not per_query:
         return "no queries"
-    m = float(np.mean(per_query))
-    se = float(np.std(per_query, ddof=1)) / math.sqrt(len(per_query)) if len(per_query) > 1 else 0.0
-    return f"{max(0.0, m - z * se):.4f}-{min(1.0, m + z * se):.4f} over {len(per_query)} queries"
+    slots = k * len(per_query)
+    lo, hi = wilson(round(float(np.sum(per_query)) * k), slots)
+    return f"{lo:.4f}-{hi:.4f} over {len(per_query)} queries"
 
 
-def recall_remedy(col, recall: float, ef: int, min_recall: float) -> dict:
+def recall_remedy(col, recall: float, ef: int, min_recall: float, k: int = 10) -> dict:
     """The issue phase 03 lists when recall stays short at the highest ``ef_search``: which denser graph to
-    build (``chroma_target.next_rebuild``) and the parameter that builds it."""
+    build (``chroma_target.next_rebuild``) and the parameter that builds it, a copy of phase 02's collection
+    (also when ``col`` is itself such a copy: the next one is again made from phase 02's)."""
     from . import chroma_target
 
     cur = chroma_target.current_hnsw(col)
     step = chroma_target.next_rebuild(cur)
     now = f"max_neighbors {cur.get('max_neighbors')}, ef_construction {cur.get('ef_construction')}"
+    base = (col.metadata or {}).get("rebuilt_from") or col.name
     if step is None:
         what = (
             f"the graph is already as dense as phase 03 proposes ({now}): check the vectors (phase 01's "
@@ -709,13 +715,14 @@ def recall_remedy(col, recall: float, ef: int, min_recall: float) -> dict:
         spec = chroma_target.rebuild_spec(step)
         what = (
             f"rebuild the graph denser: run phase 03 again with hnsw_rebuild: '{spec}'. It loads a new collection "
-            f"{chroma_target.rebuilt_name(col.name, step)} beside this one (resumable; two to three times the build time "
-            "and a little more disk, measured in BENCHMARKS.md) and verifies it; the service follows the collection "
-            "phase 03 verified"
+            f"{chroma_target.rebuilt_name(base, step)} from the same export and verifies it (resumable; two to three "
+            f"times the build time, measured in BENCHMARKS.md); the service follows the collection phase 03 "
+            f"verified. {base} stays, so Chroma's disk about doubles until you delete it once the new one is in "
+            "service"
         )
     return {
         "where": f"collection {col.name} ({now})",
-        "problem": f"recall@10 {recall:.4f} at ef_search {ef}, the highest tried, is short of the goal {min_recall}",
+        "problem": f"recall@{k} {recall:.4f} at ef_search {ef}, the highest tried, is short of the goal {min_recall}",
         "what to do": what,
     }
 
@@ -867,27 +874,33 @@ def open_load(
         h02 = planned_h02(h01, base_path)
     job = LoadJob(h02, base_path, policy, int(batch_size), dry_run)
     if dry_run:
-        job.plan = preflight.load_plan(h02, h01, batch_size, base_path)
+        planned = h02
+        if step:  # the plan is the copy's: its name, its count and checkpoint
+            full = chroma_target.full_step(step, h02.get("hnsw") or {})
+            if h02["collection"] != PLANNED_COLLECTION:
+                planned = {**h02, "collection": chroma_target.rebuilt_name(h02["collection"], full)}
+            job.rebuilt = {
+                "rebuilt from": h02["collection"],
+                "rebuilt with": chroma_target.rebuild_spec(full),
+            }
+        job.plan = {**preflight.load_plan(planned, h01, batch_size, base_path), **job.rebuilt}
         if isinstance(job.plan["records in export"], str) and not (h01 or {}).get("total_chunks"):
             unknown = "<known once phase 01 has run>"  # no export, no estimate: not a load of 0 records
             job.plan.update({"records in export": unknown, "would load": unknown, "batches": unknown})
-        if step:
-            job.plan["rebuilt from"] = h02["collection"]
-            job.plan["rebuilt with"] = chroma_target.rebuild_spec(step)
-            if len(step) == len(chroma_target.REBUILD_KEYS) and h02["collection"] != PLANNED_COLLECTION:
-                job.plan["collection"] = chroma_target.rebuilt_name(h02["collection"], step)
         return job
     job.checked = verify.ensure_verified(job.export_dir, h01, policy)
     job.client = job.target.open()
-    job.collection = job.client.get_collection(h02["collection"], embedding_function=None)
     if step:
-        base = job.collection
-        job.collection, status, step = chroma_target.rebuild(job.client, base, hnsw_rebuild)
+        job.collection, status, full = chroma_target.rebuild(
+            job.client, h02["collection"], hnsw_rebuild, h02.get("hnsw")
+        )
         job.rebuilt = {
-            "rebuilt from": base.name,
-            "rebuilt with": chroma_target.rebuild_spec(step),
+            "rebuilt from": h02["collection"],
+            "rebuilt with": chroma_target.rebuild_spec(full),
             "rebuild": status,
         }
+    else:
+        job.collection = job.client.get_collection(h02["collection"], embedding_function=None)
     return job
 
 

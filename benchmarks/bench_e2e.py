@@ -150,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--page", default="", help="write the tables into this section of BENCHMARKS.md")
     ap.add_argument("--work", default="", help="scratch folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)
+    if args.reembed and args.shape != "isotropic":
+        ap.error("--shape has no effect with --reembed: the stand-in's embeddings are what phase 01 stores")
     os.environ.setdefault(KEY_ENV, "bench-key-0123456789")
     os.environ.setdefault(OPENAI_ENV, "bench-openai-key-0123456789")
     spec = f"synthetic:{args.chunks}:{args.dim}:50:{args.shape}" + (":openai" if args.reembed else "")
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
 
 def disk_against_projection(rows: list[dict], proj: dict[str, int]) -> list[dict]:
     """Each component's measured size after phase 03 (median over the repetitions) against the projection."""
-    last = [r for r in rows if "disk" in r]
+    last = [r for r in complete(rows) if "disk" in r]
     if not last:
         return []
     got = {k: statistics.median(r["disk"][k] for r in last) for k in last[0]["disk"]}
@@ -206,7 +208,15 @@ def disk_against_projection(rows: list[dict], proj: dict[str, int]) -> list[dict
     ]
 
 
+def complete(rows: list[dict]) -> list[dict]:
+    """The rows of the repetitions that ran every phase without an error (a failed one is not a figure)."""
+    bad = {r["repetition"] for r in rows if "error" in r}
+    done = {r["repetition"] for r in rows if r["phase"] == PHASES[-1]}
+    return [r for r in rows if r["repetition"] in done - bad]
+
+
 def summarise(rows: list[dict]) -> list[dict]:
+    rows = complete(rows)
     out = []
     for phase in PHASES:
         got = [r for r in rows if r["phase"] == phase and "error" not in r]
@@ -219,7 +229,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     total = [
         sum(r["wall_s"] for r in rows if r["repetition"] == rep) for rep in {r["repetition"] for r in rows}
     ]
-    out.append({"phase": "00-03", "runs": len(total), "wall_s": f"{statistics.median(total):g}"})
+    if total:
+        out.append({"phase": "00-03", "runs": len(total), "wall_s": spread(total)})
     return out
 
 

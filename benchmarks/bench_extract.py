@@ -73,7 +73,8 @@ def summary(n: int, latency: float, runs: list[dict]) -> list[dict]:
     for arm in dict.fromkeys(r["arm"] for r in runs):
         got = [r for r in runs if r["arm"] == arm and "error" not in r]
         if not got:
-            rows.append({"chunks": n, "latency_ms": latency, "arm": arm, "error": runs[0].get("error", "")})
+            error = next(r.get("error", "") for r in runs if r["arm"] == arm)
+            rows.append({"chunks": n, "latency_ms": latency, "arm": arm, "error": error})
             continue
         rows.append(
             {
@@ -89,13 +90,14 @@ def summary(n: int, latency: float, runs: list[dict]) -> list[dict]:
                 "peak_rss_mb": spread([r["peak_rss_mb"] for r in got], 0),
             }
         )
+    # each repetition's own ratio, from the rates (the seconds are rounded to 0.1 s)
     pairs = [
-        (a["seconds"], b["seconds"])
+        (a["chunks_per_s"], b["chunks_per_s"])
         for a, b in zip(runs[0::2], runs[1::2], strict=False)
-        if "error" not in a and "error" not in b and a["seconds"]
+        if "error" not in a and "error" not in b and b["chunks_per_s"]
     ]
     if pairs:
-        rows[0]["speedup"] = spread([b / a for a, b in pairs], 1) + "×"
+        rows[0]["speedup"] = spread([a / b for a, b in pairs], 1) + "×"
     return rows
 
 

@@ -347,10 +347,22 @@ def summarise(runs: list[dict], repeat: int) -> list[dict]:
             row = {
                 k: v for k, v in (got or [r for r in runs if r["arm"] == arm])[0].items() if k != "repetition"
             }
-            for k in ("seconds", "records_per_s", "peak_rss_mb", "disk_mb", "recall@10", "recall_ef800"):
+            for k in (
+                "seconds",
+                "records_per_s",
+                "peak_rss_mb",
+                "disk_mb",
+                "recall@10",
+                "recall_ef800",
+                "p50_ms",
+                "p99_ms",
+            ):
                 vals = [r[k] for r in got if isinstance(r.get(k), int | float)]
                 if vals:
-                    row[k] = spread(vals, 4 if k.startswith("recall") else 1)
+                    row[k] = spread(vals, 4 if k.startswith("recall") else 2 if k.endswith("_ms") else 1)
+            efs = sorted({str(r["ef_for_0.99"]) for r in got if "ef_for_0.99" in r})
+            if efs:
+                row["ef_for_0.99"] = " / ".join(efs)  # each repetition's, when they differ
             row["runs"] = len(got)
             rows.append(row)
     loader = next((a for a in dict.fromkeys(r["arm"] for r in runs) if a.startswith("this loader (")), None)

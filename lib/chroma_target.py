@@ -120,7 +120,11 @@ def current_hnsw(col) -> dict:
 
 
 def provenance(export, embedding_model: str) -> dict:
-    """What a collection records about where its records came from (an opened ``export_format.Export``)."""
+    """What a collection records about where its records came from (an opened ``export_format.Export``). The
+    dimension is the collection's: the manifest's, or where its vectors have several (odd records, refused at
+    load) the one most have; Chroma 1.5.9 panics on a list in a collection's metadata."""
+    from .export_format import main_dimension
+
     m = export.manifest
     return {
         "source_index_id": m["index_id"],
@@ -128,7 +132,7 @@ def provenance(export, embedding_model: str) -> dict:
         "export_id": m["export_id"],
         "export_manifest_sha256": export.manifest_sha256,
         "embedding_model": embedding_model,
-        "dimension": m["embedding_dimension"],
+        "dimension": main_dimension(export),
     }
 
 

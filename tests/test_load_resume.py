@@ -248,6 +248,66 @@ def test_a_reader_thread_that_ends_without_a_word_stops_the_load_instead_of_hang
     assert (res.skipped_by_checkpoint, res.loaded_now, col.count()) == (50, N - 50, N)
 
 
+def test_a_shard_that_fails_mid_load_stops_it_and_the_load_is_not_complete(export_dir, tmp_path, monkeypatch):
+    """What goes wrong while the next batch is read (an unreadable shard, a disk error) reaches the caller as
+    it was raised; the batches before it are checkpointed and the load is not marked complete."""
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    real = load._prepare_batch
+    calls = []
+
+    def failing(batch, ctx, start):
+        calls.append(start)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "Input/output error reading shard 0")
+        return real(batch, ctx, start)
+
+    monkeypatch.setattr(load, "_prepare_batch", failing)
+    with pytest.raises(OSError, match="Input/output error reading shard 0"):
+        load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False)
+    cp = atomic.read_json(cp_path)
+    assert "complete" not in cp and (cp["loaded"], cp["row"], col.count()) == (50, 50, 50)
+    monkeypatch.undo()
+    res = load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False)
+    assert (res.collection, res.skipped_by_checkpoint, res.loaded_now, col.count()) == (
+        "resume",
+        50,
+        N - 50,
+        N,
+    )
+    assert atomic.read_json(cp_path)["complete"] is True
+
+
+@pytest.fixture(scope="module")
+def hostile_export(tmp_path_factory):
+    """The hostile corpus (empty texts, a chunk id in two documents, odd vectors...) exported as phase 01 would."""
+    return synthetic_export(
+        corpus.build_hostile_corpus(), tmp_path_factory.mktemp("hostile"), key_env="RESUME_HOSTILE_KEY"
+    )
+
+
+def test_the_policy_asked_for_decides_every_record(hostile_export, tmp_path):
+    """The load decides each record under the policy it is given, as an independent pass over the export
+    (``planned_ids``) does: skipping empty texts and refusing reused ids loads fewer records than the default."""
+    strict = records.Policy(empty_texts="skip", duplicate_chunk_ids="refuse")
+    exp = export_format.open_export(hostile_export)
+    # its vectors have two dimensions (the odd one is refused at load): the collection records the main one
+    assert exp.manifest["embedding_dimension"] == [383, 384]
+    assert chroma_target.provenance(exp, "hash")["dimension"] == 384
+    got = {}
+    for name, policy in (("default", records.Policy()), ("strict", strict)):
+        client, col = collection(tmp_path / name, hostile_export, name=f"policy-{name}")
+        res = load.load_export(
+            client, col, hostile_export, tmp_path / f"{name}.json", progress=False, policy=policy
+        )
+        ids = set(col.get(include=[])["ids"])
+        assert ids == load.planned_ids(export_format.open_export(hostile_export), policy), name
+        got[name] = (len(ids), res.tally.counts)
+    assert got["strict"][0] < got["default"][0]
+    assert got["strict"][1].get("skipped", 0) > got["default"][1].get("skipped", 0)
+    assert got["strict"][1].get("refused", 0) > got["default"][1].get("refused", 0)
+
+
 def test_a_full_disk_while_adding_is_said_as_a_full_disk(export_dir, tmp_path):
     client, col = collection(tmp_path, export_dir)
     refusing = Refusing(col, 1, OSError(errno.ENOSPC, "No space left on device"))
@@ -363,6 +423,12 @@ def test_a_load_begun_under_one_policy_is_not_resumed_under_another(export_dir, 
     cp = atomic.read_json(cp_path)
     assert cp["policy"] == vars(skip) and cp["loaded"] == 40
     atomic.write_json(cp_path, {k: v for k, v in cp.items() if k != "policy"})
+    # a checkpoint without a policy was the default's: refused under another, the message names the default
+    with pytest.raises(load.LoadError) as e:
+        load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=skip)
+    assert str(e.value).startswith(
+        f"collection resume was loaded with {vars(default)}, now asked for {vars(skip)}"
+    )
     res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False, policy=default)
     assert (res.skipped_by_checkpoint, res.loaded_now) == (40, N - 40) and col.count() == N
 

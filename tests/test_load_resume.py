@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 import types
 
 import numpy as np
@@ -268,6 +269,7 @@ def test_a_shard_that_fails_mid_load_stops_it_and_the_load_is_not_complete(expor
     cp = atomic.read_json(cp_path)
     assert "complete" not in cp and (cp["loaded"], cp["row"], col.count()) == (50, 50, 50)
     monkeypatch.undo()
+    t0 = time.time()
     res = load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False)
     assert (res.collection, res.skipped_by_checkpoint, res.loaded_now, col.count()) == (
         "resume",
@@ -275,6 +277,7 @@ def test_a_shard_that_fails_mid_load_stops_it_and_the_load_is_not_complete(expor
         N - 50,
         N,
     )
+    assert 0 < res.seconds <= time.time() - t0  # what the result says the load took lies within the call
     assert atomic.read_json(cp_path)["complete"] is True
 
 
@@ -302,6 +305,9 @@ def test_the_policy_asked_for_decides_every_record(hostile_export, tmp_path):
         )
         ids = set(col.get(include=[])["ids"])
         assert ids == load.planned_ids(export_format.open_export(hostile_export), policy), name
+        # the load's account of every record, conversions included, equals verification's own pass
+        v = load.verify_load(client, col, hostile_export, sample=5, recall_queries=2, policy=policy)
+        assert res.tally.state() == v["tally"].state() and res.tally.metadata_rows(), name
         got[name] = (len(ids), res.tally.counts)
     assert got["strict"][0] < got["default"][0]
     assert got["strict"][1].get("skipped", 0) > got["default"][1].get("skipped", 0)
@@ -318,6 +324,11 @@ def test_a_full_disk_while_adding_is_said_as_a_full_disk(export_dir, tmp_path):
     assert err.value.path == str(tmp_path) and f"(holding {tmp_path})" in str(err.value)
     assert "No space left on device" in str(err.value) and isinstance(err.value.__cause__, OSError)
     assert not (tmp_path / "cp.json").exists() and col.count() == 0  # no batch went in, none is counted
+    # a Chroma server's disk (no path here): said as the server's volume, no path made up
+    refusing = Refusing(col, 1, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(disk.DiskFull) as err:
+        load.load_export(client, refusing, export_dir, tmp_path / "cp2.json", progress=False)
+    assert str(err.value).startswith("disk full: the volume Chroma writes to is full (Chroma said ")
 
 
 class Bar:
@@ -383,10 +394,12 @@ def test_a_checkpoint_written_before_collection_ids_were_recorded_is_resumed(exp
             client, col, export_dir, cp_path, batch_size=40, progress=False, before_batch=stop_before(3)
         )
     cp = atomic.read_json(cp_path)
-    del cp["collection_id"]
+    del cp["collection_id"], cp["rows_done"]  # neither was recorded then
     atomic.write_json(cp_path, cp)
     res = load.load_export(client, col, export_dir, cp_path, batch_size=40, progress=False)
     assert (res.skipped_by_checkpoint, res.loaded_now) == (60, N - 60) and col.count() == N  # 40, 20 | stop
+    # rows counted from where the older checkpoint had no count: the rows this run went through
+    assert atomic.read_json(cp_path)["rows_done"] == N - 60
 
 
 def begun_under(policy, export_dir, tmp_path):

@@ -34,16 +34,13 @@ if __package__ in (None, ""):
 
 from benchmarks.common import markdown, proc_cpu_seconds, spread, table, write_section
 from runbook import disk
+from runbook.load import dir_size
 from runbook.rehearsal import cloud_emulator, corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("00", "01", "02", "03")
 KEY_ENV = "LLAMA_CLOUD_API_KEY"
 OPENAI_ENV = "OPENAI_API_KEY"
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def write_params(path: Path, base: Path, url: str, syn: corpus.SyntheticCorpus, args) -> Path:
@@ -118,7 +115,7 @@ def one_pipeline(args, syn, url: str, server_pid: int, work: Path, rep: int) -> 
     rows = []
     for phase in PHASES:
         row = {"repetition": rep, **run_phase(params, phase, work / "outputs", server_pid)}
-        row["base_path_mb"] = round(dir_bytes(base) / 2**20, 1)
+        row["base_path_mb"] = round(dir_size(base) / 2**20, 1)
         rows.append(row)
         print(table([row], COLS), flush=True)
         if "error" in row:
@@ -127,7 +124,7 @@ def one_pipeline(args, syn, url: str, server_pid: int, work: Path, rep: int) -> 
 
     lay = Layout.from_params(str(base))
     layout = {"export": lay.exports, "chroma": lay.chroma_db, "embedding cache": base / "cache"}
-    measured = {k: dir_bytes(v) for k, v in layout.items()}
+    measured = {k: dir_size(v) for k, v in layout.items()}
     rows[-1]["disk"] = {k: round(v / 2**20, 1) for k, v in measured.items()}
     return rows
 

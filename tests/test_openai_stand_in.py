@@ -513,6 +513,40 @@ def test_hash_vectors_are_deterministic_per_model_and_text():
         assert s.openai.stats()["vectors"] == "hash"
 
 
+def test_clustered_vectors_are_seeded_by_the_text_and_shaped_like_text_embeddings():
+    """Through the official client: the same text gives the same vector whatever shares its request, and
+    2,000 texts are spread as text embeddings are (mean cosine near 0.4, each with close neighbours among
+    the same topic), not as the hash mode's nearly orthogonal ones."""
+    texts = [
+        f"chunk {k} of document {d}: 검진 결과 " + "lorem ipsum " * 5 for d in range(40) for k in range(50)
+    ]
+    with cloud_emulator.EmulatorServer(
+        corpus.build_hostile_corpus(), API_KEY, openai_key=KEY, openai_vectors="clustered"
+    ) as s:
+        c = client(s)
+        got = np.array(
+            [
+                d.embedding
+                for i in range(0, 2000, 500)
+                for d in c.embeddings.create(model=SMALL, input=texts[i : i + 500]).data
+            ],
+            dtype=np.float32,
+        )
+        one = np.array(c.embeddings.create(model=SMALL, input=texts[7]).data[0].embedding, dtype=np.float32)
+        assert s.openai.stats()["vectors"] == "clustered"
+    assert np.array_equal(got, want(texts, mode="clustered")) and np.array_equal(got[7], one)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    sims = got @ got.T
+    n = len(got)
+    mean = (sims.sum() - n) / (n * n - n)
+    np.fill_diagonal(sims, -1)
+    assert 0.3 < mean < 0.5, mean
+    assert np.median(sims.max(axis=1)) > 0.75, np.median(sims.max(axis=1))  # a topic's other texts
+    hashed = want(texts[:200], mode="hash")
+    assert abs(float(np.mean(hashed @ hashed.T - np.eye(200)))) < 0.01
+    assert not np.allclose(want(texts[:1], model=ADA, mode="clustered"), got[:1], atol=1e-3)
+
+
 # ---------------------------------------------------------------- the command line and a subprocess
 def test_command_line_options_and_start_subprocess(key_env, monkeypatch):
     args = cloud_emulator.build_parser().parse_args(

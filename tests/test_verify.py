@@ -290,6 +290,47 @@ def test_nan_and_zero_vectors_are_refused_at_load_and_left_out_of_the_norms(exp)
     ]
 
 
+def test_reembedding_replaces_exactly_the_unusable_served_vectors_and_keeps_the_rest(exp, tmp_path):
+    """reembed_bad_vectors: NaN, zeros and another dimension are re-embedded and named in the manifest, the
+    missing vector is filled, every other served vector stays as it was, bit for bit; without it only the
+    missing one is filled; reembed_all takes every chunk."""
+    from runbook import embeddings, reembed
+
+    def damage(t):
+        v = t.column("embedding")[2].as_py()
+        v[1] = float("nan")
+        t = set_cell(t, "embedding", 2, v)
+        t = set_cell(t, "embedding", 5, [0.0] * DIM)
+        t = set_cell(t, "embedding", 7, [0.5] * (DIM - 3))
+        return set_cell(t, "embedding", 9, None)
+
+    rewrite(exp, 1, damage)
+    spec = embeddings.ModelSpec("hash", "hash", DIM)
+    cache = tmp_path / "cache.sqlite"
+    assert reembed.plan(exp, spec, cache).chunks_to_embed == 4
+    assert reembed.plan(exp, spec, cache, replace_bad=False).chunks_to_embed == 1
+    assert reembed.plan(exp, spec, cache, force=True).chunks_to_embed == N
+    before = {r["chunk_id"]: r["embedding"] for r in export_format.open_export(exp).iter_chunks()}
+    done = reembed.apply(exp, spec, cache, progress=False)
+    assert done["embedded"] == 4
+    m = manifest(exp)
+    assert m["replaced_vectors_count"] == 3
+    assert [(x["chunk_id"], x["served"]) for x in m["replaced_vectors"]] == [
+        ("syn-00000004-0002", "with NaN or Infinity"),
+        ("syn-00000004-0005", "of zeros (no direction for cosine)"),
+        ("syn-00000004-0007", f"of dimension {DIM - 3} (the collection's is {DIM})"),
+    ]
+    redone = {f"syn-00000004-{k:04d}" for k in (2, 5, 7, 9)}
+    for r in export_format.open_export(exp).iter_chunks():
+        if r["chunk_id"] in redone:
+            assert r["embedding_source"] == "computed" and len(r["embedding"]) == DIM, r["chunk_id"]
+        else:
+            assert r["embedding"] == before[r["chunk_id"]] and r["embedding_source"] == "cloud", r["chunk_id"]
+    assert checks(verify.verify_export(exp))["vectors loadable"][1].startswith(
+        "0 with NaN/Infinity, 0 all zeros, 0 of another dimension, 0 missing: none now; 3 served vector(s)"
+    )
+
+
 def test_a_chunk_without_a_vector_fails_only_when_vectors_are_expected(exp):
     rewrite(exp, 2, lambda t: set_cell(t, "embedding", 0, None))
     rep = verify.verify_export(exp)
@@ -459,6 +500,17 @@ def test_the_reservoir_sample_is_uniform_and_follows_its_seed(n, k):
     assert verify.reservoir_sample(range(100), 5, 3) != verify.reservoir_sample(range(100), 5, 4)
     assert verify.reservoir_sample(range(3), 5, 0) == [0, 1, 2]
     assert verify.reservoir_sample(range(3), 0, 0) == []
+
+
+def test_sampled_rows_are_the_reservoir_sample_of_the_rows_themselves(pristine):
+    """Drawn over positions, then read: the same rows, in the same order, as the seeded reservoir sample over
+    every row read whole (which turned every vector into Python floats), for samples smaller than the export,
+    equal to it and larger."""
+    exp = export_format.open_export(pristine)
+    rows = list(exp.iter_chunks())
+    for k, seed in ((1, 0), (7, 3), (50, 0), (len(rows), 1), (len(rows) + 5, 2)):
+        assert verify.sample_rows(exp, k, seed) == verify.reservoir_sample(iter(rows), k, seed), (k, seed)
+    assert verify.sample_rows(exp, 0, 0) == []
 
 
 def test_the_sample_follows_its_seed_and_reaches_every_shard(exp, live):

@@ -1106,7 +1106,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--openai-vectors",
         choices=openai_stand_in.VECTOR_MODES,
         default="semantic",
-        help="the stand-in's vectors: semantic (MiniLM, projected isometrically) or hash (fast, not semantic)",
+        help="the stand-in's vectors: semantic (MiniLM, projected isometrically), hash (fast, not semantic, nearly "
+        "isotropic) or clustered (fast, not semantic, shaped like text embeddings)",
     )
     ap.add_argument("--openai-rpm", type=int, default=None, help="requests per minute (0: unlimited)")
     ap.add_argument("--openai-tpm", type=int, default=None, help="tokens per minute (0: unlimited)")

@@ -18,6 +18,10 @@ The vectors are deterministic functions of (model, text), so a re-run and a stor
   and so retrieval rankings, are MiniLM's. Each row is projected on its own (one matrix-vector product of
   the same shape every time), so a vector does not depend on which other texts shared its request.
 - ``"hash"``: unit vectors seeded from sha256(model + NUL + text): cheap, not semantic (benchmarks).
+  Nearly isotropic: the hardest case for HNSW, far from what text embeddings are.
+- ``"clustered"``: as cheap and as seeded, but shaped like text embeddings (one of 512 topics in 48 dimensions,
+  projected into the full dimension, around a common mean, as ``corpus.SyntheticCorpus``'s realistic shape):
+  for benchmarks of production's shape whose recall should be what real vectors give, not the worst case.
 
 With ``dimensions=d`` the vector is the full vector's first d components renormalised to unit length, as
 OpenAI documents for the text-embedding-3 models. ``vectors_for`` computes exactly what the endpoint
@@ -28,6 +32,7 @@ bit for bit, give the stand-in the same embedding cache.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -47,7 +52,7 @@ from .. import embeddings
 MODEL_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 DIMENSIONS_MODELS = ("text-embedding-3-small", "text-embedding-3-large")  # accept ``dimensions``
 MINILM = embeddings.ModelSpec("huggingface", "sentence-transformers/all-MiniLM-L6-v2", 384)
-VECTOR_MODES = ("semantic", "hash")
+VECTOR_MODES = ("semantic", "hash", "clustered")
 ORGANIZATION = "org-rehearsal"
 REQUEST_FIELDS = {"model", "input", "dimensions", "encoding_format", "user"}
 _INVALID_INPUT = (
@@ -196,6 +201,33 @@ def hash_vector(text: str, model: str, dimensions: int | None = None) -> np.ndar
     return _finish(full, dimensions)
 
 
+_CLUSTERED_DIM, _CLUSTERED_TOPICS = 48, 512
+
+
+@functools.cache
+def _clustered_frame(model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(basis k x D with orthonormal rows, unit mean, topics) of the ``clustered`` mode, seeded by the model."""
+    seed = int.from_bytes(hashlib.sha256(("clustered\0" + model).encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    full = MODEL_DIMS[model]
+    basis, _ = np.linalg.qr(rng.standard_normal((full, _CLUSTERED_DIM)))
+    mean = rng.standard_normal(full)
+    return basis.T, mean / np.linalg.norm(mean), rng.standard_normal((_CLUSTERED_TOPICS, _CLUSTERED_DIM))
+
+
+def clustered_vector(text: str, model: str, dimensions: int | None = None) -> np.ndarray:
+    """The ``clustered`` mode's vector: a topic and the offsets from it seeded from sha256(model + NUL + text),
+    in 48 dimensions projected into the model's, near a common mean (cosines about 0.4, as text embeddings
+    have), unit length."""
+    basis, mean, topics = _clustered_frame(model)
+    digest = hashlib.sha256((model + "\0" + text).encode("utf-8", "surrogatepass")).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    z = topics[rng.integers(0, len(topics))] + 0.8 * rng.standard_normal(_CLUSTERED_DIM)
+    z = z / np.linalg.norm(z)
+    noise = rng.standard_normal(len(mean)) / math.sqrt(len(mean))
+    return _finish(z @ basis + 0.8 * mean + 0.15 * noise, dimensions)
+
+
 def vectors_for(
     texts: list[str], model: str, dimensions: int | None, mode: str = "semantic", cache=None
 ) -> np.ndarray:
@@ -208,8 +240,9 @@ def vectors_for(
     width = dimensions or MODEL_DIMS[model]
     if not texts:
         return np.zeros((0, width), dtype=np.float32)
-    if mode == "hash":
-        return np.stack([hash_vector(t, model, dimensions) for t in texts])
+    if mode in ("hash", "clustered"):
+        one = hash_vector if mode == "hash" else clustered_vector
+        return np.stack([one(t, model, dimensions) for t in texts])
     if mode != "semantic":
         raise ValueError(f"vector mode {mode!r}: use one of {VECTOR_MODES}")
     opened = None

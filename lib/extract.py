@@ -707,14 +707,17 @@ def reembed_plan(export: ExportResult, spec, cache_path: str, how: dict):
     return None if export.dry_run else reembed.plan(export.path, spec, cache_path, **how)
 
 
-def reembed_apply(export: ExportResult, spec, cache_path: str, how: dict, spend: dict, layout) -> dict:
-    """Fill the vectors ``reembed_plan`` counted (``reembed.apply``; ``spend``: ``reembed.spending``), logged
-    to the migration log; what it did, for the page (``reembed.outcome``). A dry run embeds nothing."""
+def reembed_apply(
+    export: ExportResult, spec, cache_path: str, how: dict, spend: dict, layout, plan=None
+) -> dict:
+    """Fill the vectors ``reembed_plan`` counted (``plan``, its result, not counted again; ``reembed.apply``;
+    ``spend``: ``reembed.spending``), logged to the migration log; what it did, for the page
+    (``reembed.outcome``). A dry run embeds nothing."""
     from . import reembed, runlog
 
     if export.dry_run:
         return _not_run("re-embedding", "embeds the chunks without a vector, after the plan above")
-    done = reembed.apply(export.path, spec, cache_path, **how, **spend)
+    done = reembed.apply(export.path, spec, cache_path, **how, **spend, planned=plan)
     runlog.log(layout, "01_extract", "vectors complete", model=spec.model_id, embedded=done["embedded"])
     return reembed.outcome(done)
 

@@ -211,7 +211,7 @@ def test_a_dry_run_without_the_source_plans_with_placeholders_and_every_later_st
     assert "paid" in plan["vectors"]
 
 
-def test_the_real_steps_export_embed_verify_and_hand_on(src, server, tmp_path):
+def test_the_real_steps_export_embed_verify_and_hand_on(src, server, tmp_path, monkeypatch):
     """The real path of the page, step by step (the demo walks it too): logged, embedded with the pipeline's
     own model, verified, and the hand-off names the export."""
     layout = Layout.from_params(str(tmp_path / "base"))
@@ -227,8 +227,12 @@ def test_the_real_steps_export_embed_verify_and_hand_on(src, server, tmp_path):
     plan = extract.reembed_plan(export, spec, CACHE, which)
     assert plan.chunks_to_embed == export.manifest["total_chunks"]
     assert reembed.plan_table(plan, spec) == plan.as_dict()
-    done = extract.reembed_apply(export, spec, CACHE, which, reembed.spending(), layout)
+    counted = []
+    count = reembed.plan
+    monkeypatch.setattr(reembed, "plan", lambda *a, **k: counted.append(a) or count(*a, **k))
+    done = extract.reembed_apply(export, spec, CACHE, which, reembed.spending(), layout, plan)
     assert done["chunks given a vector"] == export.manifest["total_chunks"]
+    assert counted == []  # the plan shown above is the one applied: every text is not tokenised again
     report = extract.verify_step(export, src, 20, None)
     assert report.ok, report.to_string()
     out = extract.handoff_step(export, spec, report, None)

@@ -311,7 +311,8 @@ def test_reembedding_replaces_exactly_the_unusable_served_vectors_and_keeps_the_
     assert reembed.plan(exp, spec, cache, replace_bad=False).chunks_to_embed == 1
     assert reembed.plan(exp, spec, cache, force=True).chunks_to_embed == N
     before = {r["chunk_id"]: r["embedding"] for r in export_format.open_export(exp).iter_chunks()}
-    done = reembed.apply(exp, spec, cache, progress=False)
+    stale = reembed.Plan("hash:another-model", 0, 0, 0.0, 0)  # a plan for another model is not this one's
+    done = reembed.apply(exp, spec, cache, progress=False, planned=stale)
     assert done["embedded"] == 4
     m = manifest(exp)
     assert m["replaced_vectors_count"] == 3
@@ -323,7 +324,8 @@ def test_reembedding_replaces_exactly_the_unusable_served_vectors_and_keeps_the_
     redone = {f"syn-00000004-{k:04d}" for k in (2, 5, 7, 9)}
     for r in export_format.open_export(exp).iter_chunks():
         if r["chunk_id"] in redone:
-            assert r["embedding_source"] == "computed" and len(r["embedding"]) == DIM, r["chunk_id"]
+            want = embeddings.embed_texts([export_format.embed_text(r)], spec)[0][0]
+            assert r["embedding_source"] == "computed" and r["embedding"] == want.tolist(), r["chunk_id"]
         else:
             assert r["embedding"] == before[r["chunk_id"]] and r["embedding_source"] == "cloud", r["chunk_id"]
     assert checks(verify.verify_export(exp))["vectors loadable"][1].startswith(

@@ -97,6 +97,7 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
         "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
     }
     text = log.read_text(encoding="utf-8", errors="replace")
+    row["run_folder"] = str(run_folder(text) or "")
     embed = embedding_wait(text)
     if embed is not None:
         row["embed_s"] = round(embed, 1)
@@ -107,11 +108,17 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
     return row
 
 
+def run_folder(runner_log: str) -> Path | None:
+    """The run folder the runner names in its log (``run folder: <path>``)."""
+    folders = [ln.split(":", 1)[1].strip() for ln in runner_log.splitlines() if ln.startswith("run folder:")]
+    return Path(folders[-1]) if folders else None
+
+
 def embedding_wait(runner_log: str) -> float | None:
     """Seconds phase 01 spent in its re-embedding cell (``extract.reembed_apply``: the requests to the rate
     limited embeddings API), from the executed notebook's own cell timings; None for another phase."""
-    folders = [ln.split(":", 1)[1].strip() for ln in runner_log.splitlines() if ln.startswith("run folder:")]
-    nb = Path(folders[-1]) / "01_extract.ipynb" if folders else None
+    folder = run_folder(runner_log)
+    nb = folder / "01_extract.ipynb" if folder else None
     if nb is None or not nb.exists():
         return None
     cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
@@ -122,11 +129,16 @@ def embedding_wait(runner_log: str) -> float | None:
     )
 
 
-def projection(syn: corpus.SyntheticCorpus, args) -> dict[str, int]:
-    rows = disk.projection(
-        syn.n_chunks, syn.dim, reembed=args.reembed, snapshots=0, sparse_index=args.sparse_index
-    )
-    return {r["component"]: r["bytes"] for r in rows}
+def preflight_projection(rows: list[dict]) -> dict[str, float]:
+    """The disk projection phase 00 made (with the payload it sampled from the source, and ``disk.MARGIN``),
+    MB per component, from its hand-off in the first complete repetition's run folder."""
+    for r in complete(rows):
+        if r["phase"] == "00" and r.get("run_folder"):
+            h = json.loads(
+                (Path(r["run_folder"]) / "handoff" / "00_preflight.json").read_text(encoding="utf-8")
+            )
+            return {c["component"]: float(c["projected MB"]) for c in h["disk"]["components"]}
+    return {}
 
 
 def one_pipeline(args, syn, url: str, server_pid: int, work: Path, rep: int) -> list[dict]:
@@ -199,7 +211,7 @@ def main(argv=None) -> int:
     title = f"{spec}, {how}, {args.repeat} repetition(s): each phase's median (min-max)"
     phases = summarise(rows)
     print(f"\n{title}\n" + table(phases, SUMMARY_COLS))
-    disk_rows = disk_against_projection(rows, projection(syn, args))
+    disk_rows = disk_against_projection(rows, preflight_projection(rows))
     if disk_rows:
         print("\ndisk against preflight's projection (MB)\n" + table(disk_rows, DISK_COLS))
     if args.page:
@@ -209,21 +221,24 @@ def main(argv=None) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
-def disk_against_projection(rows: list[dict], proj: dict[str, int]) -> list[dict]:
-    """Each component's measured size after phase 03 (median over the repetitions) against the projection."""
+def disk_against_projection(rows: list[dict], proj: dict[str, float]) -> list[dict]:
+    """Each component's measured size after phase 03 (median over the repetitions) against preflight's
+    projection (MB), as preflight shows it (with its margin) and as the formula's estimate (without it)."""
     last = [r for r in complete(rows) if "disk" in r]
     if not last:
         return []
     got = {k: statistics.median(r["disk"][k] for r in last) for k in last[0]["disk"]}
-    return [
-        {
-            "component": k,
-            "measured MB": got[k],
-            "projected MB": round(proj.get(k, 0) / 2**20, 1),
-            "measured / projected": round(got[k] * 2**20 / proj[k], 2) if proj.get(k) else "",
-        }
-        for k in got
-    ]
+    out = []
+    for k in got:
+        row = {"component": k, "measured MB": got[k]}
+        if proj.get(k):
+            row["projected MB"] = proj[k]
+            row["measured / projected"] = round(got[k] / proj[k], 2)
+            row[f"measured / estimate (projection / {disk.MARGIN})"] = round(
+                got[k] * disk.MARGIN / proj[k], 2
+            )
+        out.append(row)
+    return out
 
 
 def complete(rows: list[dict]) -> list[dict]:
@@ -285,7 +300,13 @@ COLS = [
     "base_path_mb",
     "error",
 ]
-DISK_COLS = ["component", "measured MB", "projected MB", "measured / projected"]
+DISK_COLS = [
+    "component",
+    "measured MB",
+    "projected MB",
+    "measured / projected",
+    f"measured / estimate (projection / {disk.MARGIN})",
+]
 SUMMARY_COLS = [
     "phase",
     "runs",

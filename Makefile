@@ -31,11 +31,11 @@ bench: $(STAMP)  ## regenerate BENCHMARKS.md's tables, medians of 3 interleaved 
 	$(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000 --latencies-ms 50 200 --repeat 3 --page
 	$(BIN)/python benchmarks/bench_load.py --sizes 10000 100000 --arms loader raw bulk --repeat 3 --page load
 	$(BIN)/python benchmarks/bench_load.py --grid --grid-steps 1 --sizes 100000 --dim 384 --shapes isotropic realistic --page grid
-	$(BIN)/python benchmarks/bench_e2e.py --chunks 100000 --repeat 3 --page e2e-100k
+	$(BIN)/python benchmarks/bench_e2e.py --chunks 100000 --shape realistic --reembed --repeat 3 --page e2e-100k
 
 bench-1m: $(STAMP)  ## the million-chunk runs (needs ~30 GB free disk; several hours)
 	$(BIN)/python benchmarks/bench_load.py --sizes 1000000 --arms loader raw --repeat 3 --page load-1m
-	$(BIN)/python benchmarks/bench_e2e.py --chunks 1000000 --page e2e-1m
+	$(BIN)/python benchmarks/bench_e2e.py --chunks 1000000 --shape realistic --reembed --embed-tpm 50000000 --page e2e-1m
 
 bench-hybrid: $(STAMP)  ## hybrid retrieval (Chroma + BM25) vs dense only, 100k chunks (~10 min)
 	$(BIN)/python benchmarks/bench_hybrid.py --chunks 100000 --queries 200

@@ -2,17 +2,20 @@
 each phase its own process, as papermill in batch runs them) against the local LlamaCloud-compatible server
 serving a synthetic corpus, into an embedded Chroma. Per phase: wall time, CPU seconds of the phase (the runner
 and its notebook kernel) apart from the server's, the phase's peak RSS (its largest process), and the disk the
-base path holds after it, against preflight's projection (``disk.projection``) component by component.
+base path holds after it, against phase 00's own projection (from its hand-off: the payload it sampled from the
+source, ``disk.MARGIN``) and the formula's estimate without the margin, component by component.
 
+    .venv/bin/python benchmarks/bench_e2e.py --chunks 100000 --shape realistic --reembed --repeat 3   # make bench
     .venv/bin/python benchmarks/bench_e2e.py --chunks 100000                   # 1536-d, vectors served
-    .venv/bin/python benchmarks/bench_e2e.py --chunks 100000 --shape realistic --repeat 3
-    .venv/bin/python benchmarks/bench_e2e.py --chunks 1000000 --work /data/bench-1m   # hours; see BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_e2e.py --chunks 1000000 --shape realistic --reembed --work /data/bench-1m
 
-By default the server serves the vectors, so phase 01 re-embeds nothing: this isolates the runbook's own work
-from an embedding API's rate limit. ``--reembed`` rehearses production's shape instead: the pipeline reports
-LlamaCloud's managed text-embedding-3-small, no vectors are served, and phase 01 re-embeds every chunk through
-the server's OpenAI-compatible ``/v1/embeddings`` (fast ``hash`` vectors) at the limits given
-(``--embed-tpm``, ``--embed-rpm``, ``--embed-latency-ms``); phase 01's row then holds the rate-limited wait. With
+``--reembed`` is production's shape (LlamaCloud serves no vectors): the pipeline reports LlamaCloud's managed
+text-embedding-3-small and phase 01 re-embeds every chunk through the server's OpenAI-compatible
+``/v1/embeddings`` at the limits given (``--embed-tpm``, ``--embed-rpm``, ``--embed-latency-ms``), with cheap
+vectors seeded by the text: ``clustered`` ones shaped like text embeddings with ``--shape realistic``, nearly
+isotropic ``hash`` ones otherwise (the hard case for HNSW). Phase 01's row holds the rate-limited wait, and
+``embed_s`` says how much of it the re-embedding cell took (``wall_s_without_embed``: the rest). Without
+``--reembed`` the server serves the vectors (as JSON: the stand-in's encoding dominates phase 01 then). With
 ``--repeat`` the whole pipeline runs that many times, each into a fresh base path; the table gives each
 phase's median and its spread (min-max).
 """

@@ -27,6 +27,7 @@ The policy (also in the README and on the pages of phases 01 and 03):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -208,6 +209,7 @@ def _escaped_from(e: str) -> str | None:
     return k if k is not None and _needs_escape(k) else None
 
 
+@functools.lru_cache(maxsize=65536)  # a pure function of the key; keys repeat record after record
 def key_kind(k: str) -> str | None:
     if k in LLAMAINDEX_KEYS:
         return "key LlamaIndex writes itself"
@@ -218,10 +220,12 @@ def key_kind(k: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)  # a pure function of the key; keys repeat record after record
 def encode_key(k: str) -> str:
     return KEY_PREFIX + _form(k) if _needs_escape(k) else k
 
 
+@functools.lru_cache(maxsize=65536)  # a pure function of the key; keys repeat record after record
 def decode_key(e: str) -> str:
     k = _escaped_from(e)
     return e if k is None else k

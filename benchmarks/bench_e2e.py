@@ -259,15 +259,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         if not got:
             continue
         row = {"phase": phase, "runs": len(got)}
-        for k in (
-            "wall_s",
-            "embed_s",
-            "wall_s_without_embed",
-            "cpu_s",
-            "server_cpu_s",
-            "peak_rss_mb",
-            "base_path_mb",
-        ):
+        for k in METRICS:
             if all(k in r for r in got):
                 row[k] = spread([r[k] for r in got])
         out.append(row)
@@ -291,9 +283,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-COLS = [
-    "repetition",
-    "phase",
+METRICS = (
     "wall_s",
     "embed_s",
     "wall_s_without_embed",
@@ -301,25 +291,15 @@ COLS = [
     "server_cpu_s",
     "peak_rss_mb",
     "base_path_mb",
-    "error",
-]
+)
+COLS = ["repetition", "phase", *METRICS, "error"]
+SUMMARY_COLS = ["phase", "runs", *METRICS]
 DISK_COLS = [
     "component",
     "measured MB",
     "projected MB",
     "measured / projected",
     f"measured / estimate (projection / {disk.MARGIN})",
-]
-SUMMARY_COLS = [
-    "phase",
-    "runs",
-    "wall_s",
-    "embed_s",
-    "wall_s_without_embed",
-    "cpu_s",
-    "server_cpu_s",
-    "peak_rss_mb",
-    "base_path_mb",
 ]
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def spread(values: list[float], digits: int = 1) -> str:
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}  # no rows: headers
     out = ["  ".join(c.ljust(widths[c]) for c in columns)]
     for r in rows:
         out.append("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))

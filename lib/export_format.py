@@ -68,10 +68,10 @@ class ExportError(RunbookError, RuntimeError):
     pass
 
 
-def dumps(obj) -> str:
+def dumps(obj, finite: bool = False) -> str:
     """Canonical JSON: sorted keys, compact, UTF-8 as it is (Korean stays Korean); NaN, Infinity, integers
     of any size and lone surrogates are kept (``records.dumps``), never turned into null or an error."""
-    return records.dumps(obj)
+    return records.dumps(obj, finite=finite)
 
 
 def sha256_text(s: str) -> str:
@@ -104,8 +104,10 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def node_to_row(document_id: str, seq: int, node: dict) -> dict:
-    """One chunk (TextNode JSON from ``/chunks``) as an export row."""
+def node_to_row(document_id: str, seq: int, node: dict, finite: bool = False) -> dict:
+    """One chunk (TextNode JSON from ``/chunks``) as an export row. ``finite``: the node was read by orjson
+    (``records.loads_checked`` said so), so it holds no NaN or Infinity and its JSON parts are written
+    without looking for them (that walk was most of the exporter's CPU per chunk)."""
     text = node.get("text") or ""
     emb = node.get("embedding")
     return {
@@ -116,9 +118,9 @@ def node_to_row(document_id: str, seq: int, node: dict) -> dict:
         "seq": seq,
         "text": text,
         "text_sha256": sha256_text(text),
-        "metadata_json": dumps(node.get("extra_info") or node.get("metadata") or {}),
-        "relationships_json": dumps(node.get("relationships") or {}),
-        "node_extra_json": dumps({k: node.get(k) for k in NODE_EXTRA_KEYS if k in node}),
+        "metadata_json": dumps(node.get("extra_info") or node.get("metadata") or {}, finite=finite),
+        "relationships_json": dumps(node.get("relationships") or {}, finite=finite),
+        "node_extra_json": dumps({k: node.get(k) for k in NODE_EXTRA_KEYS if k in node}, finite=finite),
         "start_char_idx": node.get("start_char_idx"),
         "end_char_idx": node.get("end_char_idx"),
         "embedding": emb,

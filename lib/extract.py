@@ -229,7 +229,14 @@ def embedding_stats(path: Path, shards: list[dict]) -> dict:
     }
 
 
-def fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
+class Chunks(list):
+    """A document's served chunks (TextNode JSON), and ``finite``: whether they were read by orjson, which
+    refuses NaN and Infinity, so their JSON parts are written without looking for them."""
+
+    finite: bool = False
+
+
+def fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> Chunks | None:
     import llama_cloud
 
     try:
@@ -238,7 +245,9 @@ def fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
         raw = src.client.pipelines.documents.with_raw_response.get_chunks(
             document_id=path_id(doc_id), pipeline_id=pipeline_id
         )
-        nodes = raw.http_response.json()
+        # the body as bytes: read as Python's json reads a response (invalid UTF-8 is an error), by orjson
+        # where that is exact
+        nodes, finite = records.loads_checked(raw.http_response.content)
     except llama_cloud.NotFoundError:
         return None  # deleted since it was listed; reconciled by the next listing
     except llama_cloud.APIError as e:
@@ -248,7 +257,9 @@ def fetch_chunks(src: Source, pipeline_id: str, doc_id: str) -> list[dict]:
         ) from None
     if not isinstance(nodes, list):
         raise ExportError(f"chunks of document {doc_id!r}: expected a JSON list, got {type(nodes).__name__}")
-    return nodes
+    out = Chunks(nodes)
+    out.finite = finite
+    return out
 
 
 def _get_page(src: Source, pipeline_id: str, skip: int, limit: int) -> tuple[list, int | None, int]:
@@ -322,8 +333,9 @@ def _rows_of(d: dict, nodes: list[dict]) -> tuple[list[dict], list[dict]]:
                 "what to do": "fix the document at the source; phase 07's delta sync picks it up",
             }
         )
+    finite = getattr(nodes, "finite", False)
     for k, n in enumerate(nodes):
-        row = export_format.node_to_row(d["id"], k, n)
+        row = export_format.node_to_row(d["id"], k, n, finite)
         why = doc_problem or export_format.unstorable(row)
         if why:
             refused.append(

@@ -89,7 +89,11 @@ def dumps(obj, sort_keys: bool = True, finite: bool = False) -> str:
     return s if is_utf8(s) else json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), allow_nan=True)
 
 
-_LONG_DIGITS = re.compile(r"[0-9]{19}")  # JSON numbers are ASCII digits; [0-9] is faster than \\d
+# an integer token of 19 digits or more (JSON numbers are ASCII digits; [0-9] is faster than \\d): not a
+# float's fraction or mantissa (a served vector's 0.00012345678901234567 is read exactly by orjson)
+_LONG_INT = r"(?<![0-9.])[0-9]{19,}(?![0-9.eE])"
+_LONG_DIGITS = re.compile(_LONG_INT)
+_LONG_DIGITS_BYTES = re.compile(_LONG_INT.encode())
 
 
 def loads(s: str):
@@ -98,10 +102,12 @@ def loads(s: str):
     return loads_checked(s)[0]
 
 
-def loads_checked(s: str) -> tuple[object, bool]:
+def loads_checked(s: str | bytes) -> tuple[object, bool]:
     """(``loads(s)``, whether the value is surely finite). orjson refuses NaN, Infinity and numbers that
-    overflow a double, so what it read holds none; what Python's json read may."""
-    if _LONG_DIGITS.search(s) is None:
+    overflow a double, so what it read holds none; what Python's json read may. ``s`` may be a response's
+    body as bytes (UTF-8, as Python's json reads it: invalid bytes are an error, never replaced)."""
+    long_digits = _LONG_DIGITS_BYTES if isinstance(s, bytes | bytearray) else _LONG_DIGITS
+    if long_digits.search(s) is None:
         try:
             return orjson.loads(s), True
         except orjson.JSONDecodeError:

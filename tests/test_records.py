@@ -115,6 +115,24 @@ def test_the_node_json_skips_the_nan_walk_only_for_what_orjson_read():
         assert not finite and value == records.loads(text) or math.isnan(value["a"])
     assert records.dumps({"a": math.nan}, finite=False) == '{"a":NaN}'
     assert records.dumps({"a": None}, finite=True) == '{"a":null}'
+    # an integer of 19 digits or more goes to Python's json (exact at any size), as str or as a response's
+    # bytes; a float's long fraction or mantissa does not (orjson reads floats exactly)
+    for text in (
+        "[1234567890123456789]",
+        "[-12345678901234567890]",
+        '{"a": [1, 2 ,123456789012345678901234]}',
+    ):
+        for s in (text, text.encode()):
+            value, finite = records.loads_checked(s)
+            assert not finite and value == json.loads(text), s
+    for text in (
+        "[0.00012345678901234567]",
+        "[1234567890123456789.5]",
+        "[12345678901234567890e3]",
+        "[-1.2e-05]",
+    ):
+        for s in (text, text.encode()):
+            assert records.loads_checked(s) == (json.loads(text), True), s
     base = {
         "chunk_id": "c",
         "document_id": "d",

@@ -55,6 +55,7 @@ class Plan:
     max_input_tokens: int = 0  # the API's per-input limit (0: the model has none known here)
     too_long: list = None  # the first MAX_LISTED chunks over it: {document_id, chunk_id, tokens}
     too_long_count: int = 0
+    options: dict = None  # which chunks it counted (``options``): a plan is reused only for the same
 
     @property
     def est_cost_usd(self) -> float:
@@ -236,7 +237,8 @@ def plan(
         if price_per_mtok is not None
         else (embeddings.PRICE_PER_MTOK.get(f"{spec.provider}:{spec.model_name}", 0.0) if spec.paid else 0.0)
     )
-    return Plan(spec.model_id, n, tokens, price, cached, limit, too_long, too_long_count)
+    which = options(force, replace_bad, truncate_long)
+    return Plan(spec.model_id, n, tokens, price, cached, limit, too_long, too_long_count, which)
 
 
 def outcome(done: dict) -> dict:
@@ -291,6 +293,7 @@ def apply(
         and planned.model_id == spec.model_id
         and planned.max_input_tokens == (limits.max_input_tokens if spec.provider == "openai" else 0)
         and (price_per_mtok is None or planned.price_per_mtok == price_per_mtok)
+        and planned.options == options(force, replace_bad, truncate_long)
     )
     p = (
         planned

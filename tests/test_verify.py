@@ -331,6 +331,13 @@ def test_reembedding_replaces_exactly_the_unusable_served_vectors_and_keeps_the_
     assert checks(verify.verify_export(exp))["vectors loadable"][1].startswith(
         "0 with NaN/Infinity, 0 all zeros, 0 of another dimension, 0 missing: none now; 3 served vector(s)"
     )
+    # a plan counted with other options (only the missing vector) is not the one applied either
+    rewrite(exp, 1, damage)
+    fewer = reembed.plan(exp, spec, cache, replace_bad=False)
+    assert (
+        fewer.chunks_to_embed == 1
+        and reembed.apply(exp, spec, cache, progress=False, planned=fewer)["embedded"] == 4
+    )
 
 
 def test_a_chunk_without_a_vector_fails_only_when_vectors_are_expected(exp):

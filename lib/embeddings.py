@@ -324,7 +324,7 @@ def embed_texts(
                 on_done(len(part))
     if not texts:
         return np.zeros((0, spec.dimension or 0), dtype=np.float32), 0
-    return np.stack([found[h] for h in hashes]).astype(np.float32), len(todo)
+    return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False), len(todo)
 
 
 _query_lock = threading.Lock()

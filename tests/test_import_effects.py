@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from runbook.paths import PROJECT_ROOT
 
 PROBE = """
@@ -38,3 +40,30 @@ def test_import_changes_no_environment_variable_and_loading_a_model_goes_offline
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["changed_by_import"] == []
     assert out["offline_after_load"] == "1"
+
+
+def test_jsonschema_does_not_build_rfc3987_syntax_grammars_in_the_runbooks_processes():
+    """``import runbook`` keeps jsonschema (under chromadb and papermill) from importing rfc3987_syntax, whose 38
+    grammar parsers cost 3-5 s of CPU in every runner and kernel; jsonschema still validates."""
+    probe = (
+        "import sys, json\n{first}\nimport chromadb, papermill, jsonschema\n"
+        "jsonschema.validate({{'a': 1}}, {{'type': 'object', 'properties': {{'a': {{'type': 'integer'}}}}}})\n"
+        "print(json.dumps(sys.modules.get('rfc3987_syntax') is not None))"
+    )
+
+    def loaded(first: str) -> bool:
+        r = subprocess.run(
+            [sys.executable, "-c", probe.format(first=first)],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    if not loaded("pass"):
+        pytest.skip(
+            "rfc3987_syntax is not installed (jupyter-events no longer pulls it in): nothing to keep out"
+        )
+    assert not loaded("import runbook")

@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     disk_rows = disk_against_projection(rows, preflight_projection(rows))
     if disk_rows:
         print("\ndisk against preflight's projection (MB)\n" + table(disk_rows, DISK_COLS))
-    if args.page and not complete(rows):  # nothing to summarise: the page shows each phase as it ran, errors too
+    # nothing to summarise when no repetition completed: the page then shows each phase as it ran, errors too
+    if args.page and not complete(rows):
         write_section(args.page, f"{spec}, {how}: no repetition completed\n\n{markdown(rows, COLS)}")
     elif args.page:
         write_section(

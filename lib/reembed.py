@@ -55,7 +55,7 @@ class Plan:
     max_input_tokens: int = 0  # the API's per-input limit (0: the model has none known here)
     too_long: list = None  # the first MAX_LISTED chunks over it: {document_id, chunk_id, tokens}
     too_long_count: int = 0
-    options: dict = None  # which chunks it counted (``options``): a plan is reused only for the same
+    options: dict = None  # which chunks it counted (``options``): apply reuses a plan only for the same ones
 
     @property
     def est_cost_usd(self) -> float:

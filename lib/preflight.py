@@ -233,14 +233,18 @@ def disk_basis(src_info: dict, expected_chunks: int) -> dict:
     }
 
 
-def disk_verdict(check: dict) -> dict:
-    """The check row of ``disk_check``: projected use against its limit, and what to do when it is past."""
+def disk_verdict(check: dict, dry_run: bool = False) -> dict:
+    """The check row of ``disk_check``: projected use against its limit, and what to do when it is past.
+    A dry run shows a shortfall in red and goes on (``display.checks(rows, fail=not dry_run)``), as it does
+    for a missing credential; its detail says a real run stops there."""
     detail = (
         f"{check['projected use %']}% of the usable space after the migration (limit {check['limit %']}%; "
         f"{check['use % now']}% now): {check['projected need GB']} GB projected, {check['free GB']} GB free"
     )
     if not check["ok"]:
         detail += "; free space or move base_path to a larger volume, then run again"
+        if dry_run:
+            detail += " (a real run stops here)"
     return {"check": "projected disk use", "ok": check["ok"], "detail": detail}
 
 

@@ -100,6 +100,28 @@ def test_disk_verdict_names_the_limit_and_the_fix_only_when_past_it():
     assert "free space" not in row["detail"]
     bad = preflight.disk_verdict({**check, "ok": False, "projected use %": 95.0})
     assert bad["ok"] is False and bad["detail"].endswith("move base_path to a larger volume, then run again")
+    assert preflight.disk_verdict({**check, "ok": False}, dry_run=True)["detail"].endswith(
+        "then run again (a real run stops here)"
+    )
+    assert "real run" not in preflight.disk_verdict(check, dry_run=True)["detail"]
+
+
+def test_a_disk_shortfall_is_red_in_a_dry_run_that_goes_on_and_stops_a_real_run(tmp_path, outputs):
+    """A dry run reports what would stop a real run and goes on, whatever this machine's free disk: the
+    CI once failed on a dry run of the defaults because the machine had filled past the limit."""
+    from runbook import runner
+
+    from .conftest import write_params
+
+    (tmp_path / "dry").mkdir()
+    dry = run_notebook(
+        "00_preflight", tmp_path / "dry", base_path=str(tmp_path / "dry-base"), max_disk_use_pct=0.5
+    )
+    assert "Traceback" not in dry.text
+    assert "projected disk use" in dry.text and "(a real run stops here)" in dry.text
+    assert not (tmp_path / "dry-base").exists()
+    with pytest.raises(runner.RunFailed, match="projected disk use"):
+        runner.run(write_params(tmp_path, max_disk_use_pct=0.5), only=["00"])
 
 
 def test_credential_checks_list_required_variables_and_a_dry_run_goes_on(no_key, key_env):

@@ -283,16 +283,19 @@ def embed_texts(
     progress: bool = False,
     embedder=None,
     on_done=None,
+    tokens: Sequence[int | None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Vectors for ``texts`` (float32, one row each) and how many had to be computed (not cached).
 
     ``embedder`` (from ``rate_limited``) sends what is not cached concurrently at the rate limit, each
-    completed request stored in the cache at once; ``on_done(n)`` is told of every ``n`` texts computed."""
+    completed request stored in the cache at once; ``on_done(n)`` is told of every ``n`` texts computed.
+    ``tokens``: each text's token count where already known (None: the embedder counts it)."""
     hashes = [text_hash(t) for t in texts]
     found = cache.get_many(spec.model_id, list(dict.fromkeys(hashes))) if cache else {}
     todo = list(dict.fromkeys(h for h in hashes if h not in found))
     if todo and embedder is not None:
         by_hash = dict(zip(hashes, texts, strict=True))
+        known = dict(zip(hashes, tokens, strict=True)) if tokens is not None else {}
 
         def sink(hs: list[str], vecs: np.ndarray) -> None:
             new = dict(zip(hs, vecs, strict=True))
@@ -301,7 +304,7 @@ def embed_texts(
                 cache.put_many(spec.model_id, new)
 
         embedder.run(
-            ((h, by_hash[h]) for h in todo),
+            ((h, by_hash[h], known.get(h)) for h in todo),
             sink,
             on_progress=(lambda n, _p: on_done(n)) if on_done else None,
         )

@@ -214,8 +214,14 @@ class Export:
         self, columns: list[str] | None = None, batch_size: int = 4096
     ) -> Iterator[pa.RecordBatch]:
         for sh in self.shards:
-            pf = pq.ParquetFile(self.path / sh["chunks_file"])
-            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+            yield from self.shard_batches(sh, columns, batch_size)
+
+    def shard_batches(
+        self, shard: dict, columns: list[str] | None = None, batch_size: int = 4096
+    ) -> Iterator[pa.RecordBatch]:
+        """The chunks of one shard (an entry of ``shards``), in record batches."""
+        pf = pq.ParquetFile(self.path / shard["chunks_file"])
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
 
     def iter_chunks(self, columns: list[str] | None = None) -> Iterator[dict]:
         for batch in self.iter_chunk_batches(columns):

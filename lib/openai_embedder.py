@@ -434,19 +434,23 @@ class RateLimitedEmbedder:
         return np.stack(rows).astype(np.float32, copy=False)
 
     # --- batching
-    def batches(self, items: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], list[str], int]]:
-        """(hashes, texts, tokens) batches within the per-request limits, in the order given."""
+    def batches(self, items: Iterable[tuple]) -> Iterator[tuple[list[str], list[str], int]]:
+        """(hashes, texts, tokens) batches within the per-request limits, in the order given. An item is
+        (hash, text) or (hash, text, tokens); a text without its count (or with None) is counted here."""
         lim = self.limits
         hs: list[str] = []
         ts: list[str] = []
         total = 0
-        pending: list[tuple[str, str]] = []
+        pending: list[tuple] = []
 
         def flush_pending():
             nonlocal hs, ts, total
             target = self._target_tokens()  # lower once the service called a request too large
-            counts = count_tokens([t for _, t in pending])
-            for (h, t), n in zip(pending, counts, strict=True):
+            unknown = [j for j, item in enumerate(pending) if len(item) < 3 or item[2] is None]
+            counts = [item[2] if len(item) > 2 else None for item in pending]
+            for j, n in zip(unknown, count_tokens([pending[j][1] for j in unknown]), strict=True):
+                counts[j] = n
+            for (h, t, *_), n in zip(pending, counts, strict=True):
                 if n > lim.max_input_tokens:
                     raise InputTooLong(
                         f"an input of {n} tokens is over the model's limit of {lim.max_input_tokens} (text "
@@ -473,7 +477,7 @@ class RateLimitedEmbedder:
     # --- the run
     def run(
         self,
-        items: Iterable[tuple[str, str]],
+        items: Iterable[tuple],
         sink: Callable[[list[str], np.ndarray], None],
         on_progress: Callable[[int, Progress], None] | None = None,
     ) -> Progress:

@@ -56,6 +56,9 @@ class Plan:
     too_long: list = None  # the first MAX_LISTED chunks over it: {document_id, chunk_id, tokens}
     too_long_count: int = 0
     options: dict = None  # which chunks it counted (``options``): apply reuses a plan only for the same ones
+    # the token count of each chunk to embed, by shard file (int32, in the shard's order): apply and the
+    # embedder's batching use them instead of tokenising every text twice more (0.3 ms a chunk on one core)
+    counts: dict = None
 
     @property
     def est_cost_usd(self) -> float:
@@ -165,11 +168,11 @@ def _needs(batch, force: bool, bad_dim: int | None = None) -> list[int]:
     return np.flatnonzero(~np.asarray(emb.is_valid().to_numpy(zero_copy_only=False), dtype=bool)).tolist()
 
 
-def _texts(rows: list[dict], idx: list[int], limit: int, truncate_long: bool):
-    """The texts to embed for rows ``idx``, their token counts, and the rows over ``limit`` tokens (cut to
-    their first ``limit`` tokens with ``truncate_long``)."""
+def _texts(rows: list[dict], idx: list[int], limit: int, truncate_long: bool, counts=None):
+    """The texts to embed for rows ``idx``, their token counts (``counts`` when the plan has them), and the
+    rows over ``limit`` tokens (cut to their first ``limit`` tokens with ``truncate_long``)."""
     texts = [export_format.embed_text(rows[i]) for i in idx]
-    counts = count_tokens(texts)
+    counts = count_tokens(texts) if counts is None else [int(c) for c in counts]
     over = []
     for j, (i, c) in enumerate(zip(idx, counts, strict=True)):
         if limit and c == 0:  # an empty string: the API refuses it, and the whole request with it
@@ -224,21 +227,28 @@ def plan(
     cache = embeddings.EmbeddingCache(cache_path)
     n = tokens = cached = too_long_count = 0
     too_long: list[dict] = []
-    for batch in exp.iter_chunk_batches():
-        idx = _needs(batch, force, bad_dim)
-        if not idx:
-            continue
-        rows = batch.drop_columns(["embedding"]).to_pylist()  # the texts to embed; the vectors are not needed
-        texts, counts, over = _texts(rows, idx, limit, truncate_long)
-        too_long_count += len(over)
-        too_long.extend(over[: MAX_LISTED - len(too_long)])
-        hits = cache.get_many(spec.model_id, [embeddings.text_hash(t) for t in texts])
-        for t, c in zip(texts, counts, strict=True):
-            if embeddings.text_hash(t) in hits:
-                cached += 1
-            else:
-                tokens += min(c, limit) if limit else c
-        n += len(idx)
+    by_shard: dict[str, np.ndarray] = {}
+    for sh in exp.shards:
+        shard_counts = []
+        for batch in exp.shard_batches(sh):
+            idx = _needs(batch, force, bad_dim)
+            if not idx:
+                continue
+            rows = batch.drop_columns(["embedding"]).to_pylist()  # the texts to embed; not the vectors
+            texts, counts, over = _texts(rows, idx, limit, truncate_long)
+            shard_counts.extend(counts)
+            too_long_count += len(over)
+            too_long.extend(over[: MAX_LISTED - len(too_long)])
+            hashes = [embeddings.text_hash(t) for t in texts]
+            hits = cache.get_many(spec.model_id, hashes)
+            for h, c in zip(hashes, counts, strict=True):
+                if h in hits:
+                    cached += 1
+                else:
+                    tokens += min(c, limit) if limit else c
+            n += len(idx)
+        if shard_counts:
+            by_shard[sh["chunks_file"]] = np.asarray(shard_counts, dtype=np.int32)
     cache.close()
     price = (
         price_per_mtok
@@ -246,7 +256,7 @@ def plan(
         else (embeddings.PRICE_PER_MTOK.get(f"{spec.provider}:{spec.model_name}", 0.0) if spec.paid else 0.0)
     )
     which = options(force, replace_bad, truncate_long)
-    return Plan(spec.model_id, n, tokens, price, cached, limit, too_long, too_long_count, which)
+    return Plan(spec.model_id, n, tokens, price, cached, limit, too_long, too_long_count, which, by_shard)
 
 
 def outcome(done: dict) -> dict:
@@ -383,9 +393,15 @@ def apply(
                             "served": why,
                         }
                     )
-            texts, _counts, over = _texts(rows, idx, p.max_input_tokens, truncate_long)
+            planned_counts = (p.counts or {}).get(sh["chunks_file"])
+            if planned_counts is not None and len(planned_counts) != len(idx):
+                planned_counts = None  # not the shard the plan counted: count again
+            texts, counts, over = _texts(rows, idx, p.max_input_tokens, truncate_long, planned_counts)
+            # the embedder batches by these counts; a text cut here to the limit it counts itself
+            cut_at = p.max_input_tokens if truncate_long else 0
+            sent = [None if cut_at and c > cut_at else c for c in counts]
             vecs, computed = embeddings.embed_texts(
-                texts, spec, cache, batch_size, embedder=embedder, on_done=on_done
+                texts, spec, cache, batch_size, embedder=embedder, on_done=on_done, tokens=sent
             )
             computed_total += computed
             if bar is not None:

@@ -223,6 +223,24 @@ def test_empty_texts_follow_the_policy_and_vectors_are_refused_with_the_reason()
         records.Policy(empty_texts="drop")
 
 
+def test_vector_problems_read_a_slice_with_no_missing_vectors_in_place():
+    """The usual column (every vector present, one dimension) is read without copies, so by its offsets: a
+    slice of a larger column must be judged on its own rows, not the parent's first ones."""
+    base = pa.array(
+        [[1.0, 0.0], [0.0, 0.0], [float("nan"), 1.0], [0.6, 0.8], [0.0, 1.0]], type=pa.list_(pa.float32())
+    )
+    assert records.vector_problems(base.slice(1, 3), 2) == [
+        "of zeros (no direction for cosine)",
+        "with NaN or Infinity",
+        None,
+    ]
+    assert records.vector_problems(base.slice(3), 2) == [None, None]
+    assert records.vector_problems(base.slice(2, 2), 3) == [
+        "of dimension 2 (the collection's is 3)",
+        "of dimension 2 (the collection's is 3)",
+    ]
+
+
 def test_the_id_index_holds_hashes_not_ids():
     ids = records.IdIndex([(f"chunk-{i}", "d") for i in range(10000)])
     assert ids._sorted.nbytes == 80000 and not ids.positions and ids.taken("chunk-42")

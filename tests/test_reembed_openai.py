@@ -199,6 +199,70 @@ def test_a_chunk_over_the_token_limit_is_named_with_its_document(oa_server, tmp_
     assert np.array_equal(np.array(row["embedding"], dtype=np.float32), expected([cut])[0])
 
 
+def counted_texts(monkeypatch) -> list[str]:
+    """Every text tokenised from now on, by the plan, by apply or by the embedder's batching."""
+    seen: list[str] = []
+    real = openai_embedder.count_tokens
+
+    def spy(texts):
+        seen.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(openai_embedder, "count_tokens", spy)
+    monkeypatch.setattr(reembed, "count_tokens", spy)
+    return seen
+
+
+def test_each_text_is_tokenised_once_when_apply_reuses_the_plan(oa_server, tmp_path, monkeypatch):
+    """Tokenising was phase 01's largest own cost at a million chunks, done three times over (the plan,
+    apply, the embedder's batching); with the plan's counts it is done once, and a text cut to the limit is
+    counted again (its count changed), nothing else."""
+    doc_id, chunk_id = long_document(oa_server.corpus)
+    path = export_of(oa_server, tmp_path / "exports")
+    spec = spec_for(oa_server)
+    seen = counted_texts(monkeypatch)
+    p = reembed.plan(path, spec, tmp_path / "cache.sqlite", truncate_long=True)
+    n = oa_server.corpus.total_chunks()
+    assert len(seen) == n == p.chunks_to_embed and sum(map(len, p.counts.values())) == n
+    seen.clear()
+    out = reembed.apply(
+        path,
+        spec,
+        tmp_path / "cache.sqlite",
+        allow_spend=True,
+        max_cost_usd=1.0,
+        progress=False,
+        truncate_long=True,
+        planned=p,
+        limits=reembed.Limits(max_inputs=8),
+    )
+    assert out["computed_now"] == n
+    row = next(r for r in export_format.open_export(path).iter_chunks() if r["chunk_id"] == chunk_id)
+    assert seen == [openai_embedder.truncate(export_format.embed_text(row), 8192)]
+    # batched by the plan's counts, the requests kept to the limits and billed what the plan counted
+    # (the long text at its cut length)
+    assert max(len(e["hashes"]) for e in log(oa_server)) <= 8
+    billed = sum(e["tokens"] for e in log(oa_server) if e["status"] == 200)
+    assert billed == p.tokens
+    rows = [r for r in export_format.open_export(path).iter_chunks() if r["chunk_id"] != chunk_id]
+    got = np.array([r["embedding"] for r in rows], dtype=np.float32)
+    assert np.array_equal(got, expected([export_format.embed_text(r) for r in rows]))
+
+
+def test_counts_that_do_not_fit_the_shard_are_not_used(oa_server, tmp_path, monkeypatch):
+    path = export_of(oa_server, tmp_path / "exports")
+    spec = spec_for(oa_server)
+    p = reembed.plan(path, spec, tmp_path / "cache.sqlite")
+    first = next(iter(p.counts))
+    p.counts[first] = p.counts[first][:-1]  # one short: not this shard's chunks
+    seen = counted_texts(monkeypatch)
+    reembed.apply(
+        path, spec, tmp_path / "cache.sqlite", allow_spend=True, max_cost_usd=1.0, progress=False, planned=p
+    )
+    assert len(seen) == len(p.counts[first]) + 1  # that shard's texts counted again, once (the rest: none)
+    assert_vectors_are_the_endpoints(path)
+
+
 def test_the_spend_cap_refuses_before_any_request_when_the_estimate_is_over(oa_server, tmp_path):
     path = export_of(oa_server, tmp_path / "exports")
     before = tree_bytes(path)

@@ -196,12 +196,13 @@ def verify_export(
             pos += len(rows)
             valid = emb.is_valid().to_numpy(zero_copy_only=False)
             if valid.any():
-                lens = np.asarray(emb.filter(emb.is_valid()).value_lengths())
+                lens = np.asarray((emb if valid.all() else emb.filter(emb.is_valid())).value_lengths())
                 for dd in np.unique(lens):
                     dims[int(dd)] = dims.get(int(dd), 0) + int((lens == dd).sum())
             ok = [j for j, p in enumerate(problems) if p is None]
             if ok:
-                norms.append(np.linalg.norm(records.vector_matrix(emb.take(ok), main_dim), axis=1))
+                mat = records.vector_matrix(emb, main_dim, ok)
+                norms.append(np.sqrt(np.einsum("ij,ij->i", mat, mat)))
     dup = tally.classes.get("chunk id used by another document", 0)
     r.check(
         "chunk ids",

@@ -241,6 +241,17 @@ def test_vector_problems_read_a_slice_with_no_missing_vectors_in_place():
     ]
 
 
+def test_a_whole_batch_of_vectors_is_read_in_place_and_a_selection_copied():
+    col = pa.array([[0.5, 0.75], [1.0, 0.0], [0.0, 1.0]], type=pa.list_(pa.float32()))
+    buffer = col.values.to_numpy()
+    whole = records.vector_matrix(col, 2, [0, 1, 2])
+    assert np.shares_memory(whole, buffer) and whole.tolist() == [[0.5, 0.75], [1.0, 0.0], [0.0, 1.0]]
+    some = records.vector_matrix(col, 2, [0, 2])
+    assert not np.shares_memory(some, buffer) and some.tolist() == [[0.5, 0.75], [0.0, 1.0]]
+    part = records.vector_matrix(col.slice(1), 2)  # by the slice's offsets, not the parent's first rows
+    assert part.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
 def test_the_id_index_holds_hashes_not_ids():
     ids = records.IdIndex([(f"chunk-{i}", "d") for i in range(10000)])
     assert ids._sorted.nbytes == 80000 and not ids.positions and ids.taken("chunk-42")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, export_format, records
+from . import atomic, export_format, memory, records
 from .errors import RunbookError
 
 _NODE_DEFAULTS = {
@@ -313,6 +313,7 @@ def load_export(
             q.put(e)
 
     t = threading.Thread(target=producer, daemon=True)
+    last_shard = cp["shard"]
     t0 = time.time()
     t.start()
     try:
@@ -350,10 +351,14 @@ def load_export(
             atomic.write_json(cp_path, cp)
             if bar is not None:
                 bar.update(n_rows)
+            if pos != last_shard:  # a new shard: what the last one's batches left in the heaps goes back
+                memory.release()
+                last_shard = pos
     finally:
         stop.set()
         if bar is not None:
             bar.close()
+    memory.release()  # before verification, which opens the index again beside what the load kept
     res.seconds = time.time() - t0
     cp["complete"] = True
     atomic.write_json(cp_path, cp)
@@ -483,6 +488,7 @@ def verify_load(
                         differ.append((cid, r, rec))
     finally:
         reader.shutdown()
+    memory.release()
     n = col.count()
     want = tally.expected_in_collection()
     check(
@@ -598,6 +604,7 @@ def verify_load(
         base = vecs[qrng.integers(0, len(vecs), size=min(recall_queries, len(vecs)))]
         queries = base + qrng.normal(0, 0.05, size=base.shape).astype(np.float32)
         exact = _exact_topk(exp, queries, min(k, n), ctx)
+        memory.release()
         tried, previous, stale = [], None, ""
         while True:
             approx = col.query(query_embeddings=queries, n_results=min(k, n), include=[])["ids"]

@@ -39,11 +39,16 @@ def snapshot(col) -> dict:
     }
 
 
-def test_load_verifies_green_and_second_run_changes_nothing(demo_export, tmp_path):
+def test_load_verifies_green_and_second_run_changes_nothing(demo_export, tmp_path, monkeypatch):
     client, col, status = new_collection(tmp_path, demo_export)
     assert status == "created" and col.configuration["hnsw"]["space"] == "cosine"
+    released = []
+    monkeypatch.setattr(load.memory, "release", lambda: released.append(col.count()))
     res = load.load_export(client, col, demo_export, tmp_path / "cp.json", batch_size=100, progress=False)
     assert res.loaded_now == res.total == col.count()
+    # freed memory goes back as each new shard starts and once the load ends (it counted toward the peak)
+    shards = export_format.open_export(demo_export).shards
+    assert len(released) == len(shards) and released[-1] == res.total, (released, len(shards))
     before = snapshot(col)
     v = load.verify_load(client, col, demo_export, tmp_path / "chroma_db", sample=60)
     assert all(c["ok"] for c in v["checks"]), v["checks"]

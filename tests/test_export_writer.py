@@ -3,6 +3,8 @@ documents deleted at the source, without ever leaving a manifest that names a fi
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 
 from runbook import atomic, export_format, extract
@@ -186,3 +188,25 @@ def test_shards_are_named_from_zero_and_cut_once_they_hold_shard_rows(demo_expor
         "documents-00000.parquet",
     )
     assert first["rows"] == sizes[0] + sizes[1] and first["documents"] == 2 and w.buf_chunks == []
+
+
+def test_the_export_charts_count_every_chunk_once_and_stop_at_the_cap(demo_export):
+    """Phase 01's charts read the export a batch at a time; their frame must hold each chunk's own figures."""
+    from runbook import charts
+    from runbook.openai_embedder import count_tokens
+
+    rows = [
+        r
+        for b in export_format.open_export(demo_export).iter_chunk_batches(
+            columns=["document_id", "text", "metadata_json"]
+        )
+        for r in b.to_pylist()
+    ]
+    df = charts.export_frame(demo_export)
+    assert df["document_id"].tolist() == [r["document_id"] for r in rows]
+    assert df["chars"].tolist() == [len(r["text"]) for r in rows]
+    assert df["tokens"].tolist() == count_tokens([r["text"] for r in rows])
+    assert df["file_name"].tolist() == [json.loads(r["metadata_json"]).get("file_name", "") for r in rows]
+    assert len(charts.export_frame(demo_export, max_rows=3)) == 3
+    assert charts.export_frame(demo_export, with_tokens=False)["tokens"].isna().all()
+    assert len(charts.export_figures(df)) == 3

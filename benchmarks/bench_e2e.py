@@ -210,6 +210,7 @@ def main(argv=None) -> int:
         rows = []
         for rep in range(1, args.repeat + 1):
             rows.extend(one_pipeline(args, syn, h.url, h.proc.pid, work, rep))
+        proj = preflight_projection(rows)  # read from the run folders before a temporary work folder goes
     finally:
         h.stop()
         if not args.work:
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
     title = f"{spec}, {how}, {args.repeat} repetition(s): each phase's median (min-max)"
     phases = summarise(rows)
     print(f"\n{title}\n" + table(phases, SUMMARY_COLS))
-    disk_rows = disk_against_projection(rows, preflight_projection(rows))
+    disk_rows = disk_against_projection(rows, proj)
     if disk_rows:
         print("\ndisk against preflight's projection (MB)\n" + table(disk_rows, DISK_COLS))
     # nothing to summarise when no repetition completed: the page then shows each phase as it ran, errors too

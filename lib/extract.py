@@ -280,7 +280,6 @@ def list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0)
     paging from there, so a server that caps ``limit`` never makes the listing skip documents.
     """
     docs, total, offset = _get_page(src, pipeline_id, 0, page_size)
-    yield docs, total
     skip, step = offset + len(docs), len(docs)
     if prefetch > 0 and step and total is not None and skip < total:
         with ThreadPoolExecutor(max_workers=prefetch) as pool:
@@ -290,19 +289,27 @@ def list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0)
                 pending.append(pool.submit(_get_page, src, pipeline_id, start, page_size))
                 if len(pending) >= prefetch:
                     break
+            # the next pages are on their way while the caller works through the first: asked for only
+            # after it, they came a third of the way into a 10k-chunk export
+            yield docs, total
             while pending:
                 docs, total, offset = pending.popleft().result()
-                yield docs, total
                 skip = offset + len(docs)
-                if len(docs) < step and skip < (total or 0):
+                short = len(docs) < step and skip < (total or 0)
+                if short:
                     for f in pending:
                         f.cancel()
+                else:  # the next page is asked for before this one is handed on, for the same reason
+                    nxt = next(starts, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(_get_page, src, pipeline_id, nxt, page_size))
+                yield docs, total
+                if short:
                     break  # a short page: continue plainly from where it ended
-                nxt = next(starts, None)
-                if nxt is not None:
-                    pending.append(pool.submit(_get_page, src, pipeline_id, nxt, page_size))
             else:
                 return
+    else:
+        yield docs, total
     while docs and total is not None and skip < total:
         docs, total, offset = _get_page(src, pipeline_id, skip, page_size)
         yield docs, total

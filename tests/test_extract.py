@@ -431,3 +431,21 @@ def test_the_source_count_now_is_compared_with_the_export(good_export, src, serv
     assert check["detail"] == (
         "source has 51 now, export has 50 (the source changed since: phase 07's delta sync catches up)"
     )
+
+
+def test_the_next_listing_pages_are_asked_for_before_the_first_is_handed_on(demo_corpus, key_env):
+    """While phase 01 works through a listing page (submitting its documents' chunk requests, taking their
+    answers), the pages after it must already be on their way: asked for only when the caller came back for
+    them, the second page of a 10k-chunk export came a third of the way into it."""
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        src = source.open_source(srv.url, key_env)
+        pages = extract.list_pages(src, src.client.pipelines.list()[0].id, 3, 4)
+        first, _ = next(pages)
+        listings = lambda: sum(p.endswith("/documents/paginated") for _, p in srv.requests)  # noqa: E731
+        deadline = time.time() + 10
+        while time.time() < deadline and listings() < 2:
+            time.sleep(0.01)
+        asked = listings()
+        rest = [d["id"] for docs, _ in pages for d in docs]
+    assert asked >= 2, "only the first page was asked for before it was handed on"
+    assert [d["id"] for d in first] + rest == list(demo_corpus.documents)

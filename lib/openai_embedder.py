@@ -87,10 +87,11 @@ def encoding():
 
 
 def count_tokens(texts: list[str]) -> list[int]:
-    """Tokens of each text as the embeddings API counts them (cl100k_base)."""
-    if not texts:
-        return []
-    return [len(t) for t in encoding().encode_ordinary_batch(texts, num_threads=2)]
+    """Tokens of each text as the embeddings API counts them (cl100k_base). One text after another: tiktoken's
+    ``encode_ordinary_batch`` maps the same call over a thread pool, and its futures cost more than they
+    saved (20,000 texts: 0.20-0.39 s against 0.13-0.22 s; phase 01's charts of 100k chunks took 14 s)."""
+    enc = encoding()
+    return [len(enc.encode_ordinary(t)) for t in texts]
 
 
 def truncate(text: str, max_tokens: int) -> str:

@@ -279,6 +279,40 @@ def test_low_recall_raises_ef_search_and_the_new_value_is_in_force(tmp_path, wea
     assert v["collection"].count() == 4000
 
 
+def test_one_ahead_takes_the_next_item_before_handing_on_the_current_one():
+    taken = []
+
+    def items():
+        for i in range(3):
+            taken.append(i)
+            yield i
+
+    seen = []
+    for x in load.one_ahead(items()):
+        seen.append((x, list(taken)))
+    assert seen == [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2])]
+    assert list(load.one_ahead(iter(()))) == []
+    assert list(load.one_ahead(iter([None]))) == [None]
+
+
+def test_the_full_comparison_reaches_every_batch_including_the_last(tmp_path, weak_export):
+    """4,000 records are two of the comparison's batches, each read from Chroma ahead of its comparison: a
+    record changed in the first batch and one gone from the last are both found."""
+    client = chroma_target.open_client("embedded", str(tmp_path / "db"))
+    col = load_weak(client, weak_export, tmp_path / "cp.json")
+    ids = col.get(include=[])["ids"]
+    first, last = sorted(ids)[0], sorted(ids)[-1]
+    vec = col.get(ids=[first], include=["embeddings"])["embeddings"]
+    col.update(ids=[first], documents=["changed after the load"], embeddings=vec)
+    col.delete(ids=[last])
+    v = load.verify_load(client, col, weak_export, None, sample=20, recall_queries=5)
+    by = {c["check"]: c for c in v["checks"]}
+    assert not by["every id to load present"]["ok"] and last in by["every id to load present"]["detail"]
+    same = by["every record's text and metadata equal the export"]
+    assert not same["ok"] and "3999 compared; 1 differ" in same["detail"] and first in same["detail"], same
+    assert not by["count equals records to load"]["ok"]
+
+
 def test_self_retrieval_is_judged_at_the_ef_search_finally_in_force(tmp_path, weak_export):
     """Self-retrieval is judged at the ef_search that recall settled on, not at the starting value (at 1M chunks
     it was judged at the default 100 before recall raised it to 200)."""

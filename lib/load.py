@@ -297,7 +297,10 @@ def load_export(
         bar = tqdm(
             total=res.total, initial=cp.get("rows_done", 0), desc=f"loading into {col.name}", unit="chunk"
         )
-    # prepare the next batch (Parquet -> records) while Chroma indexes the current one
+    # the next batch (Parquet -> records) is prepared in a thread, but it does not run while Chroma indexes:
+    # embedded Chroma 1.5.9 holds the interpreter for the whole of ``add`` (benchmarks/chroma_gil.py: another
+    # thread makes no progress during it), so preparation (about 75 us a record) adds to the load's time.
+    # Only another process could overlap it (BENCHMARKS.md, the load section)
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 

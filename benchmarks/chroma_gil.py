@@ -19,44 +19,43 @@ import time
 import numpy as np
 
 
-def spin_rate(seconds: float = 1.0) -> float:
-    count, stop = [0], threading.Event()
+class Spinner:
+    """A thread counting in a loop: how far it got is how much of the interpreter it was given."""
 
-    def spin():
-        while not stop.is_set():
+    def __init__(self):
+        self.count, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._spin)
+
+    def _spin(self):
+        while not self._stop.is_set():
             for _ in range(1000):
                 pass
-            count[0] += 1
+            self.count += 1
 
-    t = threading.Thread(target=spin)
-    t0 = time.time()
-    t.start()
-    time.sleep(seconds)
-    stop.set()
-    t.join()
-    return count[0] / (time.time() - t0)
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def spin_rate(seconds: float = 1.0) -> float:
+    with Spinner() as s:
+        t0 = time.time()
+        time.sleep(seconds)
+        done, took = s.count, time.time() - t0
+    return done / took
 
 
 def share_during(call, rate: float) -> tuple[float, float]:
     """(seconds the call took, the spinner's progress during it as a share of its rate alone)."""
-    count, stop = [0], threading.Event()
-
-    def spin():
-        while not stop.is_set():
-            for _ in range(1000):
-                pass
-            count[0] += 1
-
-    t = threading.Thread(target=spin)
-    t.start()
-    time.sleep(0.05)  # the spinner is running before the call starts
-    count[0] = 0
-    t0 = time.time()
-    call()
-    took = time.time() - t0
-    done = count[0]
-    stop.set()
-    t.join()
+    with Spinner() as s:
+        time.sleep(0.05)  # the spinner is running before the call starts
+        before, t0 = s.count, time.time()
+        call()
+        took, done = time.time() - t0, s.count - before
     return took, done / (rate * took)
 
 

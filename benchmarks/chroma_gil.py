@@ -89,7 +89,7 @@ def main():
         first, second = batch(0), batch(1)
         col.add(**first)
         rate = spin_rate()
-        ids = first["ids"][: min(2048, args.records)]
+        ids = first["ids"][:2048]
         rows = []
         for name, call in (
             (f"add of {args.records} records", lambda: col.add(**second)),

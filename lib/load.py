@@ -461,7 +461,7 @@ def verify_load(
     # Chroma reads the records in one thread (it lets go of the GIL) while this one works out what they should
     # hold, and the read of the next batch is asked for before this batch is compared: asked for only with its
     # own batch, Chroma's read (about 100 us of CPU a record, whatever is included) sat idle while this thread
-    # compared, and at 100k the pass took 17 s where the two sides need about 10 s each
+    # compared (the whole verification of a 100k collection, old and new alternated: medians 21.4 and 20.1 s)
     reader = ThreadPoolExecutor(max_workers=1)
 
     def read_ahead():

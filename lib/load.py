@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import random
 import resource
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -216,24 +214,46 @@ class LoadError(RunbookError, RuntimeError):
     pass
 
 
-def _next_batch(q: queue.Queue, reader: threading.Thread, cp: dict):
-    """The reader thread's next hand-over. Should the thread end without one (it hands over every exception,
-    so only a fault of the interpreter could do this), the load stops with a message instead of waiting
-    forever on an empty queue."""
-    while True:
-        try:
-            return q.get(timeout=1.0)
-        except queue.Empty:
-            if reader.is_alive():
-                continue
-        try:
-            return q.get_nowait()  # handed over just before it ended
-        except queue.Empty:
-            raise LoadError(
-                "the thread that reads the export's shards ended without handing over its next batch; nothing "
-                f"after the last checkpoint (shard {cp['shard']}, row {cp['row']}) is counted as loaded. Run "
-                "phase 03 again (it resumes there) and report this message if it repeats"
-            ) from None
+# a load of more rows than this (after its first batch) prepares its batches in a second process; below it the
+# process's start (about 0.4 s) would not hide behind the first batch's ``add``
+AHEAD_MIN_ROWS = 4096
+# the first batch a second process's load prepares here: small, so Chroma starts soon and its ``add`` hides the
+# second process's start and its first batch
+FIRST_BATCH = 1000
+
+
+def prepared_batches(exp, ctx: Context, batch_size: int, shard: int, row: int):
+    """(shard position, row offset after the batch, rows, ids, documents, vectors, metadatas, tally of the
+    batch's rows) for each batch from (shard, row) on: everything the load does before Chroma sees a batch.
+    Runs here or in a second process (``ahead.Ahead``); the rows themselves stay where they were read."""
+    shard_start = np.concatenate([[0], np.cumsum([sh["rows"] for sh in exp.shards])]).tolist()
+    for pos, offset, batch in _batches(exp, batch_size, shard, row):
+        first = int(shard_start[pos]) + offset - batch.num_rows
+        ids, docs, vectors, metas, fates = _prepare_batch(batch, ctx, first)
+        part = records.Tally()
+        for r, d, conversions in fates:
+            part.add(r, d, conversions)
+        yield pos, offset, batch.num_rows, ids, docs, vectors, metas, part.state()
+
+
+def _batches_to_load(exp, ctx: Context, batch_size: int, shard: int, row: int, second_process: bool):
+    """The prepared batches of a load. With ``second_process`` the first (of ``FIRST_BATCH`` rows) is prepared
+    here and all others in a second process while Chroma indexes: embedded Chroma holds Python's interpreter
+    for the whole of ``add`` (benchmarks/chroma_gil.py), so a thread here could not prepare meanwhile."""
+    from . import ahead
+
+    if not second_process:
+        yield from prepared_batches(exp, ctx, batch_size, shard, row)
+        return
+    first = next(prepared_batches(exp, ctx, min(batch_size, FIRST_BATCH), shard, row), None)
+    if first is None:
+        return
+    rest = ahead.Ahead(
+        prepared_batches, (exp, ctx, batch_size, first[0], first[1]), "prepares the load's next batches"
+    )
+    with rest:
+        yield first
+        yield from rest
 
 
 def load_export(
@@ -246,12 +266,15 @@ def load_export(
     before_batch=None,
     policy: records.Policy | None = None,
     chroma_path: str | os.PathLike | None = None,
+    second_process: bool | None = None,
 ) -> LoadResult:
     """Every record is decided by ``records.decide`` (loaded, converted, skipped or refused, and listed)
     before Chroma sees its batch. ``before_batch(n)`` is called before each ``add`` of ``n`` records (the
     disk guard); whatever it raises stops the load after the last checkpointed batch, so a re-run resumes
-    there. The tally lives in the checkpoint, so a resumed load still accounts for every chunk."""
-    from . import disk
+    there. The tally lives in the checkpoint, so a resumed load still accounts for every chunk.
+    ``second_process``: prepare the batches after the first in a second process, so that it runs while Chroma
+    indexes (default: for loads of more than ``FIRST_BATCH + AHEAD_MIN_ROWS`` rows)."""
+    from . import ahead, disk
 
     exp = export_format.open_export(export_dir)
     sha = exp.manifest_sha256
@@ -289,7 +312,6 @@ def load_export(
         skipped_by_checkpoint=cp["loaded"],
         tally=tally,
     )
-    shard_start = np.concatenate([[0], np.cumsum([sh["rows"] for sh in exp.shards])]).tolist()
     bar = None
     if progress:
         from .display import progress as tqdm
@@ -297,36 +319,13 @@ def load_export(
         bar = tqdm(
             total=res.total, initial=cp.get("rows_done", 0), desc=f"loading into {col.name}", unit="chunk"
         )
-    # the next batch (Parquet -> records) is prepared in a thread, but it does not run while Chroma indexes:
-    # embedded Chroma 1.5.9 holds the interpreter for the whole of ``add`` (benchmarks/chroma_gil.py: another
-    # thread makes no progress during it), so preparation (about 75 us a record) adds to the load's time.
-    # Only another process could overlap it (BENCHMARKS.md, the load section)
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def producer():
-        try:
-            for pos, offset, rows in _batches(exp, batch_size, cp["shard"], cp["row"]):
-                if stop.is_set():
-                    return
-                first = int(shard_start[pos]) + offset - rows.num_rows
-                q.put((pos, offset, rows.num_rows, _prepare_batch(rows, ctx, first)))
-            q.put(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put(e)
-
-    t = threading.Thread(target=producer, daemon=True)
+    if second_process is None:
+        second_process = res.total - cp.get("rows_done", 0) > FIRST_BATCH + AHEAD_MIN_ROWS
+    batches = _batches_to_load(exp, ctx, batch_size, cp["shard"], cp["row"], second_process)
     last_shard = cp["shard"]
     t0 = time.time()
-    t.start()
     try:
-        while True:
-            item = _next_batch(q, t, cp)
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            pos, offset, n_rows, (ids, docs, embs, metas, fates) = item
+        for pos, offset, n_rows, ids, docs, embs, metas, part in batches:
             if ids:
                 if before_batch is not None:
                     before_batch(len(ids))
@@ -341,8 +340,7 @@ def load_export(
                         f"(chunks {ids[0]!r} … {ids[-1]!r}): {e}. Nothing of this batch is counted as loaded; "
                         "the records before it are checkpointed. Report the chunk ids with this message."
                     ) from e
-            for r, d, conversions in fates:
-                tally.add(r, d, conversions)
+            tally.merge(part)
             res.loaded_now += len(ids)
             cp.update(
                 shard=pos,
@@ -357,8 +355,13 @@ def load_export(
             if pos != last_shard:  # a new shard: what the last one's batches left in the heaps goes back
                 memory.release()
                 last_shard = pos
+    except ahead.AheadError as e:
+        raise LoadError(
+            f"{e}. Nothing after the last checkpoint (shard {cp['shard']}, row {cp['row']}) is counted as "
+            "loaded. Run phase 03 again (it resumes there) and report this message if it repeats"
+        ) from None
     finally:
-        stop.set()
+        batches.close()
         if bar is not None:
             bar.close()
     memory.release()  # before verification, which opens the index again beside what the load kept

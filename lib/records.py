@@ -512,6 +512,17 @@ class Tally:
                     }
                 )
 
+    def merge(self, state: dict) -> None:
+        """Add another tally's ``state()`` (of the chunks that follow these) to this one."""
+        for mine, theirs in (
+            (self.counts, state["counts"]),
+            (self.classes, state["classes"]),
+            (self.metadata, state["metadata"]),
+        ):
+            for k, n in theirs.items():
+                mine[k] = mine.get(k, 0) + n
+        self.listed.extend(state["listed"][: max(0, self.max_listed - len(self.listed))])
+
     def state(self) -> dict:
         return {
             "counts": self.counts,

@@ -5,9 +5,7 @@ A small synthetic export (300 chunks of 16-d vectors in 5 shards of 60) keeps ea
 from __future__ import annotations
 
 import errno
-import threading
 import time
-import types
 
 import numpy as np
 import pytest
@@ -190,63 +188,122 @@ def test_a_batch_chroma_refuses_is_named_and_nothing_of_it_is_counted(export_dir
     assert sum(cp["tally"]["counts"].values()) == 25
 
 
-def test_a_reader_thread_that_ends_without_a_word_stops_the_load_instead_of_hanging(
-    export_dir, tmp_path, monkeypatch
-):
-    """The reader hands every batch and every exception over; were it to end silently all the same (a fault of
-    the interpreter), the load would wait forever on an empty queue. It stops, naming its checkpoint."""
+def preparing_children() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if "runbook.ahead" in " ".join(p.cmdline())]
+
+
+def test_a_load_prepared_in_a_second_process_is_the_same_load(export_dir, reference, tmp_path, monkeypatch):
+    """The batches after the first are prepared in a second process: the same records, the same tally, the
+    same checkpoints (a stop and a resume inside a shard included), and no process left behind."""
+    monkeypatch.setattr(load, "FIRST_BATCH", 25)
     client, col = collection(tmp_path, export_dir)
     cp_path = tmp_path / "cp.json"
-    real = threading.Thread
-    started = []
+    added = []
+    real_add = col.add
 
-    def reader_that_hands_over(n):
-        """A Thread whose target hands over ``n`` batches, then ends without the end-of-export mark."""
+    def counting_add(**kw):
+        added.append(len(kw["ids"]))
+        return real_add(**kw)
 
-        def make(target, daemon):
-            q = next(c.cell_contents for c in target.__closure__ if hasattr(c.cell_contents, "put"))
-            exp = export_format.open_export(export_dir)
-            ctx = load.context(exp)
-
-            def body():
-                for k, (pos, offset, batch) in enumerate(load._batches(exp, 25, 0, 0)):
-                    if k == n:
-                        return
-                    q.put((pos, offset, batch.num_rows, load._prepare_batch(batch, ctx, 25 * k)))
-
-            t = real(target=body, daemon=daemon)
-            started.append(t)
-            return t
-
-        return make
-
-    # only the loader's own reference to the threading module is replaced
-    monkeypatch.setattr(
-        load, "threading", types.SimpleNamespace(Thread=reader_that_hands_over(2), Event=threading.Event)
+    col.add = counting_add
+    # the first batch here (25 rows); then batches of 40 there, from row 25 (the batch that holds it is cut)
+    guard = stop_before(6)
+    with pytest.raises(Stop):
+        load.load_export(
+            client,
+            col,
+            export_dir,
+            cp_path,
+            batch_size=40,
+            progress=False,
+            before_batch=guard,
+            second_process=True,
+        )
+    assert guard.calls == [25, 15, 20, 40, 20, 40] and added == [25, 15, 20, 40, 20]
+    cp = atomic.read_json(cp_path)
+    assert (cp["shard"], cp["row"], cp["loaded"], col.count()) == (1, SHARD, 120, 120)
+    assert sum(cp["tally"]["counts"].values()) == 120
+    assert not preparing_children()
+    res = load.load_export(
+        client, col, export_dir, cp_path, batch_size=40, progress=False, second_process=True
     )
-    outcome: dict = {}
+    assert (res.skipped_by_checkpoint, res.loaded_now) == (120, N - 120)
+    assert snapshot(col) == reference[0] and res.tally.state() == reference[1]
+    assert atomic.read_json(cp_path)["complete"] is True and not preparing_children()
 
-    def run():
-        try:
-            load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False)
-        except BaseException as e:  # noqa: BLE001 - looked at below
-            outcome["error"] = e
 
-    runner = real(target=run, daemon=True)
-    runner.start()
-    runner.join(120)
-    assert not runner.is_alive(), "the load waited on a reader thread that had ended"
-    monkeypatch.undo()
-    err = outcome["error"]
-    assert isinstance(err, load.LoadError) and str(err) == (
-        "the thread that reads the export's shards ended without handing over its next batch; nothing after the "
-        "last checkpoint (shard 0, row 50) is counted as loaded. Run phase 03 again (it resumes there) and report "
-        "this message if it repeats"
+def test_a_preparation_process_that_is_killed_stops_the_load_naming_its_checkpoint(
+    export_dir, reference, tmp_path
+):
+    """Killed (out of memory, by an operator) while the load runs: the load stops with the checkpoint it
+    reached instead of waiting, and a re-run resumes there."""
+    client, col = collection(tmp_path, export_dir)
+    cp_path = tmp_path / "cp.json"
+    real_add = col.add
+
+    def add_then_kill(**kw):
+        real_add(**kw)
+        if col.count() == 50:
+            for p in preparing_children():
+                p.kill()
+
+    col.add = add_then_kill
+    with pytest.raises(load.LoadError) as err:
+        load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False, second_process=True)
+    cp = atomic.read_json(cp_path)
+    assert "complete" not in cp and cp["loaded"] == col.count() >= 50
+    assert str(err.value).startswith(
+        "the process that prepares the load's next batches was killed by signal 9 before handing over its next "
+        "item"
     )
-    assert started and (atomic.read_json(cp_path)["loaded"], col.count()) == (50, 50)
-    # and it resumes there
-    res = load.load_export(client, col, export_dir, cp_path, batch_size=25, progress=False)
-    assert (res.skipped_by_checkpoint, res.loaded_now, col.count()) == (50, N - 50, N)
+    assert str(err.value).endswith(
+        f"Nothing after the last checkpoint (shard {cp['shard']}, row {cp['row']}) is counted as loaded. Run phase "
+        "03 again (it resumes there) and report this message if it repeats"
+    )
+    col.add = real_add
+    res = load.load_export(
+        client, col, export_dir, cp_path, batch_size=25, progress=False, second_process=True
+    )
+    assert res.loaded_now == N - cp["loaded"] and snapshot(col) == reference[0]
+
+
+def test_a_shard_that_fails_in_the_preparation_process_reaches_the_caller_as_raised(export_dir, tmp_path):
+    """An unreadable shard met by the second process: its error, as raised there, with where it was raised;
+    the batches before it are checkpointed and the load is not complete."""
+    import shutil
+
+    import pyarrow as pa
+
+    broken = tmp_path / "export"
+    shutil.copytree(export_dir, broken)
+    shard3 = broken / export_format.open_export(broken).shards[3]["chunks_file"]
+    good = shard3.read_bytes()
+    client, col = collection(tmp_path, broken)
+    cp_path = tmp_path / "cp.json"
+    real_add = col.add
+
+    def add_then_break_shard_3(**kw):  # the load has read every id by now; the second process reads on
+        shard3.write_bytes(b"not parquet at all")
+        return real_add(**kw)
+
+    col.add = add_then_break_shard_3
+    with pytest.raises(pa.ArrowInvalid) as err:
+        load.load_export(client, col, broken, cp_path, batch_size=25, progress=False, second_process=True)
+    assert "raised in the process that prepares the load's next batches" in err.value.__notes__[0]
+    cp = atomic.read_json(cp_path)
+    assert "complete" not in cp and (cp["shard"], cp["row"], cp["loaded"], col.count()) == (
+        2,
+        SHARD,
+        180,
+        180,
+    )
+    assert not preparing_children()
+    shard3.write_bytes(good)
+    col.add = real_add
+    res = load.load_export(client, col, broken, cp_path, batch_size=25, progress=False, second_process=True)
+    assert res.loaded_now == N - 180 and col.count() == N
 
 
 def test_a_shard_that_fails_mid_load_stops_it_and_the_load_is_not_complete(export_dir, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ API_KEY = "property-test-key"
 DIM = corpus.HOSTILE_DIM
 SEEN: set[str] = set()  # classes the examples covered (checked by the last test of this module)
 _counter = itertools.count()
+_ahead = itertools.cycle([True, False])  # the explicit example (every class at once) goes first
 
 
 def _utf8(s) -> bool:
@@ -226,7 +227,18 @@ def test_every_odd_record_round_trips_or_is_named(spec, server, chroma, tmp_path
     name = f"prop{next(_counter)}"
     col = chroma.create_collection(name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
     try:
-        result = load.load_export(chroma, col, res.path, work / "cp.json", progress=False)
+        # every other example prepares its batches (of 2 records, the first here) in a second process
+        ahead = next(_ahead)
+        SEEN.add(f"prepared {'in a second process' if ahead else 'here'}")
+        result = load.load_export(
+            chroma,
+            col,
+            res.path,
+            work / "cp.json",
+            progress=False,
+            batch_size=2 if ahead else 5000,
+            second_process=ahead,
+        )
         _check(spec, manifest, result, col, server.state.corpus)
         v = load.verify_load(chroma, col, res.path, None, sample=50, recall_queries=5)
         failed = [c for c in v["checks"] if not c["ok"]]
@@ -313,6 +325,8 @@ def test_the_examples_covered_every_class():
         "value: nested",
         "value: empty",
         "value: list",
+        "prepared in a second process",
+        "prepared here",
     }
     if not SEEN:
         pytest.skip("run with the property test")

@@ -324,3 +324,39 @@ def test_the_readme_and_the_pages_show_the_same_policy():
     rows = [line for line in section.splitlines() if line.startswith("|")][2:]
     table = [tuple(c.strip() for c in line.strip().strip("|").split(" | ")) for line in rows]
     assert table == records.POLICY
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    fates=st.lists(
+        st.tuples(
+            st.sampled_from(["load", "skip", "refuse"]),
+            st.lists(st.sampled_from(["zero vector", "NaN in vector", "duplicate id"]), max_size=2),
+            st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["null", "nested"])), max_size=2),
+        ),
+        max_size=40,
+    ),
+    cuts=st.lists(st.integers(0, 40), max_size=4),
+    max_listed=st.integers(0, 12),
+)
+def test_tallies_of_consecutive_parts_merge_into_the_tally_of_the_whole(fates, cuts, max_listed):
+    """The loader's second process tallies each batch apart; merged in order they are the one tally."""
+    rows = [
+        (
+            {"chunk_id": f"c{i}", "document_id": f"d{i % 3}"},
+            records.Decision(a, f"c{i}", [(n, "t") for n in notes]),
+            conv,
+        )
+        for i, (a, notes, conv) in enumerate(fates)
+    ]
+    whole = records.Tally(max_listed=max_listed)
+    for r, d, c in rows:
+        whole.add(r, d, c)
+    merged = records.Tally(max_listed=max_listed)
+    edges = [0, *sorted(min(c, len(rows)) for c in cuts), len(rows)]
+    for a, b in zip(edges, edges[1:], strict=False):
+        part = records.Tally()
+        for r, d, c in rows[a:b]:
+            part.add(r, d, c)
+        merged.merge(part.state())
+    assert merged.state() == whole.state()

@@ -1,0 +1,165 @@
+"""Running a generator in a second process, one item ahead of the caller.
+
+Embedded Chroma holds Python's interpreter for the whole of ``collection.add`` (``benchmarks/chroma_gil.py``: a
+thread makes no progress during it), so a thread that prepares the load's next batch waits for every ``add`` to
+return and its work adds to the load's time. A second process is not held: ``Ahead`` runs a generator function
+there and hands its items over in order, the next one prepared while the caller works on this one.
+
+The child is a plain ``python -c`` with this process's ``sys.path`` (so it imports the same ``runbook``), not a
+``multiprocessing`` child: nothing of the caller's ``__main__`` is imported again. Its arguments travel in a
+temporary file (a pipe would hold the caller until the child had started and read them); its items come back
+pickled through a pipe of its own, so nothing it prints can corrupt them. It only reads: should it end early
+(killed, out of memory, an error), the caller gets an ``AheadError`` naming what it ended with, and whatever the
+caller did with the items before stands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+
+from .errors import RunbookError
+
+_CHILD = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from runbook.ahead import _child_main; _child_main(int(sys.argv[2]), sys.argv[3])"
+)
+
+
+class AheadError(RunbookError, RuntimeError):
+    pass
+
+
+def _child_main(fd: int, args_path: str) -> None:
+    """In the child: run the generator, write ("item", x) for each item, then ("end", peak RSS in MB), or
+    ("error", exception, traceback text)."""
+    import resource
+    import traceback
+
+    out = os.fdopen(fd, "wb", buffering=1 << 20)
+    with open(args_path, "rb") as f:
+        func, args = pickle.load(f)
+    os.unlink(args_path)
+    try:
+        for item in func(*args):
+            pickle.dump(("item", item), out, protocol=pickle.HIGHEST_PROTOCOL)
+            out.flush()
+        msg: tuple = ("end", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    except BrokenPipeError:  # the caller stopped reading: it has gone on without us
+        return
+    except BaseException as e:  # noqa: BLE001 - handed over to the caller
+        tb = traceback.format_exc()
+        try:
+            pickle.dumps(e)
+            msg = ("error", e, tb)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle travels as its text
+            msg = ("error", RuntimeError(f"{type(e).__name__}: {e}"), tb)
+    try:
+        pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.close()
+    except BrokenPipeError:
+        pass
+
+
+class Ahead:
+    """``for item in Ahead(func, args, what)``: the items of ``func(*args)``, computed in a second process.
+    ``func`` must be a module-level generator function and ``args`` picklable. Use it as a context manager
+    (or call ``close``) so an early stop ends the child. ``peak_rss_mb``: the child's, once it has ended."""
+
+    def __init__(self, func: Callable[..., Iterator], args: tuple, what: str):
+        self.what = what
+        self.peak_rss_mb: float | None = None
+        self._done = False
+        fd, self._args_path = tempfile.mkstemp(prefix="runbook-ahead-", suffix=".pickle")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump((func, args), f, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            os.unlink(self._args_path)
+            raise
+        self._log = tempfile.TemporaryFile()
+        r, w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, json.dumps(sys.path), str(w), self._args_path],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                pass_fds=(w,),
+            )
+        except BaseException:
+            os.close(r)
+            self._cleanup()
+            raise
+        finally:
+            os.close(w)
+        self._reader = os.fdopen(r, "rb", buffering=1 << 20)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        try:
+            kind, *rest = pickle.load(self._reader)
+        except (EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+            self._done = True
+            raise AheadError(self._ended_early(e)) from None
+        if kind == "item":
+            return rest[0]
+        self._done = True
+        if kind == "end":
+            self.peak_rss_mb = rest[0]
+            self.close()
+            raise StopIteration
+        exc, tb = rest
+        self.close()
+        exc.add_note(f"raised in the process that {self.what}:\n{tb}")
+        raise exc
+
+    def _ended_early(self, e: BaseException) -> str:
+        try:
+            code = self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._log.seek(0)
+        tail = self._log.read()[-2000:].decode("utf-8", "replace").strip()
+        how = (
+            f"was killed by signal {-code}"
+            if code is not None and code < 0
+            else f"ended with exit code {code}"
+        )
+        return (
+            f"the process that {self.what} {how} before handing over its next item "
+            f"({type(e).__name__})" + (f"; it wrote:\n{tail}" if tail else "")
+        )
+
+    def close(self) -> None:
+        """End the child (if it still runs) and remove what it left behind; safe to call twice."""
+        self._done = True
+        try:
+            self._reader.close()
+        finally:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        self._log.close()
+        try:
+            os.unlink(self._args_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

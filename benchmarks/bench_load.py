@@ -95,10 +95,10 @@ def search(col, ef):
     for q in queries[:100]:
         t = time.perf_counter(); col.query(query_embeddings=q[None, :], n_results=10, include=[]); lat.append((time.perf_counter() - t) * 1000)
     return {"ids": ids, "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
-def answer(col, seconds, n, search=search):
+def answer(col, seconds, n, search=search, **extra):
     sweep = {ef: search(col, ef) for ef in EF}
     print(json.dumps({"records": n, "seconds": round(seconds, 1), "records_per_s": round(n / seconds, 1),
-                      "sweep": sweep}))
+                      "sweep": sweep, **extra}))
 """
 
 LOADER = (
@@ -111,7 +111,7 @@ hnsw = chroma_target.HnswSettings(**json.loads(sys.argv[4]))
 col, _ = chroma_target.create_or_verify(client, "bench", hnsw, {"source_index_id": "bench"})
 t = time.time()
 res = load.load_export(client, col, sys.argv[1], sys.argv[3] + "/cp.json", batch_size=5000, progress=False)
-answer(col, time.time() - t, res.loaded_now)
+answer(col, time.time() - t, res.loaded_now, second_process_rss_mb=res.second_process_peak_rss_mb)
 """
 )
 
@@ -327,6 +327,9 @@ def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]], rep
                 out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf)
                 if "sweep" in out:
                     out.update(recall_columns(out.pop("sweep"), exact))
+                # the loader's memory: its own peak and its second process's (the sum of the two peaks)
+                if out.get("second_process_rss_mb"):
+                    out["peak_rss_mb"] = round(out["peak_rss_mb"] + out.pop("second_process_rss_mb"), 1)
                 if db.exists():
                     out["disk_mb"] = round(
                         sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 2**20, 1

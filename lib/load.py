@@ -95,6 +95,8 @@ class LoadResult:
     seconds: float = 0.0
     batch_size: int = 0
     tally: records.Tally = field(default_factory=records.Tally)
+    # the peak memory of the process that prepared the batches after the first (None: prepared here)
+    second_process_peak_rss_mb: float | None = None
 
     @property
     def rate(self) -> float:
@@ -236,7 +238,9 @@ def prepared_batches(exp, ctx: Context, batch_size: int, shard: int, row: int):
         yield pos, offset, batch.num_rows, ids, docs, vectors, metas, part.state()
 
 
-def _batches_to_load(exp, ctx: Context, batch_size: int, shard: int, row: int, second_process: bool):
+def _batches_to_load(
+    exp, ctx: Context, batch_size: int, shard: int, row: int, second_process: bool, res: LoadResult
+):
     """The prepared batches of a load. With ``second_process`` the first (of ``FIRST_BATCH`` rows) is prepared
     here and all others in a second process while Chroma indexes: embedded Chroma holds Python's interpreter
     for the whole of ``add`` (benchmarks/chroma_gil.py), so a thread here could not prepare meanwhile."""
@@ -254,6 +258,7 @@ def _batches_to_load(exp, ctx: Context, batch_size: int, shard: int, row: int, s
     with rest:
         yield first
         yield from rest
+    res.second_process_peak_rss_mb = rest.peak_rss_mb
 
 
 def load_export(
@@ -321,7 +326,7 @@ def load_export(
         )
     if second_process is None:
         second_process = res.total - cp.get("rows_done", 0) > FIRST_BATCH + AHEAD_MIN_ROWS
-    batches = _batches_to_load(exp, ctx, batch_size, cp["shard"], cp["row"], second_process)
+    batches = _batches_to_load(exp, ctx, batch_size, cp["shard"], cp["row"], second_process, res)
     last_shard = cp["shard"]
     t0 = time.time()
     try:

@@ -232,6 +232,7 @@ def test_a_load_prepared_in_a_second_process_is_the_same_load(export_dir, refere
     assert (res.skipped_by_checkpoint, res.loaded_now) == (120, N - 120)
     assert snapshot(col) == reference[0] and res.tally.state() == reference[1]
     assert atomic.read_json(cp_path)["complete"] is True and not preparing_children()
+    assert res.second_process_peak_rss_mb > 10  # reported by the child at its end
 
 
 def test_a_preparation_process_that_is_killed_stops_the_load_naming_its_checkpoint(

@@ -105,6 +105,9 @@ LOADER = (
     COMMON
     + """
 from runbook import chroma_target, load
+from runbook import display, handoff, records  # what phase 03's kernel has imported when it loads (pandas among
+# them, which pyarrow imports at its first conversion to numpy: 0.6 s in a fresh process; the raw arm imports it
+# preparing its records before the clock)
 client = chroma_target.open_client("embedded", sys.argv[3])
 DB_PATH = sys.argv[3] + "/chroma_db"
 hnsw = chroma_target.HnswSettings(**json.loads(sys.argv[4]))

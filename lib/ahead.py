@@ -64,6 +64,9 @@ def _child_main(fd: int, args_path: str) -> None:
         out.close()
     except BrokenPipeError:
         pass
+    # everything is handed over: end now rather than tear the interpreter down (pandas, Arrow), which the
+    # caller would wait for when it closes
+    os._exit(0)
 
 
 class Ahead:

@@ -219,9 +219,10 @@ class LoadError(RunbookError, RuntimeError):
 # a load of more rows than this (after its first batch) prepares its batches in a second process; below it the
 # process's start (about 0.4 s) would not hide behind the first batch's ``add``
 AHEAD_MIN_ROWS = 4096
-# the first batch a second process's load prepares here: small, so Chroma starts soon and its ``add`` hides the
-# second process's start and its first batch
-FIRST_BATCH = 1000
+# the first batch a second process's load prepares here: small, so Chroma starts soon, and large enough that
+# its ``add`` hides the second process's start and first batch (about 2 s while Chroma indexes beside it: 1,000
+# records' add, 1.5 s, did not at 10k)
+FIRST_BATCH = 2000
 
 
 def prepared_batches(exp, ctx: Context, batch_size: int, shard: int, row: int):

@@ -111,7 +111,7 @@ class Ahead:
             raise StopIteration
         try:
             kind, *rest = pickle.load(self._reader)
-        except (EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - the child ended mid-item, or what it sent cannot be read here
             self._done = True
             raise AheadError(self._ended_early(e)) from None
         if kind == "item":
@@ -128,19 +128,22 @@ class Ahead:
 
     def _ended_early(self, e: BaseException) -> str:
         try:
-            code = self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+            code = self._proc.wait(timeout=5)  # a child that died has closed its pipe: it has ended by now
+        except subprocess.TimeoutExpired:  # alive, but what it sent cannot be read here
+            self._proc.kill()
+            self._proc.wait()
             code = None
         self._log.seek(0)
         tail = self._log.read()[-2000:].decode("utf-8", "replace").strip()
-        how = (
-            f"was killed by signal {-code}"
-            if code is not None and code < 0
-            else f"ended with exit code {code}"
-        )
+        if code is None:
+            how = "was still running, and was ended"
+        elif code < 0:
+            how = f"was killed by signal {-code}"
+        else:
+            how = f"ended with exit code {code}"
         return (
-            f"the process that {self.what} {how} before handing over its next item "
-            f"({type(e).__name__})" + (f"; it wrote:\n{tail}" if tail else "")
+            f"the process that {self.what} could not hand over its next item: it {how} ({type(e).__name__}: {e})"
+            + (f"; it wrote:\n{tail}" if tail else "")
         )
 
     def close(self) -> None:

@@ -216,8 +216,8 @@ class LoadError(RunbookError, RuntimeError):
     pass
 
 
-# a load of more rows than this (after its first batch) prepares its batches in a second process; below it the
-# process's start (about 0.4 s) would not hide behind the first batch's ``add``
+# a load of more rows than this (after its first batch) prepares its batches in a second process; below it there
+# is little preparation to hide (75 us a record), and the second process costs its start (about 1 s of CPU)
 AHEAD_MIN_ROWS = 4096
 # the first batch a second process's load prepares here: small, so Chroma starts soon, and large enough that
 # its ``add`` hides the second process's start and first batch (about 2 s while Chroma indexes beside it: 1,000

@@ -436,6 +436,28 @@ def decide(row: dict, pos: int, vector_problem: str | None, ids: IdIndex, policy
     return Decision("load", chroma_id, notes)
 
 
+_NUMPY_OF = {
+    "float": np.float32,
+    "double": np.float64,
+    "halffloat": np.float16,
+    "int32": np.int32,
+    "int64": np.int64,
+}
+
+
+def as_numpy(arr, dtype) -> np.ndarray:
+    """A primitive Arrow array as numpy, a view of its memory when it has no nulls. Arrow's own conversion goes
+    through its pandas bridge and imports pandas on first use: 0.6 s of CPU in a fresh process, such as the
+    loader's second process, beside Chroma indexing."""
+    own = _NUMPY_OF.get(str(arr.type))
+    if own is None or arr.null_count:
+        return np.asarray(arr, dtype=dtype)
+    if len(arr) == 0:
+        return np.zeros(0, dtype=dtype)
+    view = np.frombuffer(arr.buffers()[1], dtype=own, count=arr.offset + len(arr))[arr.offset :]
+    return view.astype(dtype, copy=False)
+
+
 def vector_problems(emb_column, dim: int) -> list[str | None]:
     """Per row of an Arrow list<float32> column: why the vector cannot be loaded, or None."""
     n = len(emb_column)
@@ -446,9 +468,9 @@ def vector_problems(emb_column, dim: int) -> list[str | None]:
         valid = np.asarray(emb_column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     lengths = np.zeros(n, dtype=np.int64)
     if valid.all():  # the usual case: no copy (filtering a list array copies its values: 21% of re-embedding)
-        lengths[:] = np.asarray(emb_column.value_lengths())
+        lengths[:] = as_numpy(emb_column.value_lengths(), np.int64)
     elif valid.any():
-        lengths[valid] = np.asarray(emb_column.filter(emb_column.is_valid()).value_lengths())
+        lengths[valid] = as_numpy(emb_column.filter(emb_column.is_valid()).value_lengths(), np.int64)
     good_len = valid & (lengths == dim)
     for i in np.nonzero(~valid)[0]:
         out[i] = "missing"
@@ -477,7 +499,7 @@ def vector_matrix(column, dim: int, rows=None) -> np.ndarray:
     batch) no vector is copied (the copies were a shard of vectors each at the peak of phase 03)."""
     if rows is not None and len(rows) != len(column):
         column = column.take(rows)
-    flat = np.asarray(column.flatten(), dtype=np.float32)
+    flat = as_numpy(column.flatten(), np.float32)
     return flat.reshape(len(column), dim)
 
 

@@ -61,6 +61,20 @@ def slow():
     yield 1
 
 
+def _cannot_be_read():
+    raise ValueError("this item cannot be rebuilt here")
+
+
+class Unreadable:
+    def __reduce__(self):  # pickles there, fails when unpickled here
+        return (_cannot_be_read, ())
+
+
+def unreadable_then_slow():
+    yield Unreadable()
+    time.sleep(60)
+
+
 def exits_silently(n: int):
     yield from range(n)
     os._exit(3)
@@ -126,7 +140,7 @@ def test_a_child_killed_mid_way_is_named_with_its_signal():
             for _ in range(10):  # the items already in the pipe, then the end
                 next(items)
     assert str(err.value).startswith(
-        "the process that prepares the next batches was killed by signal 9 before handing over its next item"
+        "the process that prepares the next batches could not hand over its next item: it was killed by signal 9 ("
     )
     assert not children()
 
@@ -134,8 +148,12 @@ def test_a_child_killed_mid_way_is_named_with_its_signal():
 def test_a_child_that_exits_without_a_word_is_named_with_its_exit_code():
     with ahead.Ahead(exits_silently, (1,), "reads") as items:
         assert next(items) == 0
-        with pytest.raises(ahead.AheadError, match="the process that reads ended with exit code 3"):
+        with pytest.raises(ahead.AheadError) as err:
             next(items)
+    assert str(err.value) == (
+        "the process that reads could not hand over its next item: it ended with exit code 3 (EOFError: Ran out "
+        "of input)"
+    )
 
 
 def test_a_child_that_cannot_start_says_what_it_wrote(monkeypatch):
@@ -165,4 +183,15 @@ def test_closing_ends_a_child_that_is_still_computing_instead_of_waiting_for_it(
     items = ahead.Ahead(slow, (), "prepares")
     assert next(items) == 0
     items.close()  # the child sleeps in the middle of its next item: it is killed, not waited for
+    assert items._proc.returncode == -signal.SIGKILL and not children()
+
+
+def test_an_item_that_cannot_be_read_here_ends_the_child_and_says_why():
+    with ahead.Ahead(unreadable_then_slow, (), "reads") as items:
+        with pytest.raises(ahead.AheadError) as err:
+            next(items)
+    assert str(err.value) == (
+        "the process that reads could not hand over its next item: it was still running, and was ended "
+        "(ValueError: this item cannot be rebuilt here)"
+    )
     assert items._proc.returncode == -signal.SIGKILL and not children()

@@ -256,8 +256,8 @@ def test_a_preparation_process_that_is_killed_stops_the_load_naming_its_checkpoi
     cp = atomic.read_json(cp_path)
     assert "complete" not in cp and cp["loaded"] == col.count() >= 50
     assert str(err.value).startswith(
-        "the process that prepares the load's next batches was killed by signal 9 before handing over its next "
-        "item"
+        "the process that prepares the load's next batches could not hand over its next item: it was killed by "
+        "signal 9 ("
     )
     assert str(err.value).endswith(
         f"Nothing after the last checkpoint (shard {cp['shard']}, row {cp['row']}) is counted as loaded. Run phase "

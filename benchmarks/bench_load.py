@@ -332,7 +332,8 @@ def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]], rep
                     out.update(recall_columns(out.pop("sweep"), exact))
                 # the loader's memory: its own peak and its second process's (the sum of the two peaks)
                 if out.get("second_process_rss_mb"):
-                    out["peak_rss_mb"] = round(out["peak_rss_mb"] + out.pop("second_process_rss_mb"), 1)
+                    out["peak_rss_mb"] = round(out["peak_rss_mb"] + out["second_process_rss_mb"], 1)
+                out.pop("second_process_rss_mb", None)
                 if db.exists():
                     out["disk_mb"] = round(
                         sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 2**20, 1

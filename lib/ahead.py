@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,9 +39,9 @@ class AheadError(RunbookError, RuntimeError):
 def _child_main(fd: int, args_path: str) -> None:
     """In the child: run the generator, write ("item", x) for each item, then ("end", peak RSS in MB), or
     ("error", exception, traceback text)."""
-    import resource
     import traceback
 
+    os.set_inheritable(fd, False)  # nothing this child starts may hold the pipe open after it ends
     out = os.fdopen(fd, "wb", buffering=1 << 20)
     with open(args_path, "rb") as f:
         func, args = pickle.load(f)
@@ -49,15 +50,17 @@ def _child_main(fd: int, args_path: str) -> None:
         for item in func(*args):
             pickle.dump(("item", item), out, protocol=pickle.HIGHEST_PROTOCOL)
             out.flush()
-        msg: tuple = ("end", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        msg: tuple = ("end", _own_peak_rss_mb())
     except BrokenPipeError:  # the caller stopped reading: it has gone on without us
         return
     except BaseException as e:  # noqa: BLE001 - handed over to the caller
         tb = traceback.format_exc()
         try:
-            pickle.dumps(e)
+            pickle.loads(
+                pickle.dumps(e)
+            )  # some pickle but cannot be rebuilt (an __init__ of several arguments)
             msg = ("error", e, tb)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle travels as its text
+        except Exception:  # noqa: BLE001 - an exception that does not travel goes as its text
             msg = ("error", RuntimeError(f"{type(e).__name__}: {e}"), tb)
     try:
         pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -67,6 +70,18 @@ def _child_main(fd: int, args_path: str) -> None:
     # everything is handed over: end now rather than tear the interpreter down (pandas, Arrow), which the
     # caller would wait for when it closes
     os._exit(0)
+
+
+def _own_peak_rss_mb() -> float | None:
+    """This process's own peak memory (``VmHWM``): ``ru_maxrss`` would carry the parent's peak across exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 class Ahead:
@@ -82,8 +97,13 @@ class Ahead:
         try:
             with os.fdopen(fd, "wb") as f:
                 pickle.dump((func, args), f, protocol=pickle.HIGHEST_PROTOCOL)
-        except BaseException:
+        except BaseException as e:
             os.unlink(self._args_path)
+            if isinstance(e, OSError):  # a full temporary folder is not the target's disk: say which it is
+                raise AheadError(
+                    f"could not write the arguments of the process that {what} to {tempfile.gettempdir()} "
+                    f"({e.strerror or e}): free space there, or point TMPDIR at a folder with room"
+                ) from e
             raise
         self._log = tempfile.TemporaryFile()
         r, w = os.pipe()
@@ -101,7 +121,14 @@ class Ahead:
             raise
         finally:
             os.close(w)
-        self._reader = os.fdopen(r, "rb", buffering=1 << 20)
+        try:
+            self._reader = os.fdopen(r, "rb", buffering=1 << 20)
+        except BaseException:  # an interrupt here would leave the child waiting to write, forever
+            os.close(r)
+            self._proc.kill()
+            self._proc.wait()
+            self._cleanup()
+            raise
 
     def __iter__(self):
         return self
@@ -111,6 +138,9 @@ class Ahead:
             raise StopIteration
         try:
             kind, *rest = pickle.load(self._reader)
+        except MemoryError:  # this process's own trouble, not the child's
+            self.close()
+            raise
         except Exception as e:  # noqa: BLE001 - the child ended mid-item, or what it sent cannot be read here
             self._done = True
             raise AheadError(self._ended_early(e)) from None
@@ -133,10 +163,12 @@ class Ahead:
             self._proc.kill()
             self._proc.wait()
             code = None
-        self._log.seek(0)
-        tail = self._log.read()[-2000:].decode("utf-8", "replace").strip()
+        self._log.seek(max(0, self._log.seek(0, os.SEEK_END) - 2000))
+        tail = self._log.read().decode("utf-8", "replace").strip()
         if code is None:
             how = "was still running, and was ended"
+        elif code == -signal.SIGKILL:
+            how = "was killed (SIGKILL: the system's out-of-memory killer sends it, or an operator)"
         elif code < 0:
             how = f"was killed by signal {-code}"
         else:

@@ -43,6 +43,16 @@ def failing(n: int, exc: BaseException):
     raise exc
 
 
+class NeedsTwo(Exception):
+    def __init__(self, path, free):  # pickles, but cannot be rebuilt from its args
+        super().__init__(f"{path}: {free} bytes free")
+
+
+def fails_unrebuildably():
+    yield from ()
+    raise NeedsTwo("/data", 5)
+
+
 def fails_unpicklably():
     yield from ()
     raise Unpicklable("odd")
@@ -90,12 +100,15 @@ def args_files() -> list[str]:
 
 def test_items_arrive_in_order_from_another_process_and_it_ends():
     before = set(args_files())
+    ballast = np.ones(300 * 2**20 // 8)  # 300 MB here: the child's own peak must not include it
     with ahead.Ahead(numbered, (5, 100_000), "counts") as items:
         got = list(items)
+    del ballast
     assert [i for i, _, _ in got] == list(range(5))
     assert {pid for _, pid, _ in got} != {os.getpid()} and len({pid for _, pid, _ in got}) == 1
     assert all(np.array_equal(v, np.full(100_000, i, dtype=np.float32)) for i, _, v in got)
-    assert items.peak_rss_mb and items.peak_rss_mb > 10
+    # its own peak (VmHWM), not ru_maxrss, which carries this process's peak across exec
+    assert items.peak_rss_mb and 10 < items.peak_rss_mb < 250
     assert not children() and set(args_files()) <= before
 
 
@@ -140,7 +153,8 @@ def test_a_child_killed_mid_way_is_named_with_its_signal():
             for _ in range(10):  # the items already in the pipe, then the end
                 next(items)
     assert str(err.value).startswith(
-        "the process that prepares the next batches could not hand over its next item: it was killed by signal 9 ("
+        "the process that prepares the next batches could not hand over its next item: it was killed (SIGKILL: "
+        "the system's out-of-memory killer sends it, or an operator) ("
     )
     assert not children()
 
@@ -195,3 +209,40 @@ def test_an_item_that_cannot_be_read_here_ends_the_child_and_says_why():
         "(ValueError: this item cannot be rebuilt here)"
     )
     assert items._proc.returncode == -signal.SIGKILL and not children()
+
+
+def test_an_error_that_pickles_but_cannot_be_rebuilt_arrives_as_its_text():
+    with ahead.Ahead(fails_unrebuildably, (), "reads") as items:
+        with pytest.raises(RuntimeError) as err:
+            next(items)
+    assert (
+        err.value.args == ("NeedsTwo: /data: 5 bytes free",)
+        and "in fails_unrebuildably" in err.value.__notes__[0]
+    )
+
+
+def test_a_full_temporary_folder_is_named_as_such(monkeypatch):
+    real_open = os.fdopen
+
+    class Full:
+        def __init__(self, fd, *a, **k):
+            self.f = real_open(fd, *a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, b):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ahead.os, "fdopen", Full)
+    before = set(args_files())
+    with pytest.raises(ahead.AheadError) as err:
+        ahead.Ahead(numbered, (1,), "prepares the load's next batches")
+    assert str(err.value) == (
+        f"could not write the arguments of the process that prepares the load's next batches to "
+        f"{tempfile.gettempdir()} (No space left on device): free space there, or point TMPDIR at a folder with room"
+    )
+    assert set(args_files()) <= before and not children()

@@ -235,6 +235,21 @@ def test_a_load_prepared_in_a_second_process_is_the_same_load(export_dir, refere
     assert res.second_process_peak_rss_mb > 10  # reported by the child at its end
 
 
+def test_a_load_larger_than_the_threshold_uses_a_second_process_by_itself(
+    export_dir, reference, tmp_path, monkeypatch
+):
+    """Without ``second_process`` the load decides by its rows left: more than ``FIRST_BATCH + AHEAD_MIN_ROWS``."""
+    monkeypatch.setattr(load, "FIRST_BATCH", 25)
+    monkeypatch.setattr(load, "AHEAD_MIN_ROWS", N - 25 - 1)  # N rows left: one more than the threshold
+    client, col = collection(tmp_path / "over", export_dir)
+    res = load.load_export(client, col, export_dir, tmp_path / "over.json", batch_size=40, progress=False)
+    assert res.second_process_peak_rss_mb is not None and snapshot(col) == reference[0]
+    monkeypatch.setattr(load, "AHEAD_MIN_ROWS", N - 25)  # exactly the threshold: prepared here
+    client, col = collection(tmp_path / "at", export_dir)
+    res = load.load_export(client, col, export_dir, tmp_path / "at.json", batch_size=40, progress=False)
+    assert res.second_process_peak_rss_mb is None and snapshot(col) == reference[0]
+
+
 def test_a_preparation_process_that_is_killed_stops_the_load_naming_its_checkpoint(
     export_dir, reference, tmp_path
 ):
@@ -256,8 +271,8 @@ def test_a_preparation_process_that_is_killed_stops_the_load_naming_its_checkpoi
     cp = atomic.read_json(cp_path)
     assert "complete" not in cp and cp["loaded"] == col.count() >= 50
     assert str(err.value).startswith(
-        "the process that prepares the load's next batches could not hand over its next item: it was killed by "
-        "signal 9 ("
+        "the process that prepares the load's next batches could not hand over its next item: it was killed "
+        "(SIGKILL: the system's out-of-memory killer sends it, or an operator) ("
     )
     assert str(err.value).endswith(
         f"Nothing after the last checkpoint (shard {cp['shard']}, row {cp['row']}) is counted as loaded. Run phase "

@@ -217,7 +217,8 @@ class LoadError(RunbookError, RuntimeError):
 
 
 # a load of more rows than this (after its first batch) prepares its batches in a second process; below it there
-# is little preparation to hide (75 us a record), and the second process costs its start (about 1 s of CPU)
+# is little preparation to hide (45-75 us a record), and the second process costs its start (about 0.3 s of CPU
+# for its imports, beside Chroma)
 AHEAD_MIN_ROWS = 4096
 # the first batch a second process's load prepares here: small, so Chroma starts soon, and large enough that
 # its ``add`` hides the second process's start and first batch (about 2 s while Chroma indexes beside it: 1,000

@@ -7,7 +7,8 @@ The policy (also in the README and on the pages of phases 01 and 03):
   dimension with finite values (any norm: cosine space normalises them), every metadata value in the node
   JSON (``_node_content``) that LlamaIndex reads back -- including null, NaN, Infinity, huge integers.
 - **Converted reversibly** (Chroma's flat metadata, used for filters): a value Chroma cannot store exactly
-  (null, NaN/Infinity, an integer beyond 64 bits, an object, any list, a string with a lone surrogate) and a
+  (null, NaN/Infinity, -0.0, a float Chroma's JSON parser returns one step off (``chroma_stored_float``), an
+  integer beyond 64 bits, an object, any list, a string with a lone surrogate) and a
   string that itself starts with the marker ``json:`` are stored as ``json:`` + canonical JSON. Lists are never
   stored as Chroma arrays: chromadb 1.5.9 keeps the arrays of a deleted collection and attaches them to records
   of a later collection that reuses their internal ids.
@@ -146,7 +147,9 @@ def value_kind(v) -> str | None:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "NaN or Infinity"
-        return "negative zero" if v == 0 and math.copysign(1.0, v) < 0 else None  # Chroma returns 0.0
+        if v == 0:
+            return "negative zero" if math.copysign(1.0, v) < 0 else None  # Chroma returns 0.0
+        return None if chroma_stored_float(v) == v else "float Chroma would change in its last digit"
     if isinstance(v, str):
         if v.startswith(MARKER):
             return "string starting with the marker 'json:'"
@@ -163,6 +166,34 @@ def value_kind(v) -> str | None:
         # later collection that reuses the internal id (seen with PersistentClient): lists never go in as arrays
         return "list"
     return f"value of type {type(v).__name__}"
+
+
+# Powers of ten as Rust's f64 literals (each correctly rounded, as Python's float() of the same text).
+_POW10 = tuple(float(f"1e{i}") for i in range(309))
+
+
+def chroma_stored_float(x: float) -> float:
+    """The float chromadb 1.5.9 returns for a finite float metadata value ``x``.
+
+    Chroma writes each record's metadata as JSON (the shortest text that reads back as ``x``, as Python's
+    ``repr``) and parses it again with serde_json's default, "best effort" parser (no ``float_roundtrip``):
+    the digits as an integer, multiplied or divided once by a power of ten. That is off by one unit in the
+    last place for about one arbitrary 17-digit float in five (``123456789.12345679``, ``2.2e177``); short
+    decimals (``0.1``, ``36.6``, ``1e-3``) come back exactly. A ``chroma run`` server parses twice (the
+    request, then its log); a float that survives once survives both. Measured against chromadb, embedded
+    and over HTTP (``tests/test_records.py``)."""
+    if not math.isfinite(x) or x == 0:
+        return x
+    mantissa, _, exp = repr(abs(x)).partition("e")
+    whole, _, frac = mantissa.partition(".")
+    f, e = float(int(whole + frac)), (int(exp) if exp else 0) - len(frac)
+    while abs(e) >= len(_POW10):  # serde_json's loop for exponents beyond 308 (tiny numbers only)
+        if f == 0.0:
+            break
+        f, e = f / 1e308, e + 308
+    else:
+        f = f * _POW10[e] if e >= 0 else f / _POW10[-e]
+    return math.copysign(f, x)
 
 
 def encode_value(v):
@@ -275,6 +306,8 @@ TREATMENT = {
     "null": "stored as 'json:null' (reversible)",
     "NaN or Infinity": "stored as 'json:NaN' / 'json:Infinity' (Chroma would store null)",
     "negative zero": "stored as 'json:-0.0' (Chroma would return 0.0)",
+    "float Chroma would change in its last digit": "stored as 'json:' + its shortest exact text (Chroma's JSON "
+    "parser would return the next float; a numeric filter on this key does not see this record)",
     "integer beyond 64 bits": "stored as 'json:<digits>' (Chroma would round it to a float)",
     "string starting with the marker 'json:'": "stored as 'json:' + the JSON string, so it is not decoded",
     "string with a lone surrogate": "stored as 'json:' + JSON with \\u escapes",
@@ -669,12 +702,12 @@ POLICY: list[tuple[str, str, str]] = [
     ),
     ("one id twice in the same document, an empty id", "refused, listed", ""),
     (
-        "metadata values Chroma stores as they are (strings, bools, 64-bit ints, finite floats)",
+        "metadata values Chroma stores as they are (strings, bools, 64-bit ints, floats Chroma's JSON parser reads back exactly: `0.1`, `36.6`, most short decimals)",
         "kept exactly",
         "",
     ),
     (
-        "null, NaN/Infinity, -0.0, integers beyond 64 bits, objects, **any list**, strings with a lone surrogate, strings that start with `json:`",
+        "null, NaN/Infinity, -0.0, floats Chroma would return one step off (about one arbitrary 17-digit float in five, e.g. `123456789.12345679`; a numeric filter on that key does not see them), integers beyond 64 bits, objects, **any list**, strings with a lone surrogate, strings that start with `json:`",
         "stored as `json:` + canonical JSON in Chroma's flat metadata; every string that starts with the marker is decoded, so the marker is unambiguous and every value round-trips (`records.from_flat`)",
         "",
     ),

@@ -211,6 +211,24 @@ def test_load_into_a_chroma_server(demo_export, tmp_path, chroma_server):
     v = load.verify_load(client, col, demo_export, None, sample=40)
     assert all(c["ok"] for c in v["checks"]), v["checks"]
 
+    # a Chroma server parses each float twice (the request, then its log): the flat metadata still
+    # round-trips every float, and those it returns as floats are exact
+    import random
+
+    rng = random.Random(7)
+    xs = [rng.uniform(-1e10, 1e10) for _ in range(500)] + [
+        rng.random() * 10.0 ** rng.randint(-300, 300) for _ in range(500)
+    ]
+    floats = client.create_collection("floats", embedding_function=None)
+    ids = [str(i) for i in range(len(xs))]
+    flats = [records.to_flat({"v": x})[0] for x in xs]
+    floats.add(ids=ids, embeddings=[[1.0, float(i)] for i in range(len(xs))], metadatas=flats)
+    got = floats.get(ids=ids, include=["metadatas"])
+    back = dict(zip(got["ids"], got["metadatas"], strict=True))
+    assert all(records.same(records.from_flat(back[i])["v"], x) for i, x in zip(ids, xs, strict=True))
+    assert sum(isinstance(back[i]["v"], float) for i in ids) > len(xs) // 2  # most stay numbers
+    assert sum(isinstance(back[i]["v"], str) for i in ids) > 0  # and the test has some to escape
+
 
 def test_http_target_without_server_says_how_to_start_one():
     with pytest.raises(ConnectionError, match="chroma run"):

@@ -286,6 +286,51 @@ def test_odd_values_and_keys_the_review_found():
     ) == ("metadata is not a JSON object")
 
 
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+# found by the end-to-end property test: Chroma returned 2.2085929889708077e+177 for this value
+CHANGED = [2.208592988970808e177, 123456789.12345679, 1.2345678901234567e-300, -1010178704.2252369]
+EXACT = [0.1, 36.6, 1e-3, 5e-324, 1.7976931348623157e308, 2.0**53, 1e22, 1e-310]
+
+
+def _through_chroma(values: list) -> list:
+    """The metadata values a real (embedded) Chroma returns for ``values``, one record each."""
+    import uuid
+
+    import chromadb
+
+    client = chromadb.EphemeralClient()
+    col = client.create_collection(f"f{uuid.uuid4().hex}", embedding_function=None)
+    try:
+        ids = [str(i) for i in range(len(values))]
+        col.add(ids=ids, embeddings=[[1.0, float(i)] for i in range(len(values))], metadatas=values)
+        got = col.get(ids=ids, include=["metadatas"])
+        return [m for _, m in sorted(zip(got["ids"], got["metadatas"], strict=True), key=lambda t: int(t[0]))]
+    finally:
+        client.delete_collection(col.name)
+
+
+@settings(max_examples=30, derandomize=True, deadline=None)
+@given(st.lists(FINITE, min_size=1, max_size=300))
+def test_chroma_returns_the_float_the_model_predicts(xs):
+    xs = [*CHANGED, *EXACT, *xs]
+    got = [m["v"] for m in _through_chroma([{"v": x} for x in xs])]
+    assert [records.chroma_stored_float(x) for x in xs] == got
+    assert [got[i] != x for i, x in enumerate(CHANGED)] == [True] * len(CHANGED)  # the model has work to do
+
+
+@settings(max_examples=30, derandomize=True, deadline=None)
+@given(st.lists(FINITE, min_size=1, max_size=300))
+def test_every_finite_float_comes_back_from_chroma_exactly_through_the_flat_metadata(xs):
+    xs = [*CHANGED, *EXACT, *xs]
+    flats = [records.to_flat({"v": x, "l": [x]})[0] for x in xs]
+    back = [records.from_flat(m) for m in _through_chroma(flats)]
+    assert all(records.same(b, {"v": x, "l": [x]}) for b, x in zip(back, xs, strict=True)), xs
+    kept = [f["v"] for f in flats if isinstance(f["v"], float)]
+    assert len(kept) >= len(EXACT)  # floats Chroma stores exactly stay floats, so numeric filters see them
+    conv = records.to_flat({"v": CHANGED[0]})[1]
+    assert conv == [("v", "float Chroma would change in its last digit")]
+
+
 def test_phase_07_refuses_an_id_another_document_holds_instead_of_losing_it(tmp_path):
     """Review: Chroma ignores an add of an id it has, so phase 07 adding a chunk id held by another document
     lost the chunk without a word."""

@@ -75,6 +75,13 @@ def open_client(mode: str = "embedded", base_path: str = "", host: str = "127.0.
     raise ValueError(f"chroma_mode {mode!r}: use 'embedded' or 'http'")
 
 
+def is_served(client) -> bool:
+    """Whether ``client`` talks to a Chroma server (``chroma_mode: http``) rather than holding the index."""
+    from chromadb.api.fastapi import FastAPI
+
+    return isinstance(getattr(client, "_server", None), FastAPI)
+
+
 def reload_collection(
     client, name: str, mode: str, base_path: str = "", host: str = "127.0.0.1", port: int = 8000
 ):

@@ -297,6 +297,26 @@ def test_low_recall_raises_ef_search_and_the_new_value_is_in_force(tmp_path, wea
     assert v["collection"].count() == 4000
 
 
+def test_embedded_results_that_stay_put_are_the_graphs_limit_not_a_stale_server(tmp_path, weak_export):
+    """Doubling ef_search and moving no result means a stale index only on a Chroma server; embedded, the
+    index was reloaded, so verification goes on doubling and ends with the rebuild remedy, not a restart."""
+    client = chroma_target.open_client("embedded", str(tmp_path))
+    col = load_weak(client, weak_export, tmp_path / "cp.json")
+
+    def unmoved(
+        client, name
+    ):  # as a graph that no ef_search helps: reopening leaves the results where they were
+        return client, client.get_collection(name, embedding_function=None)
+
+    v = load.verify_load(
+        client, col, weak_export, None, sample=20, recall_queries=50, reopen=unmoved, max_ef_search=80
+    )
+    check = recall_check(v)
+    assert not check["ok"] and "restart" not in check["detail"], check
+    assert v["figures"]["ef_search"] == 80 and "80: " in check["detail"]  # doubled to the top: 10, 20, 40, 80
+    assert any("hnsw_rebuild" in str(i) for i in v["issues"]), v["issues"]
+
+
 def test_one_ahead_takes_the_next_item_before_handing_on_the_current_one():
     taken = []
 

@@ -58,6 +58,14 @@ def fails_unpicklably():
     raise Unpicklable("odd")
 
 
+def unpicklable_item():
+    """An item that fails to pickle after 4 MB of it would have been written (more than the pipe's buffer)."""
+    import threading
+
+    yield 1
+    yield (np.zeros(1 << 20, dtype=np.float32), threading.Lock())
+
+
 def endless():
     i = 0
     while True:
@@ -209,6 +217,28 @@ def test_an_item_that_cannot_be_read_here_ends_the_child_and_says_why():
         "(ValueError: this item cannot be rebuilt here)"
     )
     assert items._proc.returncode == -signal.SIGKILL and not children()
+
+
+def test_an_item_that_cannot_be_pickled_there_arrives_as_the_error_it_raised():
+    with ahead.Ahead(unpicklable_item, (), "reads") as items:
+        assert next(items) == 1
+        with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object") as err:
+            next(items)
+    assert err.value.__notes__[0].startswith("raised in the process that reads")
+
+
+def test_an_item_that_cannot_be_pickled_leaves_nothing_half_written_on_the_pipe():
+    """The error must not follow part of an item: the reader would take the fragment's memo entries and
+    opcodes as part of the error's (pickle's frames end at opcodes, so the last test passes either way)."""
+    import pickle
+    import pickletools
+
+    with ahead.Ahead(unpicklable_item, (), "reads") as items:
+        assert pickle.load(items._reader) == ("item", 1)
+        rest = items._reader.read()  # to the end: the child writes its error and exits
+    ops = [op.name for op, _, _ in pickletools.genops(rest)]  # up to the first STOP
+    assert ops.count("PROTO") == 1, ops[:12]  # one whole pickle: the error, not a fragment and then the error
+    assert pickle.loads(rest)[0] == "error"
 
 
 def test_an_error_that_pickles_but_cannot_be_rebuilt_arrives_as_its_text():

@@ -631,7 +631,8 @@ HOSTILE_CASES: dict[str, str] = {
     "id_dot_segments": "document ids '.' and '..' (dot segments: URL libraries drop them from paths)",
     "id_control_chars": "ids with a tab and a newline (not allowed raw in a URL: must be percent-encoded)",
     "meta_structures": "nested dicts, lists (empty, mixed types, nested), null, booleans, -0.0",
-    "meta_nonfinite": "NaN, Infinity, -Infinity (also inside lists and nested dicts), 1e308, 5e-324",
+    "meta_nonfinite": "NaN, Infinity, -Infinity (also inside lists and nested dicts), 1e308, 5e-324, and "
+    "123456789.12345679, which Chroma's JSON parser returns one step off",
     "meta_big_ints": "integers beyond 64 bits (2**70, -2**70, 2**64) and the int64 bounds",
     "meta_long_string": "a 100 KB string value",
     "meta_marker_strings": "strings that look like encoding markers: 'json:{\"a\":1}', 'json:', 'meta_x'",
@@ -726,6 +727,7 @@ def _hostile_records() -> list[dict]:
         "in_dict": {"x": float("nan")},
         "max": 1e308,
         "tiny": 5e-324,
+        "one_step_off": 123456789.12345679,  # Chroma's JSON parser returns 123456789.1234568
     }
     rec("meta_nonfinite", "meta-nonfinite", plain(2, "meta-nonfinite-"), nonfinite)
     big = {

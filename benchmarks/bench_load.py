@@ -2,7 +2,8 @@
 process (peak RSS per arm):
 
 - this loader (``runbook.load.load_export`` from a Parquet export, batch 5000) with the runbook's default
-  HNSW settings (Chroma's own: ef_construction 100, max_neighbors 16);
+  HNSW settings (Chroma's own: ef_construction 100, max_neighbors 16); ``--arms loader_here``: the same with
+  every batch prepared in the loading process, to see whether the second process pays beside Chroma's threads;
 - raw ``collection.add`` of the same records (prepared before the clock starts), batch 5000, with Chroma's
   default HNSW settings and with a bulk-load candidate (ef_construction 64, HNSW batch 5000, sync 50000)
   -- the goal is >= 0.95x the better of the two;
@@ -110,10 +111,15 @@ from runbook import display, handoff, records  # what phase 03's kernel has impo
 # preparing its records before the clock)
 client = chroma_target.open_client("embedded", sys.argv[3])
 DB_PATH = sys.argv[3] + "/chroma_db"
-hnsw = chroma_target.HnswSettings(**json.loads(sys.argv[4]))
+conf = json.loads(sys.argv[4])
+second_process = conf.pop("second_process", None)  # None: the loader's own choice (by the rows left)
+hnsw = chroma_target.HnswSettings(**conf)
 col, _ = chroma_target.create_or_verify(client, "bench", hnsw, {"source_index_id": "bench"})
 t = time.time()
-res = load.load_export(client, col, sys.argv[1], sys.argv[3] + "/cp.json", batch_size=5000, progress=False)
+res = load.load_export(
+    client, col, sys.argv[1], sys.argv[3] + "/cp.json", batch_size=5000, progress=False,
+    second_process=second_process,
+)
 answer(col, time.time() - t, res.loaded_now, second_process_rss_mb=res.second_process_peak_rss_mb)
 """
 )
@@ -230,7 +236,7 @@ def recall_columns(sweep: dict, exact: list) -> dict:
     }
 
 
-ARM_KEYS = ("loader", "raw", "bulk", "minimal", "llama", "faiss")
+ARM_KEYS = ("loader", "loader_here", "raw", "bulk", "minimal", "llama", "faiss")
 
 
 def default_arms(keys=ARM_KEYS) -> list[tuple[str, str, str]]:
@@ -239,6 +245,11 @@ def default_arms(keys=ARM_KEYS) -> list[tuple[str, str, str]]:
             "this loader (runbook defaults = Chroma's HNSW defaults)",
             LOADER,
             json.dumps({"space": "cosine"}),
+        ),
+        "loader_here": (  # whether the second process pays on this machine's cores, beside Chroma's threads
+            "this loader, every batch prepared in the loading process (no second process)",
+            LOADER,
+            json.dumps({"space": "cosine", "second_process": False}),
         ),
         "raw": (
             "raw add, same records, Chroma default HNSW",

@@ -50,11 +50,13 @@ def _child_main(fd: int, args_path: str) -> None:
         for item in func(*args):
             # pickled whole before a byte is written: an item that fails to pickle half-way leaves nothing
             # on the pipe, so the error that follows reaches the caller readable
-            out.write(pickle.dumps(("item", item), protocol=pickle.HIGHEST_PROTOCOL))
-            out.flush()
+            data = pickle.dumps(("item", item), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                out.write(data)
+                out.flush()
+            except BrokenPipeError:  # the caller stopped reading: it has gone on without us
+                os._exit(0)
         msg: tuple = ("end", _own_peak_rss_mb())
-    except BrokenPipeError:  # the caller stopped reading: it has gone on without us
-        os._exit(0)
     except BaseException as e:  # noqa: BLE001 - handed over to the caller
         tb = traceback.format_exc()
         try:

@@ -184,10 +184,10 @@ def chroma_stored_float(x: float) -> float:
     and over HTTP (``tests/test_records.py``)."""
     if not math.isfinite(x) or x == 0:
         return x
-    mantissa, _, exp = repr(abs(x)).partition("e")
+    mantissa, _, exp = float.__repr__(abs(x)).partition("e")  # numpy's floats repr as 'np.float64(…)'
     whole, _, frac = mantissa.partition(".")
     f, e = float(int(whole + frac)), (int(exp) if exp else 0) - len(frac)
-    while abs(e) >= len(_POW10):  # serde_json's loop for exponents beyond 308 (tiny numbers only)
+    while e <= -len(_POW10):  # serde_json's loop for exponents below -308 (a finite float's are at most 292)
         if f == 0.0:
             break
         f, e = f / 1e308, e + 308

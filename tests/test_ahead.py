@@ -241,6 +241,13 @@ def test_an_item_that_cannot_be_pickled_leaves_nothing_half_written_on_the_pipe(
     assert pickle.loads(rest)[0] == "error"
 
 
+def test_a_broken_pipe_the_generator_raises_is_its_error_not_the_callers_leaving():
+    with ahead.Ahead(failing, (1, BrokenPipeError(32, "the source's socket")), "reads") as items:
+        assert next(items) == 0
+        with pytest.raises(BrokenPipeError, match="the source's socket"):
+            next(items)
+
+
 def test_an_error_that_pickles_but_cannot_be_rebuilt_arrives_as_its_text():
     with ahead.Ahead(fails_unrebuildably, (), "reads") as items:
         with pytest.raises(RuntimeError) as err:

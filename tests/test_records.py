@@ -329,6 +329,8 @@ def test_every_finite_float_comes_back_from_chroma_exactly_through_the_flat_meta
     assert len(kept) >= len(EXACT)  # floats Chroma stores exactly stay floats, so numeric filters see them
     conv = records.to_flat({"v": CHANGED[0]})[1]
     assert conv == [("v", "float Chroma would change in its last digit")]
+    assert records.value_kind(np.float64(0.1)) is None  # a float subclass reprs otherwise
+    assert records.chroma_stored_float(np.float64(CHANGED[1])) == 123456789.1234568
 
 
 def test_phase_07_refuses_an_id_another_document_holds_instead_of_losing_it(tmp_path):

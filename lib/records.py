@@ -7,16 +7,19 @@ The policy (also in the README and on the pages of phases 01 and 03):
   dimension with finite values (any norm: cosine space normalises them), every metadata value in the node
   JSON (``_node_content``) that LlamaIndex reads back -- including null, NaN, Infinity, huge integers.
 - **Converted reversibly** (Chroma's flat metadata, used for filters): a value Chroma cannot store exactly
-  (null, NaN/Infinity, -0.0, a float Chroma's JSON parser returns one step off (``chroma_stored_float``), an
-  integer beyond 64 bits, an object, any list, a string with a lone surrogate) and a
-  string that itself starts with the marker ``json:`` are stored as ``json:`` + canonical JSON. Lists are never
+  (null, NaN/Infinity, -0.0, an integer beyond 64 bits, an object, any list, a string with a lone surrogate)
+  and a string that itself starts with the marker ``json:`` are stored as ``json:`` + canonical JSON. A float
+  Chroma's JSON parser returns one step off (``chroma_stored_float``) keeps its key as the nearest float Chroma
+  returns unchanged, so numeric filters still see the record, and its exact value goes beside it as ``json:`` +
+  its shortest text under ``meta_json:["<key>"]`` (``exact_key``), which ``from_flat`` prefers. Lists are never
   stored as Chroma arrays: chromadb 1.5.9 keeps the arrays of a deleted collection and attaches them to records
   of a later collection that reuses their internal ids.
   Every string that starts with the marker is decoded, so the marker is unambiguous and every value
   round-trips. A key Chroma reserves (``""``, ``#…``, ``$…``, ``chroma:document``), a key LlamaIndex writes itself
-  (``_node_content``, ``_node_type``, ``document_id``, ``doc_id``, ``ref_doc_id``), a key that is not valid UTF-8
-  and a key that looks like an escaped one are stored as ``meta_`` + the key (``meta_json:`` + JSON when the key
-  itself could not be stored): an injective renaming, so ``$where`` and a real ``meta_where`` never collide.
+  (``_node_content``, ``_node_type``, ``document_id``, ``doc_id``, ``ref_doc_id``), a key that is not valid UTF-8,
+  a key that looks like an escaped one and a key of the ``exact_key`` form are stored as ``meta_`` + the key
+  (``meta_json:`` + JSON when the key itself could not be stored): an injective renaming, so ``$where`` and a
+  real ``meta_where`` never collide.
   A chunk id used by more than one document (``duplicate_chunk_ids: qualify``): the first in export order
   keeps it, each later one is stored as ``<chunk id>@<document id>``; LlamaIndex still reads the original id.
 - **Skipped** (listed): empty or whitespace-only texts with ``empty_texts: skip``.
@@ -47,6 +50,7 @@ LLAMAINDEX_KEYS = ("_node_content", "_node_type", "document_id", "doc_id", "ref_
 INT64 = (-(2**63), 2**63 - 1)
 EMPTY_TEXT_POLICIES = ("load", "skip")
 DUPLICATE_ID_POLICIES = ("qualify", "refuse")
+FLOAT_CHANGED = "float Chroma would change in its last digit"
 
 
 class PolicyError(RunbookError, ValueError):
@@ -149,7 +153,7 @@ def value_kind(v) -> str | None:
             return "NaN or Infinity"
         if v == 0:
             return "negative zero" if math.copysign(1.0, v) < 0 else None  # Chroma returns 0.0
-        return None if chroma_stored_float(v) == v else "float Chroma would change in its last digit"
+        return None if chroma_stored_float(v) == v else FLOAT_CHANGED
     if isinstance(v, str):
         if v.startswith(MARKER):
             return "string starting with the marker 'json:'"
@@ -196,8 +200,50 @@ def chroma_stored_float(x: float) -> float:
     return math.copysign(f, x)
 
 
-def encode_value(v):
-    return v if value_kind(v) is None else MARKER + dumps(v)
+NEAREST_STEPS = 64  # how far (in floats) to look for one Chroma stores exactly; never more than 37 in 400,000
+
+
+def nearest_stored_float(x: float) -> float | None:
+    """The float nearest ``x`` that chromadb 1.5.9 returns unchanged (``x`` itself if it does), looking at
+    most ``NEAREST_STEPS`` floats either way; None if there is none that near. Toward zero first on a tie, so
+    ``-x`` gets the negation. 93% of the floats Chroma changes have one a single step away."""
+    if chroma_stored_float(x) == x:
+        return x
+    toward, away = x, x
+    for _ in range(NEAREST_STEPS):
+        toward, away = math.nextafter(toward, 0.0), math.nextafter(away, math.copysign(math.inf, x))
+        for c in (toward, away):
+            if c != 0 and math.isfinite(c) and chroma_stored_float(c) == c:
+                return c
+    return None
+
+
+def exact_key(k: str) -> str:
+    """Where the exact value of source key ``k`` is kept when Chroma would change its float (``k`` itself
+    holds the nearest float Chroma keeps, for filters): ``meta_json:`` + a JSON list of the key, a form
+    ``encode_key`` never produces (a source key of that form is escaped)."""
+    return KEY_PREFIX + MARKER + json.dumps([k])
+
+
+def _exact_of(e: str) -> str | None:
+    """The source key whose exact value ``e`` holds, or None if ``e`` is no ``exact_key``."""
+    if not e.startswith(KEY_PREFIX + MARKER + "["):
+        return None
+    try:
+        k = json.loads(e[len(KEY_PREFIX + MARKER) :])
+    except ValueError:
+        return None
+    return (
+        k[0]
+        if isinstance(k, list) and len(k) == 1 and isinstance(k[0], str) and exact_key(k[0]) == e
+        else None
+    )
+
+
+def encode_value(v, kind: str | None = None):
+    """``v`` as Chroma can store it exactly (``kind``: ``value_kind(v)`` when the caller has it)."""
+    kind = value_kind(v) if kind is None else kind
+    return v if kind is None else MARKER + dumps(v)
 
 
 def decode_value(v):
@@ -208,8 +254,16 @@ def decode_value(v):
 
 
 def _reserved(k: str) -> bool:
-    # Chroma rejects "", "#…", "$…", chroma:document and stores other "chroma:…" keys without returning them
-    return k == "" or k[0] in "#$" or k.startswith("chroma:") or k in LLAMAINDEX_KEYS or not is_utf8(k)
+    # Chroma rejects "", "#…", "$…", chroma:document and stores other "chroma:…" keys without returning them;
+    # an exact_key form is the runbook's own
+    return (
+        k == ""
+        or k[0] in "#$"
+        or k.startswith("chroma:")
+        or k in LLAMAINDEX_KEYS
+        or not is_utf8(k)
+        or _exact_of(k) is not None
+    )
 
 
 def _form(k: str) -> str:
@@ -254,6 +308,8 @@ def _escaped_from(e: str) -> str | None:
 def key_kind(k: str) -> str | None:
     if k in LLAMAINDEX_KEYS:
         return "key LlamaIndex writes itself"
+    if _exact_of(k) is not None:
+        return "key that looks like an exact-value key"
     if _reserved(k):
         return "key Chroma reserves"
     if _escaped_from(k) is not None:
@@ -285,14 +341,25 @@ def to_flat(metadata: dict, own: dict | None = None) -> tuple[dict, list[tuple[s
             conv.append((k, kk))
         if vk:
             conv.append((k, vk))
-        out[encode_key(k)] = encode_value(v)
+        if vk == FLOAT_CHANGED and (near := nearest_stored_float(v)) is not None:
+            out[encode_key(k)] = near  # a number still, so numeric filters see the record
+            out[exact_key(k)] = MARKER + dumps(v)
+        else:
+            out[encode_key(k)] = encode_value(v, vk)
     return out, conv
 
 
 def from_flat(flat: dict) -> dict:
-    """Undo ``to_flat``: LlamaIndex's own keys are the source's only where the node JSON's metadata has them
-    and no escaped copy exists (the value was shared)."""
-    out = {decode_key(k): decode_value(v) for k, v in flat.items() if k not in LLAMAINDEX_KEYS}
+    """Undo ``to_flat``: an exact value (``exact_key``) wins over the nearest float kept for filters;
+    LlamaIndex's own keys are the source's only where the node JSON's metadata has them and no escaped copy
+    exists (the value was shared)."""
+    out, exact = {}, {}
+    for k, v in flat.items():
+        if (src := _exact_of(k)) is not None:
+            exact[src] = decode_value(v)
+        elif k not in LLAMAINDEX_KEYS:
+            out[decode_key(k)] = decode_value(v)
+    out.update(exact)
     node_md = {}
     if isinstance(flat.get("_node_content"), str):
         node_md = (loads(flat["_node_content"]) or {}).get("metadata") or {}
@@ -306,8 +373,9 @@ TREATMENT = {
     "null": "stored as 'json:null' (reversible)",
     "NaN or Infinity": "stored as 'json:NaN' / 'json:Infinity' (Chroma would store null)",
     "negative zero": "stored as 'json:-0.0' (Chroma would return 0.0)",
-    "float Chroma would change in its last digit": "stored as 'json:' + its shortest exact text (Chroma's JSON "
-    "parser would return the next float; a numeric filter on this key does not see this record)",
+    FLOAT_CHANGED: "the key keeps the nearest float Chroma returns unchanged (one step off for 93%; numeric "
+    "filters see the record), the exact value is stored as 'json:' + its shortest text under "
+    'meta_json:["<key>"], which the undo prefers',
     "integer beyond 64 bits": "stored as 'json:<digits>' (Chroma would round it to a float)",
     "string starting with the marker 'json:'": "stored as 'json:' + the JSON string, so it is not decoded",
     "string with a lone surrogate": "stored as 'json:' + JSON with \\u escapes",
@@ -319,6 +387,8 @@ TREATMENT = {
     "key LlamaIndex writes itself": "its value differs from LlamaIndex's: stored as 'meta_' + key (LlamaIndex's "
     "value keeps the name)",
     "key that looks like an escaped one": "key stored as 'meta_' + key, so it is not mistaken for an escape",
+    "key that looks like an exact-value key": "key stored as 'meta_' + key, so it is not mistaken for where the "
+    "runbook keeps a float's exact value",
 }
 
 
@@ -707,12 +777,17 @@ POLICY: list[tuple[str, str, str]] = [
         "",
     ),
     (
-        "null, NaN/Infinity, -0.0, floats Chroma would return one step off (about one arbitrary 17-digit float in five, e.g. `123456789.12345679`; a numeric filter on that key does not see them), integers beyond 64 bits, objects, **any list**, strings with a lone surrogate, strings that start with `json:`",
+        "null, NaN/Infinity, -0.0, integers beyond 64 bits, objects, **any list**, strings with a lone surrogate, strings that start with `json:`",
         "stored as `json:` + canonical JSON in Chroma's flat metadata; every string that starts with the marker is decoded, so the marker is unambiguous and every value round-trips (`records.from_flat`)",
         "",
     ),
     (
-        'keys Chroma reserves (`""`, `#…`, `$…`, `chroma:…`: Chroma stores those without returning them), keys LlamaIndex writes itself with a different value (`document_id`, `_node_content`, …), keys that look escaped',
+        "floats Chroma would return one step off (about one arbitrary 17-digit float in five, e.g. `123456789.12345679`)",
+        'the key keeps the nearest float Chroma returns unchanged (one step off for 93% of them), so numeric filters still find the record; the exact value is stored beside it as `json:` + its text under `meta_json:["<key>"]`, which `records.from_flat` prefers',
+        "",
+    ),
+    (
+        'keys Chroma reserves (`""`, `#…`, `$…`, `chroma:…`: Chroma stores those without returning them), keys LlamaIndex writes itself with a different value (`document_id`, `_node_content`, …), keys that look escaped or like `meta_json:["<key>"]`',
         "stored as `meta_` + key, an injective renaming (`$where` and a real `meta_where` never collide)",
         "",
     ),

@@ -73,7 +73,13 @@ def test_hostile_corpus_goes_through_01_to_03_with_the_default_policy(tmp_path, 
                 not_loaded += 1
                 continue
             chroma_id, meta, emb, node = hits[0]
-            assert records.same(records.from_flat(meta), n["extra_info"]), cid
+            back = records.from_flat(meta)
+            assert records.same(back, n["extra_info"]), (
+                cid,
+                {k: (back.get(k), n["extra_info"].get(k)) for k in {*back, *n["extra_info"]}}
+                if not records.same(set(back), set(n["extra_info"]))
+                else {k: (back[k], v) for k, v in n["extra_info"].items() if not records.same(back[k], v)},
+            )
             assert records.same(node["metadata"], n["extra_info"]), cid
             served = np.asarray(n["embedding"], dtype=np.float32)
             if cid in replaced:

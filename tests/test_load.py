@@ -212,7 +212,7 @@ def test_load_into_a_chroma_server(demo_export, tmp_path, chroma_server):
     assert all(c["ok"] for c in v["checks"]), v["checks"]
 
     # a Chroma server parses each float twice (the request, then its log): the flat metadata still
-    # round-trips every float, and those it returns as floats are exact
+    # round-trips every float
     import random
 
     rng = random.Random(7)
@@ -226,8 +226,13 @@ def test_load_into_a_chroma_server(demo_export, tmp_path, chroma_server):
     got = floats.get(ids=ids, include=["metadatas"])
     back = dict(zip(got["ids"], got["metadatas"], strict=True))
     assert all(records.same(records.from_flat(back[i])["v"], x) for i, x in zip(ids, xs, strict=True))
-    assert sum(isinstance(back[i]["v"], float) for i in ids) > len(xs) // 2  # most stay numbers
-    assert sum(isinstance(back[i]["v"], str) for i in ids) > 0  # and the test has some to escape
+    # every one stays a number the server returns as sent, so numeric filters see them all
+    assert [back[i]["v"] for i in ids] == [f["v"] for f in flats]
+    assert (
+        sum(records.exact_key("v") in back[i] for i in ids) > 0
+    )  # and the test has some Chroma would change
+    found = set(floats.get(where={"v": {"$gte": 0.0}}, include=[])["ids"])
+    assert found == {i for i, x in zip(ids, xs, strict=True) if x >= 0}
 
 
 def test_http_target_without_server_says_how_to_start_one():
@@ -370,8 +375,8 @@ def test_self_retrieval_is_judged_at_the_ef_search_finally_in_force(tmp_path, we
     found = next(c for c in v["checks"] if c["check"] == "self-retrieval at rank 1")
     ef = v["figures"]["ef_search"]
     # the ef_search recall settled on, whether or not recall met its goal there: Chroma's threads make each build
-    # of the weak graph differ, and in one CI build doubling ef_search from 160 to 320 moved no result, so the
-    # search stopped at 320 short of the goal (and named a server restart: noted in #19)
+    # of the weak graph differ, and in one CI build doubling ef_search from 160 to 320 moved no result; embedded,
+    # that is the graph's limit, so the search goes on doubling and may end at max_ef_search short of the goal
     assert ef > 10, v["checks"]
     assert found["ok"], found
     assert found["detail"] == f"200/200 sampled chunks find themselves first (ties count) at ef_search={ef}"

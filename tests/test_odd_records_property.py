@@ -214,8 +214,24 @@ def _classes(doc_id, cid, text, meta, kind) -> set[str]:
         ("other", "text", {}, [("c1", "other text", {}, "same", 7)]),
     ]
 )
-@example(  # drawn once: Chroma's JSON parser returned 2.2085929889708077e+177 for this value
-    spec=[("d", "", {}, [("c", "t", {"x": 2.208592988970808e177, "ts": 1732961234.1234567}, "unit", 1)])]
+@example(  # drawn once: Chroma's JSON parser returned 2.2085929889708077e+177 for this value; the third key
+    # has the form of the key where the runbook keeps x's exact value
+    spec=[
+        (
+            "d",
+            "",
+            {},
+            [
+                (
+                    "c",
+                    "t",
+                    {"x": 2.208592988970808e177, "ts": 1732961234.1234567, 'meta_json:["x"]': 1.5},
+                    "unit",
+                    1,
+                )
+            ],
+        )
+    ]
 )
 def test_every_odd_record_round_trips_or_is_named(spec, server, chroma, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LLAMA_CLOUD_API_KEY", API_KEY)
@@ -321,7 +337,9 @@ def test_the_examples_covered_every_class():
         "key: key Chroma reserves",
         "key: key LlamaIndex writes itself",
         "key: key that looks like an escaped one",
+        "key: key that looks like an exact-value key",
         "value: null",
+        "value: float",
         "value: NaN",
         "value: integer",
         "value: string",

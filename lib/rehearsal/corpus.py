@@ -632,7 +632,8 @@ HOSTILE_CASES: dict[str, str] = {
     "id_control_chars": "ids with a tab and a newline (not allowed raw in a URL: must be percent-encoded)",
     "meta_structures": "nested dicts, lists (empty, mixed types, nested), null, booleans, -0.0",
     "meta_nonfinite": "NaN, Infinity, -Infinity (also inside lists and nested dicts), 1e308, 5e-324, and "
-    "123456789.12345679, which Chroma's JSON parser returns one step off",
+    "123456789.12345679, which Chroma's JSON parser returns one step off, beside a key named like the one "
+    "where the runbook keeps its exact value",
     "meta_big_ints": "integers beyond 64 bits (2**70, -2**70, 2**64) and the int64 bounds",
     "meta_long_string": "a 100 KB string value",
     "meta_marker_strings": "strings that look like encoding markers: 'json:{\"a\":1}', 'json:', 'meta_x'",
@@ -728,6 +729,7 @@ def _hostile_records() -> list[dict]:
         "max": 1e308,
         "tiny": 5e-324,
         "one_step_off": 123456789.12345679,  # Chroma's JSON parser returns 123456789.1234568
+        'meta_json:["one_step_off"]': 1.5,  # the form of the key where the runbook keeps its exact value
     }
     rec("meta_nonfinite", "meta-nonfinite", plain(2, "meta-nonfinite-"), nonfinite)
     big = {

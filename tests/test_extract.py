@@ -449,3 +449,29 @@ def test_the_next_listing_pages_are_asked_for_before_the_first_is_handed_on(demo
         rest = [d["id"] for docs, _ in pages for d in docs]
     assert asked >= 2, "only the first page was asked for before it was handed on"
     assert [d["id"] for d in first] + rest == list(demo_corpus.documents)
+
+
+def test_an_export_keeps_its_connections_open_whatever_its_concurrency(key_env, tmp_path):
+    """The official client keeps 20 connections open between requests: with more in flight (phase 01's
+    concurrency plus the listing pages asked ahead), each connection past 20 was closed after its request and
+    a new one opened for the next (a TCP and TLS handshake each against LlamaCloud; at 10k chunks and 50 ms a
+    request, 24 in flight took half as long again as 20). The export opens no more connections than it has
+    requests in flight at once."""
+    ports = set()
+
+    def seen(response):
+        ports.add(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+    from runbook.rehearsal import corpus
+
+    concurrency = 24
+    with cloud_emulator.EmulatorServer(corpus.synthetic("synthetic:2000:8:5"), API_KEY) as srv:
+        srv.set_faults(latency_ms=20)  # requests overlap as they would over a network
+        src = source.open_source(srv.url, key_env)
+        src.client._client.event_hooks["response"].append(seen)  # the httpx client under the official one
+        res = extract.export_index(
+            src, tmp_path, index_name="synthetic-2000x8", concurrency=concurrency, progress=False
+        )
+    assert res.fetched_documents == 400 and res.listing_passes == 2
+    # the chunk requests, the listing pages ahead and the first page
+    assert len(ports) <= concurrency + 4 + 1, len(ports)

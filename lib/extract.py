@@ -271,22 +271,33 @@ def _get_page(src: Source, pipeline_id: str, skip: int, limit: int) -> tuple[lis
     return page.get("documents") or [], page.get("total_count"), offset
 
 
-def list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0):
+def list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0, known: tuple = ()):
     """Yield (documents, total_count) page by page, the way the official pager asks (skip, limit).
 
     With ``prefetch`` > 0, once the first page has told the total, up to ``prefetch`` later pages are requested
     at once (a listing of 200k documents is 2,000 round trips otherwise) and still yielded in order. The page
     length the server actually returned is the stride; a short page before the end falls back to plain
-    paging from there, so a server that caps ``limit`` never makes the listing skip documents.
+    paging from there, so a server that caps ``limit`` never makes the listing skip documents. ``known``:
+    (stride, total) of an earlier listing: its later pages are asked for with the first, and used where the
+    first page's stride asks for the same ones.
     """
-    docs, total, offset = _get_page(src, pipeline_id, 0, page_size)
-    skip, step = offset + len(docs), len(docs)
-    if prefetch > 0 and step and total is not None and skip < total:
-        with ThreadPoolExecutor(max_workers=prefetch) as pool:
-            pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=prefetch) if prefetch > 0 else None
+    early: dict = {}
+    pending: deque = deque()
+    try:
+        if pool is not None and known and known[0] > 0:
+            early = {
+                s: pool.submit(_get_page, src, pipeline_id, s, page_size)
+                for s in range(known[0], known[1], known[0])[:prefetch]
+            }
+        docs, total, offset = _get_page(src, pipeline_id, 0, page_size)
+        skip, step = offset + len(docs), len(docs)
+        if pool is not None and step and total is not None and skip < total:
             starts = iter(range(skip, total, step))
             for start in starts:
-                pending.append(pool.submit(_get_page, src, pipeline_id, start, page_size))
+                pending.append(
+                    early.pop(start, None) or pool.submit(_get_page, src, pipeline_id, start, page_size)
+                )
                 if len(pending) >= prefetch:
                     break
             # the next pages are on their way while the caller works through the first: asked for only
@@ -299,21 +310,26 @@ def list_pages(src: Source, pipeline_id: str, page_size: int, prefetch: int = 0)
                 if short:
                     for f in pending:
                         f.cancel()
-                else:  # the next page is asked for before this one is handed on, for the same reason
-                    nxt = next(starts, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(_get_page, src, pipeline_id, nxt, page_size))
+                    pending.clear()
+                # the next page is asked for before this one is handed on, for the same reason
+                elif (nxt := next(starts, None)) is not None:
+                    pending.append(pool.submit(_get_page, src, pipeline_id, nxt, page_size))
                 yield docs, total
                 if short:
                     break  # a short page: continue plainly from where it ended
             else:
                 return
-    else:
-        yield docs, total
-    while docs and total is not None and skip < total:
-        docs, total, offset = _get_page(src, pipeline_id, skip, page_size)
-        yield docs, total
-        skip = offset + len(docs)
+        else:
+            yield docs, total
+        while docs and total is not None and skip < total:
+            docs, total, offset = _get_page(src, pipeline_id, skip, page_size)
+            yield docs, total
+            skip = offset + len(docs)
+    finally:
+        for f in [*early.values(), *pending]:
+            f.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def find_resumable(exports_dir: Path, pipeline_id: str) -> Path | None:
@@ -452,11 +468,16 @@ def export_index(
             if bar is not None:
                 bar.update(1)
 
+        known: tuple = ()  # (stride, total) of the last listing
         for pass_no in range(1, max_listing_passes + 1):
             result.listing_passes = pass_no
             listed: dict[str, str] = {}
-            total = None
-            for docs, total in list_pages(src, pid, page_size, prefetch=min(4, concurrency)):
+            total, known_stride = None, 0
+            # a confirming listing has the connections to itself and knows the last one's stride and total
+            ahead = min(4, concurrency) if pass_no == 1 else max(4, concurrency)
+            for docs, total in list_pages(src, pid, page_size, prefetch=ahead, known=known):
+                if docs and not known_stride:
+                    known_stride = len(docs)
                 if bar is not None and bar.total != total:
                     bar.total = total
                     bar.refresh()
@@ -478,6 +499,7 @@ def export_index(
                         take(*inflight.popleft())
             while inflight:
                 take(*inflight.popleft())
+            known = (known_stride, total) if known_stride and total else ()
             vanished = set(exported) - set(listed)
             if vanished:
                 w.flush()

@@ -92,15 +92,23 @@ def test_listing_pages_fetched_ahead_survive_a_server_that_caps_the_page_size(de
         srv.set_faults(max_page_size=7)
         capped = export(source.open_source(srv.url, key_env), tmp_path / "b", page_size=10)
         srv.set_faults(max_page_size=0)
-        pages = list(
-            extract.list_pages(source.open_source(srv.url, key_env), clean.manifest["index_id"], 3, 4)
-        )
+        s, pid = source.open_source(srv.url, key_env), clean.manifest["index_id"]
+        pages = list(extract.list_pages(s, pid, 3, 4))
+        # a confirming listing asks for the pages of the last one's stride and total with its first; where
+        # those were wrong (the server capped the page differently, documents came or went) none is lost
+        hinted = [
+            list(extract.list_pages(s, pid, 3, 4, known=k)) for k in ((3, 50), (5, 40), (3, 200), (2, 9))
+        ]
+        srv.set_faults(max_page_size=2)
+        hinted.append(list(extract.list_pages(s, pid, 3, 4, known=(3, 50))))
     assert capped.listing_passes == clean.listing_passes and capped.manifest["total_documents"] == len(
         demo_corpus.documents
     )
     assert export_format.content_digest(clean.path) == export_format.content_digest(capped.path)
     ids = [d["id"] for docs, _ in pages for d in docs]
     assert ids == list(demo_corpus.documents)  # in listing order, once each
+    for h in hinted:
+        assert [d["id"] for docs, _ in h for d in docs] == ids
 
 
 def test_document_deleted_during_export_is_reconciled(demo_corpus, key_env, tmp_path):

@@ -298,12 +298,25 @@ def load_export(
             f"{vars(policy)}: records already loaded would keep the old treatment. Load into a new collection "
             "(versioned_collection: true, or another collection_name), or set the policy back"
         )
-    if not same_target or cp.get("policy", vars(records.Policy())) != vars(policy):
+    # a checkpoint without flat_format was written before floats Chroma would change kept a number
+    if same_target and cp.get("flat_format", 1) != records.FLAT_FORMAT and col.count() > 0:
+        raise LoadError(
+            f"collection {col.name} was begun by an earlier version of the runbook, which stored some metadata "
+            f"differently (flat format {cp.get('flat_format', 1)}, now {records.FLAT_FORMAT}: a float Chroma "
+            "would change was stored as text): records already loaded would keep the old form. Load into a new "
+            "collection (versioned_collection: true, or another collection_name)"
+        )
+    if (
+        not same_target
+        or cp.get("policy", vars(records.Policy())) != vars(policy)
+        or cp.get("flat_format", 1) != records.FLAT_FORMAT
+    ):
         cp = {
             "export_manifest_sha256": sha,
             "collection": col.name,
             "collection_id": str(col.id),
             "policy": vars(policy),
+            "flat_format": records.FLAT_FORMAT,
             "shard": 0,
             "row": 0,
             "loaded": 0,

@@ -11,7 +11,8 @@ The policy (also in the README and on the pages of phases 01 and 03):
   and a string that itself starts with the marker ``json:`` are stored as ``json:`` + canonical JSON. A float
   Chroma's JSON parser returns one step off (``chroma_stored_float``) keeps its key as the nearest float Chroma
   returns unchanged, so numeric filters still see the record, and its exact value goes beside it as ``json:`` +
-  its shortest text under ``meta_json:["<key>"]`` (``exact_key``), which ``from_flat`` prefers. Lists are never
+  its shortest text under ``meta_json:["<key>"]`` (``exact_key``: the source key as ASCII JSON), which
+  ``from_flat`` prefers (with no such float within ``NEAREST_STEPS``, never seen, the key holds the text). Lists are never
   stored as Chroma arrays: chromadb 1.5.9 keeps the arrays of a deleted collection and attaches them to records
   of a later collection that reuses their internal ids.
   Every string that starts with the marker is decoded, so the marker is unambiguous and every value
@@ -51,6 +52,10 @@ INT64 = (-(2**63), 2**63 - 1)
 EMPTY_TEXT_POLICIES = ("load", "skip")
 DUPLICATE_ID_POLICIES = ("qualify", "refuse")
 FLOAT_CHANGED = "float Chroma would change in its last digit"
+# How to_flat lays out Chroma's flat metadata: 2 since a float Chroma would change keeps a number under its
+# key and its exact value beside it (1: the exact value as text under the key). A load is resumed only in
+# the format it began with.
+FLAT_FORMAT = 2
 
 
 class PolicyError(RunbookError, ValueError):
@@ -231,7 +236,7 @@ def _exact_of(e: str) -> str | None:
         return None
     try:
         k = json.loads(e[len(KEY_PREFIX + MARKER) :])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return (
         k[0]
@@ -279,7 +284,7 @@ def _unescape_once(e: str) -> str | None:
         return rest
     try:
         k = json.loads(rest[len(MARKER) :])
-    except ValueError:
+    except (ValueError, RecursionError):  # a key of 100,000 '[' is a key, not an escape
         return None
     return k if isinstance(k, str) and KEY_PREFIX + _form(k) == e else None
 
@@ -375,7 +380,8 @@ TREATMENT = {
     "negative zero": "stored as 'json:-0.0' (Chroma would return 0.0)",
     FLOAT_CHANGED: "the key keeps the nearest float Chroma returns unchanged (one step off for 93%; numeric "
     "filters see the record), the exact value is stored as 'json:' + its shortest text under "
-    'meta_json:["<key>"], which the undo prefers',
+    'meta_json:["<key>"] (the source key as ASCII JSON), which the undo prefers; with no such float within 64 '
+    "steps (never seen) the key holds the text",
     "integer beyond 64 bits": "stored as 'json:<digits>' (Chroma would round it to a float)",
     "string starting with the marker 'json:'": "stored as 'json:' + the JSON string, so it is not decoded",
     "string with a lone surrogate": "stored as 'json:' + JSON with \\u escapes",
@@ -783,7 +789,7 @@ POLICY: list[tuple[str, str, str]] = [
     ),
     (
         "floats Chroma would return one step off (about one arbitrary 17-digit float in five, e.g. `123456789.12345679`)",
-        'the key keeps the nearest float Chroma returns unchanged (one step off for 93% of them), so numeric filters still find the record; the exact value is stored beside it as `json:` + its text under `meta_json:["<key>"]`, which `records.from_flat` prefers',
+        'the key keeps the nearest float Chroma returns unchanged (one step off for 93% of them), so numeric filters still find the record; the exact value is stored beside it as `json:` + its text under `meta_json:["<key>"]` (the source key as ASCII JSON), which `records.from_flat` prefers',
         "",
     ),
     (

@@ -285,6 +285,11 @@ def test_odd_values_and_keys_the_review_found():
     assert flat["z"] == "json:-0.0" and ("z", "negative zero") in conv  # Chroma would return 0.0
     assert "meta_chroma:x" in flat  # Chroma stores chroma:… keys but does not return them
     assert records.from_flat(flat)["meta_" * 600 + "plain"] == 1  # no RecursionError on long keys
+    deep = "meta_json:" + "[" * 100_000  # nor on keys json.loads cannot nest that deep
+    assert records.from_flat(records.to_flat({deep: 1, "x": 123456789.12345679})[0]) == {
+        deep: 1,
+        "x": 123456789.12345679,
+    }
     assert not records.same(-0.0, 0.0) and records.same(math.nan, math.nan)
     col = pa.array([[3e30, 1e30], [3e-30, 1e-30], [0.6, 0.8]], type=pa.list_(pa.float32()))
     problems = records.vector_problems(col, 2)

@@ -473,8 +473,10 @@ def export_index(
             result.listing_passes = pass_no
             listed: dict[str, str] = {}
             total, known_stride = None, 0
-            # a confirming listing has the connections to itself and knows the last one's stride and total
-            ahead = min(4, concurrency) if pass_no == 1 else max(4, concurrency)
+            # a confirming listing mostly fetches nothing, so it may have as many pages in flight as pass 1 had
+            # chunk requests (at most 16: with the chunk requests it stays within the client's connections);
+            # it knows the last listing's stride and total
+            ahead = min(4, concurrency) if pass_no == 1 else max(4, min(16, concurrency))
             for docs, total in list_pages(src, pid, page_size, prefetch=ahead, known=known):
                 if docs and not known_stride:
                     known_stride = len(docs)

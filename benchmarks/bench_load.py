@@ -338,7 +338,9 @@ def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]], rep
         for rep in range(1, repeat + 1):
             for name, code, conf in arms:
                 db = tmp / f"db-{rep}-{len(runs)}"
-                out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf)
+                # an hour is short for a million chunks (a load alone took 56-67 min here beside other work)
+                limit = max(3600.0, n * 0.012)
+                out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf, timeout=limit)
                 if "sweep" in out:
                     out.update(recall_columns(out.pop("sweep"), exact))
                 # the loader's memory: its own peak and its second process's (the sum of the two peaks)

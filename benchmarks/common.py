@@ -17,13 +17,16 @@ def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 360
         "import resource\n_ru = resource.getrusage(resource.RUSAGE_SELF)\nprint('__CPU__', _ru.ru_utime + _ru.ru_stime)\n"
     )
     t0 = time.time()
-    p = subprocess.run(
-        [sys.executable, "-c", wrapper, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", wrapper, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+    except subprocess.TimeoutExpired:  # a row that says so, not the end of a benchmark of hours
+        return {"error": f"stopped after its limit of {timeout:.0f} s", "wall_s": round(time.time() - t0, 1)}
     wall = time.time() - t0
     if p.returncode != 0:
         return {"error": (p.stderr or p.stdout).strip().splitlines()[-1][:300], "wall_s": round(wall, 1)}

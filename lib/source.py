@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 
 from . import credentials, plugins
@@ -106,13 +107,17 @@ def open_source(
             serve_embeddings=emulator_serve_embeddings,
         )
     key = credentials.get_secret(api_key_env, purpose="LlamaCloud API key")
+    http = _http_client(timeout_s)
     client = LlamaCloud(
         api_key=key.reveal(),
         base_url=base_url or None,
         max_retries=max_retries,
         timeout=timeout_s,
-        http_client=_http_client(timeout_s),
+        http_client=http,
     )
+    # the official client closes only an httpx client it made itself: ours (and its idle connections, up to
+    # KEEP_ALIVE) closes when the official client is collected, as its own would
+    weakref.finalize(client, http.close)
     return Source(client, base_url, api_key_env)
 
 

@@ -483,3 +483,18 @@ def test_an_export_keeps_its_connections_open_whatever_its_concurrency(key_env, 
     assert res.fetched_documents == 400 and res.listing_passes == 2
     # the chunk requests, the listing pages ahead and the first page
     assert len(ports) <= concurrency + 4 + 1, len(ports)
+
+
+def test_the_connections_close_when_the_source_is_dropped(demo_corpus, key_env):
+    """The official client closes only an httpx client it made itself; the one ``open_source`` gives it (to
+    keep more connections) closes when the source is collected, with its idle connections."""
+    import gc
+
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        src = source.open_source(srv.url, key_env)
+        http = src.client._client
+        src.client.pipelines.list()  # a connection opened and kept
+        assert not http.is_closed
+        del src
+        gc.collect()
+        assert http.is_closed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import credentials, plugins
@@ -163,13 +164,30 @@ def find_pipeline(
                 return project, pipeline
             if not index_name:
                 raise SourceError("set index_id or index_name in the params")
-            projects = c.projects.list(organization_id=organization_id or None)
-            project = next((p for p in projects if p.name == project_name), None)
-            if project is None:
-                raise SourceError(
-                    f"project {project_name!r} not found; projects: {[p.name for p in projects]}"
+            # the pipeline is asked for by its project's name while the project is looked up (one round trip
+            # instead of two), and taken only if it belongs to the project found
+            org = {"organization_id": organization_id} if organization_id else {}
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                named = pool.submit(
+                    c.pipelines.list, project_name=project_name, pipeline_name=index_name, **org
                 )
-            pipelines = c.pipelines.list(project_id=project.id, pipeline_name=index_name)
+                projects = c.projects.list(organization_id=organization_id or None)
+                project = next((p for p in projects if p.name == project_name), None)
+                if project is None:
+                    named.cancel()
+                    raise SourceError(
+                        f"project {project_name!r} not found; projects: {[p.name for p in projects]}"
+                    )
+                try:
+                    pipelines = [p for p in named.result() if p.project_id == project.id]
+                except (
+                    llama_cloud.NotFoundError,
+                    llama_cloud.BadRequestError,
+                    llama_cloud.UnprocessableEntityError,
+                ):
+                    pipelines = []  # a server that does not take project_name here: asked by project id below
+            if not any(p.name == index_name for p in pipelines):  # a server that ignores project_name
+                pipelines = c.pipelines.list(project_id=project.id, pipeline_name=index_name)
             pipeline = next((p for p in pipelines if p.name == index_name), None)
             if pipeline is None:
                 raise SourceError(f"index {index_name!r} not found in project {project_name!r}")

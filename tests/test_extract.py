@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -59,6 +60,60 @@ def test_export_is_complete_read_only_and_verifies(src, server, tmp_path):
     assert {r["key"] for r in rep.metadata} >= {"source", "reviewed_by", "codes"}
     # the exporter never sent a write
     assert {method for method, _ in server.requests} == {"GET"}
+
+
+def test_the_last_shard_is_written_while_the_confirming_listing_is_asked_for(src, tmp_path, monkeypatch):
+    """The shard the first pass leaves in the buffer is written while the second listing confirms (they
+    overlap: the write waits here until a confirming page has been asked for); the export is the same as a
+    sequential one, and the writer is touched again only once that write has ended (finishing it twice
+    would commit the same documents in two shards)."""
+    import threading
+
+    confirming = threading.Event()
+    overlapped = []
+    pages = []
+    write_pair = extract._Writer._write_pair
+    get_page = extract._get_page
+
+    def slow_write(self, *a, **kw):
+        overlapped.append(confirming.wait(timeout=30))  # set only by a page the confirming listing asks for
+        return write_pair(self, *a, **kw)
+
+    def page(*a):
+        pages.append(a[2])
+        if pages.count(0) > 1:
+            confirming.set()
+        return get_page(*a)
+
+    monkeypatch.setattr(extract._Writer, "_write_pair", slow_write)
+    monkeypatch.setattr(extract, "_get_page", page)
+    res = export(src, tmp_path / "exports", shard_rows=100_000)
+    assert overlapped == [True]  # one shard, written while the confirming listing was asked for
+    assert res.listing_passes == 2 and len(res.manifest["shards"]) == 1
+    assert res.manifest["total_documents"] == 50 == res.manifest["source_total_count"]
+    rep = verify.verify_export(res.path, source=src, sample=10, expect_vectors=False)  # no vectors served
+    assert rep.ok, rep.to_string()
+
+
+def test_a_shard_write_failing_beside_the_confirming_listing_stops_the_export(src, tmp_path, monkeypatch):
+    """A disk that fills while the last shard is written beside the confirming listing stops the export with
+    that error (not swallowed, not silently retried), and running it again resumes to a complete export."""
+    write_pair = extract._Writer._write_pair
+    failed = []
+
+    def full_disk(self, *a, **kw):
+        if not failed:
+            failed.append(1)
+            raise OSError(28, "No space left on device")
+        return write_pair(self, *a, **kw)
+
+    monkeypatch.setattr(extract._Writer, "_write_pair", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export(src, tmp_path / "exports", shard_rows=100_000)
+    (partial,) = (tmp_path / "exports").iterdir()
+    assert not (partial / "manifest.json").exists()
+    res = export(src, tmp_path / "exports", shard_rows=100_000)
+    assert res.path == partial and res.manifest["total_documents"] == 50 == res.manifest["source_total_count"]
 
 
 def test_reembedding_needs_permission_to_spend(src, tmp_path, monkeypatch):
@@ -483,6 +538,42 @@ def test_an_export_keeps_its_connections_open_whatever_its_concurrency(key_env, 
     assert res.fetched_documents == 400 and res.listing_passes == 2
     # the chunk requests, the listing pages ahead and the first page
     assert len(ports) <= concurrency + 4 + 1, len(ports)
+
+
+def test_an_index_named_is_taken_only_from_the_project_named(demo_corpus, key_env, monkeypatch):
+    """The index is asked for by its project's name while the project is looked up; a server that ignores
+    ``project_name`` (answering with another project's index of that name) or refuses it does not make the
+    runbook read another project's index: the answer is checked against the project found, and asked again by
+    project id when it does not match."""
+    import llama_cloud
+
+    with cloud_emulator.EmulatorServer(demo_corpus, API_KEY) as srv:
+        src = source.open_source(srv.url, key_env)
+        project, pipeline = source.find_pipeline(src, index_name="Dr.Welno")
+        real = src.client.pipelines.list
+        foreign = pipeline.model_copy(update={"id": "another-index", "project_id": "another-project"})
+        asked = []
+
+        def ignores_project_name(**kw):
+            asked.append(sorted(kw))
+            return [foreign] if "project_name" in kw else real(**kw)
+
+        monkeypatch.setattr(src.client.pipelines, "list", ignores_project_name)
+        got = source.find_pipeline(src, index_name="Dr.Welno")
+        assert (got[0].id, got[1].id) == (project.id, pipeline.id)
+        assert asked == [["pipeline_name", "project_name"], ["pipeline_name", "project_id"]]
+
+        def refuses_project_name(**kw):
+            if "project_name" in kw:
+                raise llama_cloud.UnprocessableEntityError(
+                    "project_name",
+                    response=httpx.Response(422, request=httpx.Request("GET", srv.url)),
+                    body=None,
+                )
+            return real(**kw)
+
+        monkeypatch.setattr(src.client.pipelines, "list", refuses_project_name)
+        assert source.find_pipeline(src, index_name="Dr.Welno")[1].id == pipeline.id
 
 
 def test_the_connections_close_when_the_source_is_dropped(demo_corpus, key_env):

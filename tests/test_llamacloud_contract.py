@@ -159,6 +159,10 @@ def test_pipelines_list_is_a_plain_array_filtered_by_project_and_name(srv):
     assert [(p.id, p.name, p.project_id) for p in pipelines] == [(PID, "Dr.Welno", PROJECT_ID)]
     assert strict(PipelineListResponse, get(srv, "/pipelines", pipeline_name="no such index")) == []
     assert strict(PipelineListResponse, get(srv, "/pipelines", project_id="another-project")) == []
+    # project_name filters too (find_pipeline asks by it while it looks the project up)
+    named = get(srv, "/pipelines", project_name="Default", pipeline_name="Dr.Welno")
+    assert [p.id for p in strict(PipelineListResponse, named)] == [PID]
+    assert strict(PipelineListResponse, get(srv, "/pipelines", project_name="another project")) == []
 
 
 def test_pipeline_get_shape(srv):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,20 +18,26 @@ def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 360
         "import resource\n_ru = resource.getrusage(resource.RUSAGE_SELF)\nprint('__CPU__', _ru.ru_utime + _ru.ru_stime)\n"
     )
     t0 = time.time()
+    # a session of its own: an arm past its limit is stopped with whatever it started (the loader's second
+    # process), which would otherwise run on beside the next arm
+    p = subprocess.Popen(
+        [sys.executable, "-c", wrapper, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     try:
-        p = subprocess.run(
-            [sys.executable, "-c", wrapper, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **(env or {})},
-        )
+        stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:  # a row that says so, not the end of a benchmark of hours
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
         return {"error": f"stopped after its limit of {timeout:.0f} s", "wall_s": round(time.time() - t0, 1)}
     wall = time.time() - t0
     if p.returncode != 0:
-        return {"error": (p.stderr or p.stdout).strip().splitlines()[-1][:300], "wall_s": round(wall, 1)}
-    lines = p.stdout.strip().splitlines()
+        return {"error": (stderr or stdout).strip().splitlines()[-1][:300], "wall_s": round(wall, 1)}
+    lines = stdout.strip().splitlines()
     rss = float(next(line for line in lines if line.startswith("__RSS__")).split()[1])
     cpu = float(next(line for line in lines if line.startswith("__CPU__")).split()[1])
     result = json.loads(next(line for line in reversed(lines) if line.startswith("{")))

@@ -527,7 +527,7 @@ def export_index(
             if not changed and set(exported) == set(listed) and len(listed) == (total or 0):
                 break
             fetched_before = result.fetched_documents
-            if w.buf_docs:  # written while the next listing is asked for (about 0.1 s at 10k chunks)
+            if settled().buf_docs:  # written while the next listing is asked for (about 0.1 s at 10k chunks)
                 writing.append(writer_pool.submit(w.flush))
             result.events.append(
                 f"pass {pass_no}: {len(listed)} listed, {len(exported)} exported; listing again to confirm"

@@ -180,12 +180,9 @@ def find_pipeline(
                     )
                 try:
                     pipelines = [p for p in named.result() if p.project_id == project.id]
-                except (
-                    llama_cloud.NotFoundError,
-                    llama_cloud.BadRequestError,
-                    llama_cloud.UnprocessableEntityError,
-                ):
-                    pipelines = []  # a server that does not take project_name here: asked by project id below
+                except llama_cloud.APIError:
+                    pipelines = []  # a server that does not take project_name here: asked by project id below,
+                    # the one request the lookup made before (its errors get the messages below)
             if not any(p.name == index_name for p in pipelines):  # a server that ignores project_name
                 pipelines = c.pipelines.list(project_id=project.id, pipeline_name=index_name)
             pipeline = next((p for p in pipelines if p.name == index_name), None)

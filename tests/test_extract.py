@@ -69,26 +69,30 @@ def test_the_last_shard_is_written_while_the_confirming_listing_is_asked_for(src
     would commit the same documents in two shards)."""
     import threading
 
-    confirming = threading.Event()
-    overlapped = []
+    started, confirming = threading.Event(), threading.Event()
+    overlapped, begun = [], []
     pages = []
     write_pair = extract._Writer._write_pair
     get_page = extract._get_page
 
     def slow_write(self, *a, **kw):
+        started.set()
         overlapped.append(confirming.wait(timeout=30))  # set only by a page the confirming listing asks for
         return write_pair(self, *a, **kw)
 
     def page(*a):
         pages.append(a[2])
-        if pages.count(0) > 1:
+        if pages.count(0) > 1 and not confirming.is_set():  # the confirming listing's first page
+            begun.append(started.wait(timeout=30))  # the write has begun before the confirmation ends
             confirming.set()
         return get_page(*a)
 
     monkeypatch.setattr(extract._Writer, "_write_pair", slow_write)
     monkeypatch.setattr(extract, "_get_page", page)
     res = export(src, tmp_path / "exports", shard_rows=100_000)
-    assert overlapped == [True]  # one shard, written while the confirming listing was asked for
+    assert begun == [True] and overlapped == [
+        True
+    ]  # one shard, written while the confirming listing was asked for
     assert res.listing_passes == 2 and len(res.manifest["shards"]) == 1
     assert res.manifest["total_documents"] == 50 == res.manifest["source_total_count"]
     rep = verify.verify_export(res.path, source=src, sample=10, expect_vectors=False)  # no vectors served

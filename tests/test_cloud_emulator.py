@@ -37,6 +37,35 @@ def test_projects_pipelines_and_paging(server):
     assert len(paged) == 8  # ceil(50 / 7)
 
 
+def test_every_connection_sends_small_answers_at_once(server):
+    """The server writes headers and body separately: with Nagle's algorithm on, a small body waited for the
+    client's delayed ACK, about 40-50 ms on every small answer after a connection's first (lookups, listing
+    pages), which a real service does not add and which made the rehearsal's listing slower than production's.
+    Every connection the server accepts has TCP_NODELAY, the LlamaCloud paths' as much as the OpenAI one's."""
+    import socket
+
+    handler = server.httpd.RequestHandlerClass
+    seen = []
+    setup = handler.setup
+
+    def setup_and_look(self):
+        setup(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    handler.setup = setup_and_look
+    try:
+        c = client(server)
+        c.projects.list()
+        c.pipelines.list(pipeline_name="Dr.Welno")
+        with httpx.Client() as plain:
+            plain.post(
+                server.url + "/v1/embeddings", json={}
+            )  # the OpenAI stand-in's path, on its own connection
+    finally:
+        handler.setup = setup
+    assert len(seen) >= 2 and all(seen), seen
+
+
 def test_chunks_are_textnode_json_with_relationships(server):
     c = client(server)
     pid = corpus.DEMO_PIPELINE_ID

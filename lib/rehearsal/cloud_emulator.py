@@ -326,6 +326,11 @@ def _gemini_response(
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "llamacloud-emulator/1"
+    # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds a small body until the
+    # client's delayed ACK, about 40-50 ms on every small answer of a kept-alive connection (a lookup, a listing
+    # page, a short document's chunks), which a real service does not add; the first request of a connection
+    # was spared, so the stall showed only from the second request on
+    disable_nagle_algorithm = True
     state: _State  # set on the subclass made per server
 
     def log_message(self, *args):  # quiet
@@ -486,9 +491,6 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(n) if n else b""  # read first: the connection is reused
         with st.lock:
             st.requests.append((method, OPENAI_EMBEDDINGS))
-        # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds the body until
-        # the client's delayed ACK (~40 ms on every request of a kept-alive connection, as the openai client's)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if method != "POST":
             return self._send(
                 *openai_stand_in.error(405, f"Invalid method for URL ({method} {OPENAI_EMBEDDINGS})")

@@ -540,8 +540,10 @@ def test_an_export_keeps_its_connections_open_whatever_its_concurrency(key_env, 
             src, tmp_path, index_name="synthetic-2000x8", concurrency=concurrency, progress=False
         )
     assert res.fetched_documents == 400 and res.listing_passes == 2
-    # the chunk requests, the listing pages ahead and the first page
-    assert len(ports) <= concurrency + 4 + 1, len(ports)
+    # the chunk requests, the listing pages ahead and the first page; then the confirming listing's pages, which
+    # reuse those connections unless httpx has closed them (it closes a connection idle 5 s, which a busy
+    # machine's pause between the two listings can reach); churning, this export opened 143-291
+    assert len(ports) <= (concurrency + 4 + 1) + (16 + 1), len(ports)
 
 
 def test_an_index_named_is_taken_only_from_the_project_named(demo_corpus, key_env, monkeypatch):

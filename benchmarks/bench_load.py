@@ -82,12 +82,16 @@ import numpy as np
 queries = np.load(sys.argv[2])
 EF = (100, 200, 400, 800)  # ef_search sweep: what the runbook's verification does when recall falls short
 def search(col, ef):
+    global client
     if ef != 100:  # ef_search applies when Chroma loads the index: modify, then open the path afresh
         import chromadb
         from chromadb.api.client import SharedSystemClient
         from chromadb.config import Settings
         col.modify(configuration={"hnsw": {"ef_search": ef}})
         SharedSystemClient.clear_system_cache()
+        # the old client's system stopped first, as the runbook's reload does: left running, it kept its index
+        # loaded, and at 1M chunks four of them (6 GB each) ran this machine out of memory
+        client._system.stop()
         client = chromadb.PersistentClient(path=DB_PATH, settings=Settings(anonymized_telemetry=False))
         col = client.get_collection(col.name, embedding_function=None)
         assert col.configuration["hnsw"]["ef_search"] == ef

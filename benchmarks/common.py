@@ -36,7 +36,11 @@ def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 360
         return {"error": f"stopped after its limit of {timeout:.0f} s", "wall_s": round(time.time() - t0, 1)}
     wall = time.time() - t0
     if p.returncode != 0:
-        return {"error": (stderr or stdout).strip().splitlines()[-1][:300], "wall_s": round(wall, 1)}
+        last = (stderr.strip() or stdout.strip()).splitlines()[-1:] or [
+            # no word of its own: killed (the kernel's out-of-memory killer sends SIGKILL)
+            f"killed by {signal.Signals(-p.returncode).name}" if p.returncode < 0 else f"exit {p.returncode}"
+        ]
+        return {"error": last[0][:300], "wall_s": round(wall, 1)}
     lines = stdout.strip().splitlines()
     rss = float(next(line for line in lines if line.startswith("__RSS__")).split()[1])
     cpu = float(next(line for line in lines if line.startswith("__CPU__")).split()[1])

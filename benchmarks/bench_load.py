@@ -88,10 +88,11 @@ def search(col, ef):
         from chromadb.api.client import SharedSystemClient
         from chromadb.config import Settings
         col.modify(configuration={"hnsw": {"ef_search": ef}})
-        SharedSystemClient.clear_system_cache()
         # the old client's system stopped first, as the runbook's reload does: left running, it kept its index
         # loaded, and at 1M chunks four of them (6 GB each) ran this machine out of memory
-        client._system.stop()
+        system = client._system  # looked up in the cache that the next line clears
+        SharedSystemClient.clear_system_cache()
+        system.stop()
         client = chromadb.PersistentClient(path=DB_PATH, settings=Settings(anonymized_telemetry=False))
         col = client.get_collection(col.name, embedding_function=None)
         assert col.configuration["hnsw"]["ef_search"] == ef

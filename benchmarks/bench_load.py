@@ -81,8 +81,10 @@ import json, sys, time
 import numpy as np
 queries = np.load(sys.argv[2])
 EF = (100, 200, 400, 800)  # ef_search sweep: what the runbook's verification does when recall falls short
+OPENED = {}  # the collection of the client last opened by the sweep (the first one's is stopped with it)
 def search(col, ef):
     global client
+    col = OPENED.get("col", col)
     if ef != 100:  # ef_search applies when Chroma loads the index: modify, then open the path afresh
         import chromadb
         from chromadb.api.client import SharedSystemClient
@@ -94,7 +96,7 @@ def search(col, ef):
         SharedSystemClient.clear_system_cache()
         system.stop()
         client = chromadb.PersistentClient(path=DB_PATH, settings=Settings(anonymized_telemetry=False))
-        col = client.get_collection(col.name, embedding_function=None)
+        col = OPENED["col"] = client.get_collection(col.name, embedding_function=None)
         assert col.configuration["hnsw"]["ef_search"] == ef
     ids = col.query(query_embeddings=queries, n_results=10, include=[])["ids"]
     lat = []

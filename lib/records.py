@@ -13,8 +13,8 @@ The policy (also in the README and on the pages of phases 01 and 03):
   returns unchanged, so numeric filters still see the record, and its exact value goes beside it as ``json:`` +
   its shortest text under ``meta_json:["<key>"]`` (``exact_key``: the source key as ASCII JSON), which
   ``from_flat`` prefers (with no such float within ``NEAREST_STEPS``, never seen, the key holds the text).
-  Lists are never stored as Chroma arrays: chromadb 1.5.9 keeps the arrays of a deleted collection and attaches them to records
-  of a later collection that reuses their internal ids.
+  Lists are never stored as Chroma arrays: chromadb 1.5.9 keeps the arrays of a deleted collection and
+  attaches them to records of a later collection that reuses their internal ids.
   Every string that starts with the marker is decoded, so the marker is unambiguous and every value
   round-trips. A key Chroma reserves (``""``, ``#…``, ``$…``, ``chroma:document``), a key LlamaIndex writes itself
   (``_node_content``, ``_node_type``, ``document_id``, ``doc_id``, ``ref_doc_id``), a key that is not valid UTF-8,

@@ -1,7 +1,8 @@
 """The runbook end to end at scale: phases 00-03 through the runner (``python -m runbook run <params> --only NN``,
 each phase its own process, as papermill in batch runs them) against the local LlamaCloud-compatible server
 serving a synthetic corpus, into an embedded Chroma. Per phase: wall time, CPU seconds of the phase (the runner
-and its notebook kernel) apart from the server's, the phase's peak RSS (its largest process), and the disk the
+and its notebook kernel) apart from the server's, the phase's peak RSS (its largest process; and the joint peak
+of the notebook kernel with the processes it starts, the loader's second process, sampled), and the disk the
 base path holds after it, against phase 00's own projection (from its hand-off: the payload it sampled from the
 source, ``disk.MARGIN``) and the formula's estimate without the margin, component by component.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown, proc_cpu_seconds, spread, table, write_section
+from benchmarks.common import TreeMemory, markdown, proc_cpu_seconds, spread, table, write_section
 from runbook import disk
 from runbook.load import dir_size
 from runbook.rehearsal import cloud_emulator, corpus
@@ -94,7 +95,8 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
             stdout=f,
             stderr=subprocess.STDOUT,
         )
-        _, status, ru = os.wait4(p.pid, 0)
+        with TreeMemory(p.pid, include_root=False) as kernel:  # the kernel and its second process
+            _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
     row = {
         "phase": phase,
@@ -102,6 +104,7 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
         "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
         "server_cpu_s": round(proc_cpu_seconds(server_pid) - s0, 1),
         "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+        "kernel_tree_peak_rss_mb": round(kernel.peak_mb, 1),
     }
     text = log.read_text(encoding="utf-8", errors="replace")
     row["run_folder"] = str(run_folder(text) or "")
@@ -298,6 +301,7 @@ METRICS = (
     "cpu_s",
     "server_cpu_s",
     "peak_rss_mb",
+    "kernel_tree_peak_rss_mb",
     "base_path_mb",
 )
 COLS = ["repetition", "phase", *METRICS, "error"]

@@ -350,7 +350,8 @@ def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]], rep
                 out = run_arm(code, str(tmp / "export"), str(tmp / "q.npy"), str(db), conf, timeout=limit)
                 if "sweep" in out:
                     out.update(recall_columns(out.pop("sweep"), exact))
-                # the loader's memory: its own peak and its second process's (the sum of the two peaks)
+                # the loader's memory: its own peak and its second process's (the sum of the two peaks, an upper
+                # bound), and the pair's joint peak sampled every 0.1 s (tree_peak_rss_mb, a lower bound)
                 if out.get("second_process_rss_mb"):
                     out["peak_rss_mb"] = round(out["peak_rss_mb"] + out["second_process_rss_mb"], 1)
                 out.pop("second_process_rss_mb", None)
@@ -380,6 +381,7 @@ def summarise(runs: list[dict], repeat: int) -> list[dict]:
                 "seconds",
                 "records_per_s",
                 "peak_rss_mb",
+                "tree_peak_rss_mb",
                 "disk_mb",
                 "recall@10",
                 "recall_ef800",
@@ -430,6 +432,7 @@ COLS = [
     "p50_ms",
     "p99_ms",
     "peak_rss_mb",
+    "tree_peak_rss_mb",
     "disk_mb",
     "note",
     "error",

@@ -7,11 +7,68 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 
+def tree_rss_mb(root: int, include_root: bool = True) -> float:
+    """The resident memory of process ``root`` and all its descendants, summed, in MB (0 once it has gone);
+    without ``include_root``, its descendants' only."""
+    kids: dict[int, list[int]] = {}
+    for e in os.scandir("/proc"):
+        if e.name.isdigit():
+            try:
+                with open(f"/proc/{e.name}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # ended meanwhile
+                continue
+            kids.setdefault(ppid, []).append(int(e.name))
+    total, todo = 0, [root] if include_root else list(kids.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(kids.get(pid, ()))
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class TreeMemory:
+    """``with TreeMemory(pid) as tm: ...``: the joint peak of a process tree's resident memory (``tm.peak_mb``),
+    sampled every ``interval`` seconds in a thread. A process and the processes it starts (the loader's second
+    process, a notebook's kernel) need not peak at the same moment: the sum of their own peaks overstates the
+    tree's, a parent's ``wait4`` rusage (its largest child's peak) understates it. A peak shorter than the
+    interval can be missed, so this is a lower bound where the sum of peaks is an upper one; shared pages count
+    once per process (RSS, not PSS), on the high side. A scan of ``/proc`` costs about 1 ms."""
+
+    def __init__(self, pid: int, interval: float = 0.1, include_root: bool = True):
+        self.pid, self.interval, self.include_root, self.peak_mb = pid, interval, include_root, 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while True:
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid, self.include_root))
+            self.samples += 1
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
 def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:
-    """Run ``code`` (which prints one JSON line last) in a fresh Python; add its peak RSS in MB."""
+    """Run ``code`` (which prints one JSON line last) in a fresh Python; add its peak RSS in MB (its own), and
+    ``tree_peak_rss_mb``: the joint peak of it and every process it started, sampled (``TreeMemory``)."""
     # VmHWM is this process's own peak (ru_maxrss would carry the parent's peak across exec)
     wrapper = code + (
         "\nimport re\nprint('__RSS__', int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)\n"
@@ -29,7 +86,8 @@ def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 360
         start_new_session=True,
     )
     try:
-        stdout, stderr = p.communicate(timeout=timeout)
+        with TreeMemory(p.pid) as tree:
+            stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:  # a row that says so, not the end of a benchmark of hours
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
@@ -45,7 +103,13 @@ def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 360
     rss = float(next(line for line in lines if line.startswith("__RSS__")).split()[1])
     cpu = float(next(line for line in lines if line.startswith("__CPU__")).split()[1])
     result = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
-    return {**result, "peak_rss_mb": round(rss, 1), "cpu_s": round(cpu, 2), "wall_s": round(wall, 1)}
+    return {
+        **result,
+        "peak_rss_mb": round(rss, 1),
+        "tree_peak_rss_mb": round(tree.peak_mb, 1),
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 1),
+    }
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -3,6 +3,8 @@ when, where and by which command; the rest of the page stays as it was."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from benchmarks import common
@@ -43,3 +45,102 @@ def test_a_page_without_the_section_is_left_alone_and_the_markers_are_named(tmp_
     with pytest.raises(SystemExit, match="has no <!-- bench:e2e --> ... <!-- /bench:e2e --> section"):
         common.write_section("e2e", "x", str(page))
     assert page.read_text(encoding="utf-8") == "no markers\n"
+
+
+_TREE = r"""
+import os, subprocess, sys, time
+sentinel, mode = sys.argv[1], sys.argv[2]
+def hold(tag):
+    open(sentinel + "." + tag, "w").close()
+    while not os.path.exists(sentinel + ".go." + tag):
+        time.sleep(0.02)
+block = b"x" * (300 << 20)  # written: resident
+if mode == "child":
+    hold("child")
+    sys.exit(0)
+if mode == "apart":
+    del block  # given back (a block this large is its own mapping) before the child takes as much
+    hold("parent")
+subprocess.run([sys.executable, __file__, sentinel, "child"], check=True)
+print(int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))) // 1024)
+"""
+
+
+def _hold_until_sampled(tm, sentinel, tag, p=None):
+    """Wait until the process has said it holds its memory (``<sentinel>.<tag>``), then until ``tm`` has
+    sampled again, then let it go on: no sleep decides what the sampler sees."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(f"{sentinel}.{tag}"):
+        assert time.monotonic() < deadline and (p is None or p.poll() is None), f"{tag} never held its memory"
+        time.sleep(0.02)
+    seen = tm.samples
+    while tm.samples < seen + 2:  # one sample may have begun before the memory was held
+        assert time.monotonic() < deadline, "the sampler never sampled"
+        time.sleep(0.02)
+    open(f"{sentinel}.go.{tag}", "w").close()
+
+
+def _tree(tmp_path, mode):
+    """A parent that holds 300 MB while its child takes 300 MB (``together``), or frees its 300 MB first
+    (``apart``); returns the sampled joint peak and the parent's own peak."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "tree.py"
+    script.write_text(_TREE, encoding="utf-8")
+    sentinel = str(tmp_path / "s")
+    p = subprocess.Popen([sys.executable, str(script), sentinel, mode], stdout=subprocess.PIPE, text=True)
+    with common.TreeMemory(p.pid, interval=0.02) as tm:
+        for tag in ("parent", "child") if mode == "apart" else ("child",):
+            _hold_until_sampled(tm, sentinel, tag, p)
+        out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0
+    return tm.peak_mb, float(out.split()[-1])
+
+
+def test_the_joint_peak_of_a_process_tree_counts_the_processes_it_started(tmp_path):
+    joint, parent_peak = _tree(tmp_path, "together")
+    assert parent_peak >= 300 and joint >= 600  # both blocks at once: a parent's own peak sees one
+
+
+def test_the_joint_peak_is_below_the_sum_of_peaks_when_the_processes_peak_apart(tmp_path):
+    joint, parent_peak = _tree(tmp_path, "apart")
+    # the parent's peak (300 MB and more) and the child's (as much) summed would be 600 and more; together they
+    # never held more than one block and two interpreters
+    assert parent_peak >= 300 and 300 <= joint < 500
+
+
+def test_an_arm_reports_the_joint_peak_of_its_processes(tmp_path, monkeypatch):
+    import threading
+
+    made = []
+
+    class Recorded(common.TreeMemory):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(common, "TreeMemory", Recorded)
+    script = tmp_path / "tree.py"
+    script.write_text(_TREE, encoding="utf-8")
+    sentinel = str(tmp_path / "s")
+    code = (
+        "import subprocess, sys, json\n"
+        "subprocess.run([sys.executable, sys.argv[1], sys.argv[2], 'child'], check=True)\n"
+        "print(json.dumps({'ok': 1}))\n"
+    )
+    got = {}
+    t = threading.Thread(target=lambda: got.update(common.run_arm(code, str(script), sentinel)))
+    t.start()
+    import time
+
+    deadline = time.monotonic() + 120
+    while not made:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    _hold_until_sampled(made[0], sentinel, "child")
+    t.join(120)
+    # the arm itself never held the block; the process it started did, while it ran
+    assert got["ok"] == 1 and got["peak_rss_mb"] < 150 and got["tree_peak_rss_mb"] >= 300

@@ -469,6 +469,14 @@ def verify_load(
     exp = export_format.open_export(export_dir)
     ctx = context(exp, policy)
     checks, issues = [], []
+    # where the verification's time goes, step by step (its share of the load's time is a goal at 1M chunks)
+    steps: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(step: str):
+        now = time.perf_counter()
+        steps[step] = steps.get(step, 0.0) + now - clock[0]
+        clock[0] = now
 
     def check(name, ok, detail):
         checks.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -536,6 +544,7 @@ def verify_load(
     finally:
         reader.shutdown()
     memory.release()
+    lap("every record read back and compared")
     n = col.count()
     want = tally.expected_in_collection()
     check(
@@ -630,6 +639,7 @@ def verify_load(
                         "what to do": "reload into a new collection; report it if it persists",
                     }
                 )
+    lap("sampled records against the source")
     check(
         "sampled records equal the source",
         diffs == 0,
@@ -652,6 +662,7 @@ def verify_load(
         queries = base + qrng.normal(0, 0.05, size=base.shape).astype(np.float32)
         exact = _exact_topk(exp, queries, min(k, n), ctx)
         memory.release()
+        lap("exact search for the recall queries")
         tried, previous, stale = [], None, ""
         from . import chroma_target  # not at the top: the second process imports this module, not chromadb
 
@@ -676,11 +687,13 @@ def verify_load(
             ef = min(ef * 2, max_ef_search)
             col.modify(configuration={"hnsw": {"ef_search": ef}})
             client, col = reopen(client, col.name)  # ef_search applies when the index is loaded
+        lap(f"HNSW recall at ef_search {', '.join(t.split(':')[0] for t in tried)}")
     res = (
         col.query(query_embeddings=vecs, n_results=min(10, n), include=["distances"])
         if len(picked)
         else {"ids": [], "distances": []}
     )
+    lap("self-retrieval")
     self_fail = 0
     for (r, cid), ids, dists in zip(picked, res["ids"], res["distances"], strict=True):
         tied = [i for i, dd in zip(ids, dists, strict=True) if abs(dd - dists[0]) < 1e-6]
@@ -714,6 +727,7 @@ def verify_load(
 
     # LlamaIndex reads back the exported nodes
     li_ok, li_n = _llamaindex_roundtrip(col, picked[:20])
+    lap("LlamaIndex read-back")
     check(
         "LlamaIndex ChromaVectorStore reads equal nodes",
         li_ok == li_n,
@@ -721,6 +735,8 @@ def verify_load(
     )
 
     disk = dir_size(chroma_path) if chroma_path else None
+    export_odd, chunkless = records.export_listing(exp.manifest, exp.iter_documents())
+    lap("disk size and the export's documents")
     figures = {
         "records": n,
         "ef_search": ef,
@@ -732,8 +748,9 @@ def verify_load(
         "chroma_db bytes": disk,
         "chroma_db MB": round(disk / 2**20, 1) if disk else None,
         "peak RSS MB (this process)": round(peak_rss_mb(), 1),
+        "verification s": round(sum(steps.values()), 1),
+        "verification s by step": "; ".join(f"{k} {v:.1f}" for k, v in steps.items()),
     }
-    export_odd, chunkless = records.export_listing(exp.manifest, exp.iter_documents())
     return {
         "checks": checks,
         "issues": issues,
@@ -743,6 +760,7 @@ def verify_load(
         "tally": tally,
         "reconciliation": records.reconciliation(exp.manifest, tally, chunkless),
         "odd": export_odd + tally.listed,  # what phase 01 did, then what this load did
+        "seconds": dict(steps),
     }
 
 

@@ -13,32 +13,24 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import threading
 import time
 
 import numpy as np
+from common import BackgroundThread
 
 
-class Spinner:
+class Spinner(BackgroundThread):
     """A thread counting in a loop: how far it got is how much of the interpreter it was given."""
 
     def __init__(self):
-        self.count, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._spin)
+        self.count = 0
+        super().__init__()
 
-    def _spin(self):
+    def _run(self):
         while not self._stop.is_set():
             for _ in range(1000):
                 pass
             self.count += 1
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def spin_rate(seconds: float = 1.0) -> float:

@@ -35,7 +35,28 @@ def tree_rss_mb(root: int, include_root: bool = True) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-class TreeMemory:
+class BackgroundThread:
+    """``with Sub() as t: ...``: a daemon thread runs ``self._run`` (which ends once ``self._stop`` is set) for
+    the length of the block."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+class TreeMemory(BackgroundThread):
     """``with TreeMemory(pid) as tm: ...``: the joint peak of a process tree's resident memory (``tm.peak_mb``),
     sampled every ``interval`` seconds in a thread. A process and the processes it starts (the loader's second
     process, a notebook's kernel) need not peak at the same moment: the sum of their own peaks overstates the
@@ -46,8 +67,7 @@ class TreeMemory:
     def __init__(self, pid: int, interval: float = 0.1, include_root: bool = True):
         self.pid, self.interval, self.include_root, self.peak_mb = pid, interval, include_root, 0.0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self):
         while True:
@@ -55,15 +75,6 @@ class TreeMemory:
             self.samples += 1
             if self._stop.wait(self.interval):
                 return
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        return False
 
 
 def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:

@@ -41,41 +41,6 @@ from runbook.rehearsal import corpus
 BULK = {"ef_construction": 64, "max_neighbors": 16, "batch_size": 5000, "sync_threshold": 50000}
 
 
-def write_synthetic_export(n: int, dim: int, path: Path, shape: str = "isotropic") -> np.ndarray:
-    """An export of N synthetic chunks with their vectors (as phase 01 would write); returns the vectors."""
-    from runbook import extract
-
-    syn = corpus.SyntheticCorpus(n, dim, chunks_per_doc=50, shape=shape)
-    header = {
-        "format": export_format.FORMAT,
-        "export_id": path.name,
-        "index_name": syn.pipeline["name"],
-        "index_id": syn.pipeline["id"],
-        "project": syn.project,
-        "pipeline": syn.pipeline,
-    }
-    w = extract._Writer(path, header, shard_rows=20000)
-    vecs = np.empty((n, dim), dtype=np.float32)  # not a list of Python floats: 1M x 1536 of those is ~50 GB
-    at = 0
-    for d in range(syn.n_docs):
-        nodes = syn.get_chunks(syn.doc_id(d), with_embeddings=True)
-        rows = [export_format.node_to_row(syn.doc_id(d), k, x) for k, x in enumerate(nodes)]
-        vecs[at : at + len(nodes)] = [x["embedding"] for x in nodes]
-        at += len(nodes)
-        w.add(
-            {
-                "document_id": syn.doc_id(d),
-                "text": "",
-                "metadata_json": "{}",
-                "content_sha256": "",
-                "chunk_count": len(rows),
-            },
-            rows,
-        )
-    w.finalize({"exported_at": "bench", "source_total_count": syn.n_docs})
-    return vecs[:at]
-
-
 COMMON = """
 import json, sys, time
 import numpy as np
@@ -328,7 +293,7 @@ def run_size(n: int, dim: int, shape: str, arms: list[tuple[str, str, str]], rep
     """Every arm on the same export, the arms in turn ``repeat`` times (a busy spell falls on all of them)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        vecs = write_synthetic_export(n, dim, tmp / "export", shape)
+        vecs = corpus.write_synthetic_export(n, dim, tmp / "export", shape)
         ids = [
             r
             for b in export_format.open_export(tmp / "export").iter_chunk_batches(columns=["chunk_id"])

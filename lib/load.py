@@ -117,14 +117,11 @@ class LoadResult:
 
 def _batches(exp, batch_size: int, start_shard: int, start_row: int):
     """(shard position, row offset after the batch, Arrow record batch) in export order, from the checkpoint on."""
-    import pyarrow.parquet as pq
-
     for pos, sh in enumerate(exp.shards):
         if pos < start_shard:
             continue
-        pf = pq.ParquetFile(exp.path / sh["chunks_file"])
         offset = 0
-        for batch in pf.iter_batches(batch_size=batch_size):
+        for batch in export_format.read_batches(exp.path / sh["chunks_file"], batch_size=batch_size):
             n = batch.num_rows
             if pos == start_shard and offset + n <= start_row:
                 offset += n

@@ -166,8 +166,8 @@ def verify_export(
     doc_chunks: dict[str, int] = {}
     pos = 0
     for sh in m["shards"]:
-        pf = pq.ParquetFile(path / sh["chunks_file"])
-        for batch in pf.iter_batches(
+        for batch in export_format.read_batches(
+            path / sh["chunks_file"],
             batch_size=8192,
             columns=[
                 "chunk_id",

@@ -1100,6 +1100,42 @@ class SyntheticCorpus:
         return out
 
 
+def write_synthetic_export(n: int, dim: int, path: Path, shape: str = "isotropic") -> np.ndarray:
+    """An export of N synthetic chunks with their vectors, written by phase 01's own shard writer (a
+    benchmark's or a test's input, with no server to export from); returns the vectors."""
+    from .. import export_format, extract
+
+    syn = SyntheticCorpus(n, dim, chunks_per_doc=50, shape=shape)
+    header = {
+        "format": export_format.FORMAT,
+        "export_id": path.name,
+        "index_name": syn.pipeline["name"],
+        "index_id": syn.pipeline["id"],
+        "project": syn.project,
+        "pipeline": syn.pipeline,
+    }
+    w = extract._Writer(path, header, shard_rows=20000)
+    vecs = np.empty((n, dim), dtype=np.float32)  # not a list of Python floats: 1M x 1536 of those is ~50 GB
+    at = 0
+    for d in range(syn.n_docs):
+        nodes = syn.get_chunks(syn.doc_id(d), with_embeddings=True)
+        rows = [export_format.node_to_row(syn.doc_id(d), k, x) for k, x in enumerate(nodes)]
+        vecs[at : at + len(nodes)] = [x["embedding"] for x in nodes]
+        at += len(nodes)
+        w.add(
+            {
+                "document_id": syn.doc_id(d),
+                "text": "",
+                "metadata_json": "{}",
+                "content_sha256": "",
+                "chunk_count": len(rows),
+            },
+            rows,
+        )
+    w.finalize({"exported_at": "bench", "source_total_count": syn.n_docs})
+    return vecs[:at]
+
+
 def synthetic(spec: str) -> SyntheticCorpus:
     """``synthetic:N[:D[:chunks_per_doc]][:isotropic|realistic][:openai]``, e.g.
     ``synthetic:100000:1536:50:realistic:openai`` (see :class:`SyntheticCorpus`)."""

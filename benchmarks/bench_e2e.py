@@ -15,7 +15,8 @@ text-embedding-3-small and phase 01 re-embeds every chunk through the server's O
 ``/v1/embeddings`` at the limits given (``--embed-tpm``, ``--embed-rpm``, ``--embed-latency-ms``), with cheap
 vectors seeded by the text: ``clustered`` ones shaped like text embeddings with ``--shape realistic``, nearly
 isotropic ``hash`` ones otherwise (the hard case for HNSW). Phase 01's row holds the rate-limited wait, and
-``embed_s`` says how much of it the re-embedding cell took (``wall_s_without_embed``: the rest). Without
+``embed_s`` says how much of it the re-embedding cell took (``wall_s_without_embed``: the rest); phase 03's row
+holds its load's and its verification's cells apart (``load_s``, ``verify_s``, ``verify_over_load``). Without
 ``--reembed`` the server serves the vectors (as JSON: the stand-in's encoding dominates phase 01 then). With
 ``--repeat`` the whole pipeline runs that many times, each into a fresh base path; the table gives each
 phase's median and its spread (min-max).
@@ -112,6 +113,11 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
     if embed is not None:
         row["embed_s"] = round(embed, 1)
         row["wall_s_without_embed"] = round(row["wall_s"] - embed, 1)
+    # phase 03: the load and its verification apart (the verification's share of the load is a goal at 1M)
+    loaded, verified = (cell_seconds(text, "03_migrate.ipynb", c) for c in ("run_load(", "verify_job("))
+    if loaded and verified is not None:
+        row["load_s"], row["verify_s"] = round(loaded, 1), round(verified, 1)
+        row["verify_over_load"] = round(verified / loaded, 3)
     if p.returncode != 0:
         tail = text.strip().splitlines()[-3:]
         row["error"] = f"exit {p.returncode}: " + " | ".join(tail)[:300]
@@ -124,19 +130,25 @@ def run_folder(runner_log: str) -> Path | None:
     return Path(folders[-1]) if folders else None
 
 
-def embedding_wait(runner_log: str) -> float | None:
-    """Seconds phase 01 spent in its re-embedding cell (``extract.reembed_apply``: the requests to the rate
-    limited embeddings API), from the executed notebook's own cell timings; None for another phase."""
+def cell_seconds(runner_log: str, notebook: str, call: str) -> float | None:
+    """Seconds the executed ``notebook`` of the run spent in its cells that make ``call``, from papermill's own
+    cell timings; None when the run has no such notebook (another phase)."""
     folder = run_folder(runner_log)
-    nb = folder / "01_extract.ipynb" if folder else None
+    nb = folder / notebook if folder else None
     if nb is None or not nb.exists():
         return None
     cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
     return sum(
         (c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0)
         for c in cells
-        if "reembed_apply(" in "".join(c.get("source", ""))
+        if call in "".join(c.get("source", ""))
     )
+
+
+def embedding_wait(runner_log: str) -> float | None:
+    """Seconds phase 01 spent in its re-embedding cell (``extract.reembed_apply``: the requests to the rate
+    limited embeddings API); None for another phase."""
+    return cell_seconds(runner_log, "01_extract.ipynb", "reembed_apply(")
 
 
 def preflight_projection(rows: list[dict]) -> dict[str, float]:
@@ -272,7 +284,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         row = {"phase": phase, "runs": len(got)}
         for k in METRICS:
             if all(k in r for r in got):
-                row[k] = spread([r[k] for r in got])
+                row[k] = spread([r[k] for r in got], 3 if k == "verify_over_load" else 1)
         out.append(row)
     total = [
         sum(r["wall_s"] for r in rows if r["repetition"] == rep) for rep in {r["repetition"] for r in rows}
@@ -302,6 +314,9 @@ METRICS = (
     "server_cpu_s",
     "peak_rss_mb",
     "kernel_tree_peak_rss_mb",
+    "load_s",
+    "verify_s",
+    "verify_over_load",
     "base_path_mb",
 )
 COLS = ["repetition", "phase", *METRICS, "error"]

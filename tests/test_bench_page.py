@@ -144,3 +144,27 @@ def test_an_arm_reports_the_joint_peak_of_its_processes(tmp_path, monkeypatch):
     t.join(120)
     # the arm itself never held the block; the process it started did, while it ran
     assert got["ok"] == 1 and got["peak_rss_mb"] < 150 and got["tree_peak_rss_mb"] >= 300
+
+
+def test_the_end_to_end_benchmark_reads_phase_03s_load_and_verification_apart(tmp_path):
+    """From the executed notebook's own cell timings (papermill's), the cells that make each call summed."""
+    import json
+
+    from benchmarks import bench_e2e
+
+    def cell(src, seconds):
+        return {"cell_type": "code", "source": src, "metadata": {"papermill": {"duration": seconds}}}
+
+    nb = {
+        "cells": [
+            cell("job = load.open_load(h02)", 1.5),
+            cell(["result = load.run_load(job)\n", "display.table(result.summary())"], 200.0),
+            cell("v = load.verify_job(job, 100, 50, 0.99)", 24.0),
+            {"cell_type": "markdown", "source": "verify_job( in prose", "metadata": {}},
+        ]
+    }
+    (tmp_path / "03_migrate.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    log = f"starting\nrun folder: {tmp_path}\n"
+    assert bench_e2e.cell_seconds(log, "03_migrate.ipynb", "run_load(") == 200.0
+    assert bench_e2e.cell_seconds(log, "03_migrate.ipynb", "verify_job(") == 24.0
+    assert bench_e2e.cell_seconds(log, "01_extract.ipynb", "reembed_apply(") is None  # not this phase's

@@ -112,6 +112,16 @@ class LoadResult:
             "seconds": round(self.seconds, 1),
             "records/s": round(self.rate, 1),
             **{f"chunks {k}": v for k, v in sorted(self.tally.counts.items())},
+            # the page's memory figures are this process's: the second one's peak comes on top of them
+            **(
+                {
+                    "peak RSS MB (the second process, preparing batches)": round(
+                        self.second_process_peak_rss_mb, 1
+                    )
+                }
+                if self.second_process_peak_rss_mb is not None
+                else {}
+            ),
         }
 
 

@@ -234,6 +234,8 @@ def test_a_load_prepared_in_a_second_process_is_the_same_load(export_dir, refere
     assert snapshot(col) == reference[0] and res.tally.state() == reference[1]
     assert atomic.read_json(cp_path)["complete"] is True and not preparing_children()
     assert res.second_process_peak_rss_mb > 10  # reported by the child at its end
+    # and on the page, beside this process's figures
+    assert res.summary()["peak RSS MB (the second process, preparing batches)"] > 10
 
 
 def test_a_load_larger_than_the_threshold_uses_a_second_process_by_itself(
@@ -249,6 +251,7 @@ def test_a_load_larger_than_the_threshold_uses_a_second_process_by_itself(
     client, col = collection(tmp_path / "at", export_dir)
     res = load.load_export(client, col, export_dir, tmp_path / "at.json", batch_size=40, progress=False)
     assert res.second_process_peak_rss_mb is None and snapshot(col) == reference[0]
+    assert not any("second process" in k for k in res.summary())
 
 
 def test_a_preparation_process_that_is_killed_stops_the_load_naming_its_checkpoint(

@@ -12,6 +12,10 @@ process (peak RSS per arm):
   ``get_max_batch_size()``; then calls of 5000 nodes);
 - a FAISS HNSW build (M 16, efConstruction 100) on the same vectors: the physical reference.
 
+The loader's and the raw arms' time inside Chroma's ``add`` (summed, ``add_s``) and outside it
+(``outside_add_s``): what the loader costs besides Chroma, whatever the machine's speed that hour (the same
+1M load took 2,469 s at one hour and 3,396 s two hours later; an arm of an hour cannot be interleaved finely).
+
 Recall@10 of each index against exact search on 100 queries at ef_search 100 (Chroma's default) and 800, the
 smallest ef_search of 100/200/400/800 that reaches 0.99 (the runbook's verification raises it the same way),
 and single-query latency p50/p99 at that ef_search. ``.venv/bin/python benchmarks/bench_load.py [--sizes 10000 100000]``
@@ -68,10 +72,23 @@ def search(col, ef):
     for q in queries[:100]:
         t = time.perf_counter(); col.query(query_embeddings=q[None, :], n_results=10, include=[]); lat.append((time.perf_counter() - t) * 1000)
     return {"ids": ids, "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+ADD_S = []  # seconds inside Chroma's add, summed (an arm that times it): Chroma's own share of the arm's time
+def timed_add(col):
+    ADD_S.append(0.0)
+    inner = col.add
+    def add(*a, **k):
+        t0 = time.time()
+        try:
+            return inner(*a, **k)
+        finally:
+            ADD_S[0] += time.time() - t0
+    col.add = add
+    return col
 def answer(col, seconds, n, search=search, **extra):
     sweep = {ef: search(col, ef) for ef in EF}
+    timed = {"add_s": round(ADD_S[0], 1), "outside_add_s": round(seconds - ADD_S[0], 1)} if ADD_S else {}
     print(json.dumps({"records": n, "seconds": round(seconds, 1), "records_per_s": round(n / seconds, 1),
-                      "sweep": sweep, **extra}))
+                      **timed, "sweep": sweep, **extra}))
 """
 
 LOADER = (
@@ -87,6 +104,7 @@ conf = json.loads(sys.argv[4])
 second_process = conf.pop("second_process", None)  # None: the loader's own choice (by the rows left)
 hnsw = chroma_target.HnswSettings(**conf)
 col, _ = chroma_target.create_or_verify(client, "bench", hnsw, {"source_index_id": "bench"})
+col = timed_add(col)
 t = time.time()
 res = load.load_export(
     client, col, sys.argv[1], sys.argv[3] + "/cp.json", batch_size=5000, progress=False,
@@ -107,7 +125,7 @@ client = chromadb.PersistentClient(path=sys.argv[3], settings=Settings(anonymize
 DB_PATH = sys.argv[3]
 arm = json.loads(sys.argv[4])
 conf = {"hnsw": {"space": "cosine", **arm["hnsw"]}}
-col = client.create_collection("bench", configuration=conf, embedding_function=None)
+col = timed_add(client.create_collection("bench", configuration=conf, embedding_function=None))
 batches = []  # prepared before the clock starts: this arm measures Chroma alone
 for b in exp.iter_chunk_batches(batch_size=5000):
     rows = b.to_pylist()
@@ -347,6 +365,8 @@ def summarise(runs: list[dict], repeat: int) -> list[dict]:
                 "records_per_s",
                 "peak_rss_mb",
                 "tree_peak_rss_mb",
+                "add_s",
+                "outside_add_s",
                 "disk_mb",
                 "recall@10",
                 "recall_ef800",
@@ -388,6 +408,8 @@ COLS = [
     "arm",
     "runs",
     "seconds",
+    "add_s",
+    "outside_add_s",
     "records_per_s",
     "vs_raw_same",
     "vs_best_raw",

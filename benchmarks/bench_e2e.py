@@ -105,7 +105,7 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
         "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
         "server_cpu_s": round(proc_cpu_seconds(server_pid) - s0, 1),
         "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
-        "kernel_tree_peak_rss_mb": round(kernel.peak_mb, 1),
+        "kernel_tree_peak_rss_mb": kernel.measured_mb,
     }
     text = log.read_text(encoding="utf-8", errors="replace")
     row["run_folder"] = str(run_folder(text) or "")
@@ -141,7 +141,7 @@ def cell_seconds(runner_log: str, notebook: str, call: str) -> float | None:
     return sum(
         (c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0)
         for c in cells
-        if call in "".join(c.get("source", ""))
+        if c.get("cell_type") == "code" and call in "".join(c.get("source", ""))
     )
 
 

@@ -23,9 +23,12 @@ def tree_rss_mb(root: int, include_root: bool = True) -> float:
             except (OSError, IndexError, ValueError):  # ended meanwhile
                 continue
             kids.setdefault(ppid, []).append(int(e.name))
-    total, todo = 0, [root] if include_root else list(kids.get(root, ()))
+    total, todo, seen = 0, [root] if include_root else list(kids.get(root, ())), set()
     while todo:
         pid = todo.pop()
+        if pid in seen:  # the scan is not atomic: a pid reused meanwhile could close a loop
+            continue
+        seen.add(pid)
         try:
             with open(f"/proc/{pid}/statm", "rb") as f:
                 total += int(f.read().split()[1])
@@ -66,15 +69,23 @@ class TreeMemory(BackgroundThread):
 
     def __init__(self, pid: int, interval: float = 0.1, include_root: bool = True):
         self.pid, self.interval, self.include_root, self.peak_mb = pid, interval, include_root, 0.0
-        self.samples = 0
+        self.samples, self.error = 0, None
         super().__init__()
 
     def _run(self):
         while True:
-            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid, self.include_root))
-            self.samples += 1
+            try:
+                self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid, self.include_root))
+                self.samples += 1
+            except Exception as e:  # noqa: BLE001 - kept, and the figure left out, rather than a silent 0
+                self.error = e
             if self._stop.wait(self.interval):
                 return
+
+    @property
+    def measured_mb(self) -> float | None:
+        """The joint peak, or None when no sample succeeded."""
+        return round(self.peak_mb, 1) if self.samples else None
 
 
 def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:
@@ -117,7 +128,7 @@ def run_arm(code: str, *args: str, env: dict | None = None, timeout: float = 360
     return {
         **result,
         "peak_rss_mb": round(rss, 1),
-        "tree_peak_rss_mb": round(tree.peak_mb, 1),
+        "tree_peak_rss_mb": tree.measured_mb,
         "cpu_s": round(cpu, 2),
         "wall_s": round(wall, 1),
     }

@@ -105,8 +105,9 @@ def run_phase(params: Path, phase: str, outputs: Path, server_pid: int) -> dict:
         "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
         "server_cpu_s": round(proc_cpu_seconds(server_pid) - s0, 1),
         "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
-        "kernel_tree_peak_rss_mb": kernel.measured_mb,
     }
+    if kernel.measured_mb is not None:  # left out rather than None: the summary's spread takes numbers only
+        row["kernel_tree_peak_rss_mb"] = kernel.measured_mb
     text = log.read_text(encoding="utf-8", errors="replace")
     row["run_folder"] = str(run_folder(text) or "")
     embed = embedding_wait(text)

@@ -240,6 +240,12 @@ def read_batches(
     yield from pf.iter_batches(batch_size=batch_size, columns=columns)
 
 
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file, read as ``read_batches`` reads (without pre-buffering its columns' data): for
+    the writers that rewrite a shard (re-embedding, removing documents) and the export's statistics."""
+    return pq.read_table(path, columns=columns, pre_buffer=False, buffer_size=1 << 20)
+
+
 def write_table_atomic(table: pa.Table, path: Path) -> str:
     """Write a Parquet file under a temporary name, fsync, rename; return its sha256."""
     with atomic.atomic_path(path) as tmp:
@@ -286,7 +292,7 @@ class Export:
 
     def iter_documents(self) -> Iterator[dict]:
         for sh in self.shards:
-            yield from pq.read_table(self.path / sh["documents_file"]).to_pylist()
+            yield from read_table(self.path / sh["documents_file"]).to_pylist()
 
     @property
     def manifest_sha256(self) -> str:

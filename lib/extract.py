@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas  # noqa: F401 - pyarrow imports it on first table; pay that before timing starts
-import pyarrow.parquet as pq
 
 from . import atomic, credentials, export_format, records
 from .export_format import ExportError
@@ -100,7 +99,7 @@ class _Writer:
         """document id -> (content hash, shard index) for every committed document."""
         done = {}
         for sh in self.state["shards"]:
-            t = pq.read_table(self.path / sh["documents_file"], columns=["document_id", "content_sha256"])
+            t = export_format.read_table(self.path / sh["documents_file"], ["document_id", "content_sha256"])
             for row in t.to_pylist():
                 done[row["document_id"]] = (row["content_sha256"], sh["index"])
         return done
@@ -163,14 +162,14 @@ class _Writer:
         """Rewrite the shards that hold these documents without them (new file names, then swap)."""
         removed = 0
         for pos, sh in enumerate(list(self.state["shards"])):
-            docs = pq.read_table(self.path / sh["documents_file"]).to_pylist()
+            docs = export_format.read_table(self.path / sh["documents_file"]).to_pylist()
             hit = [d for d in docs if d["document_id"] in doc_ids]
             if not hit:
                 continue
             keep_docs = [d for d in docs if d["document_id"] not in doc_ids]
             chunks = [
                 r
-                for r in pq.read_table(self.path / sh["chunks_file"]).to_pylist()
+                for r in export_format.read_table(self.path / sh["chunks_file"]).to_pylist()
                 if r["document_id"] not in doc_ids
             ]
             old = (sh["chunks_file"], sh["documents_file"])
@@ -210,7 +209,7 @@ def embedding_stats(path: Path, shards: list[dict]) -> dict:
     dims: set[int] = set()
     models: set[str] = set()
     for sh in shards:
-        t = pq.read_table(path / sh["chunks_file"], columns=["embedding", "embedding_source"])
+        t = export_format.read_table(path / sh["chunks_file"], ["embedding", "embedding_source"])
         src = t.column("embedding_source")
         cloud += pc.sum(pc.equal(src, "cloud")).as_py() or 0
         computed += pc.sum(pc.equal(src, "computed")).as_py() or 0

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import atomic, embeddings, export_format, records
 from .errors import RunbookError
@@ -375,7 +374,7 @@ def apply(
 
     try:
         for pos, sh in enumerate(manifest["shards"]):
-            table = pq.read_table(export_dir / sh["chunks_file"])
+            table = export_format.read_table(export_dir / sh["chunks_file"])
             idx = _needs(table, force, bad_dim)
             if not idx:
                 continue

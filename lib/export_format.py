@@ -242,7 +242,8 @@ def read_batches(
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
     """A whole Parquet file, read as ``read_batches`` reads (without pre-buffering its columns' data): for
-    the writers that rewrite a shard (re-embedding, removing documents) and the export's statistics."""
+    the writers that rewrite a shard (re-embedding, removing documents), the export writer's resume, the
+    export's statistics and its document listing."""
     return pq.read_table(path, columns=columns, pre_buffer=False, buffer_size=1 << 20)
 
 

@@ -74,3 +74,23 @@ def test_a_shard_is_read_without_holding_its_compressed_column_too(shard_export,
     peak = int(out.split()[-1])  # Arrow's own count of its memory at its peak: no sampling, no timing
     vectors = 20000 * 384 * 4
     assert peak < PEAK_OVER_VECTORS[reader] * vectors, (peak / vectors, reader)
+
+
+def test_every_reader_of_an_export_shard_goes_through_export_format():
+    """The memory test above measures ``export_format``'s readers; a module reading a shard with pyarrow's own
+    ``read_table`` or ``iter_batches`` (pre-buffered by default) would escape it. The sparse index reads only
+    its own file, and verify's ``ParquetFile`` only a shard's footer (``.metadata``)."""
+    import re
+    from pathlib import Path
+
+    lib = Path(__file__).resolve().parent.parent / "lib"
+    own_files = {"export_format.py", "sparse_index.py"}
+    found = [
+        f"{p.relative_to(lib)}:{n}: {line.strip()}"
+        for p in sorted(lib.rglob("*.py"))
+        if p.name not in own_files
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if (re.search(r"\b(read_table|iter_batches)\(", line) and "export_format." not in line)
+        or (re.search(r"ParquetFile\(", line) and ".metadata" not in line)
+    ]
+    assert not found, found

@@ -127,7 +127,7 @@ def test_recall_short_at_the_highest_ef_search_proposes_the_rebuild_on_the_page(
     v = load.verify_load(job.client, job.collection, job.export_dir, min_recall=0.5, max_ef_search=120)
     assert not [i for i in v["issues"] if "the highest tried" in i["problem"]]
     v = load.verify_load(job.client, job.collection, job.export_dir, min_recall=1.01, max_ef_search=800)
-    assert not [i for i in v["issues"] if "the highest tried" in i["problem"]]  # no reopen: it stopped at 120
+    assert not [i for i in v["issues"] if "the highest tried" in i["problem"]]  # not tuned: stopped at 120
 
 
 def test_at_the_densest_step_the_proposal_says_to_look_at_the_vectors(tmp_path):

@@ -231,6 +231,8 @@ AHEAD_MIN_ROWS = 4096
 # its ``add`` hides the second process's start and first batch (about 2 s while Chroma indexes beside it: 1,000
 # records' add, 1.5 s, did not at 10k)
 FIRST_BATCH = 2000
+# records the verification reads back from Chroma in one get
+VERIFY_BATCH = 5000
 
 
 def prepared_batches(exp, ctx: Context, batch_size: int, shard: int, row: int):
@@ -407,37 +409,69 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _exact_topk(exp, queries: np.ndarray, k: int, ctx: Context) -> list[list[str]]:
-    """Exact cosine top-k over the loadable export vectors (by their Chroma ids), streamed batch by batch."""
+def _exact_topk(exp, queries: np.ndarray, k: int, ctx: Context, workers: int = 2) -> list[list[str]]:
+    """Exact cosine top-k over the loadable export vectors (by their Chroma ids), streamed block by block.
+
+    The shards are split into ``workers`` runs of consecutive shards of about equal rows, searched in threads
+    (decoding Parquet and numpy's products let go of the interpreter: at 1M chunks the search is three
+    quarters decoding the vectors) and merged in order; a tie goes to the earlier record, as in one pass."""
     qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    best_s = np.full((len(qn), k), -np.inf, dtype=np.float32)
-    best_i = np.empty((len(qn), k), dtype=object)
-    pos = 0
-    # blocks of 4,096: Parquet decodes a block's vectors at about twice their size (20,000 a block held 385 MB
-    # of Arrow memory at 1,536 dimensions, 4,096 holds 208)
-    for batch in exp.iter_chunk_batches(
-        columns=["chunk_id", "document_id", "text", "embedding"], batch_size=4096
-    ):
-        rows = batch.drop_columns(["embedding"]).to_pylist()
-        emb = batch.column("embedding")
-        problems = records.vector_problems(emb, ctx.dim)
-        keep, ids = [], []
-        for i, r in enumerate(rows):
-            d = records.decide(r, pos + i, problems[i], ctx.ids, ctx.policy)
-            if d.action == "load":
-                keep.append(i)
-                ids.append(d.chroma_id)
-        pos += len(rows)
-        if not keep:
-            continue
-        mat = records.vector_matrix(emb, ctx.dim, keep)  # in place: no copy of the block's vectors
-        s = (qn @ mat.T) / np.sqrt(np.einsum("ij,ij->i", mat, mat))  # cosine, without a normalised copy
-        all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(np.asarray(ids, dtype=object), s.shape)], axis=1)
-        top = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
-        best_s = np.take_along_axis(all_s, top, axis=1)
-        best_i = np.take_along_axis(all_i, top, axis=1)
-    return [list(r) for r in best_i]
+    shards = exp.shards
+    starts = np.concatenate([[0], np.cumsum([sh["rows"] for sh in shards])]).astype(np.int64).tolist()
+    cut = (
+        [0]
+        + [int(np.searchsorted(starts, starts[-1] * w / workers)) for w in range(1, max(1, workers))]
+        + [len(shards)]
+    )
+    runs = [range(cut[w], cut[w + 1]) for w in range(len(cut) - 1) if cut[w + 1] > cut[w]]
+
+    def search(run) -> tuple[np.ndarray, np.ndarray, dict]:
+        best_s = np.full((len(qn), k), -np.inf, dtype=np.float32)
+        best_p = np.full((len(qn), k), -1, dtype=np.int64)  # the records' positions in the export
+        id_of: dict[int, str] = {}
+        for si in run:
+            pos = starts[si]
+            # blocks of 4,096: Parquet decodes a block's vectors at about twice their size (20,000 a block held
+            # 385 MB of Arrow memory at 1,536 dimensions, 4,096 holds 208)
+            for batch in exp.shard_batches(
+                shards[si], columns=["chunk_id", "document_id", "text", "embedding"], batch_size=4096
+            ):
+                rows = batch.drop_columns(["embedding"]).to_pylist()
+                emb = batch.column("embedding")
+                problems = records.vector_problems(emb, ctx.dim)
+                keep, ids = [], []
+                for i, r in enumerate(rows):
+                    d = records.decide(r, pos + i, problems[i], ctx.ids, ctx.policy)
+                    if d.action == "load":
+                        keep.append(i)
+                        ids.append(d.chroma_id)
+                if keep:
+                    mat = records.vector_matrix(
+                        emb, ctx.dim, keep
+                    )  # in place: no copy of the block's vectors
+                    sc = (qn @ mat.T) / np.sqrt(np.einsum("ij,ij->i", mat, mat))  # cosine, no normalised copy
+                    at = pos + np.asarray(keep, dtype=np.int64)
+                    all_s = np.concatenate([best_s, sc], axis=1)
+                    all_p = np.concatenate([best_p, np.broadcast_to(at, sc.shape)], axis=1)
+                    top = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+                    best_s = np.take_along_axis(all_s, top, axis=1)
+                    best_p = np.take_along_axis(all_p, top, axis=1)
+                    for q, j in zip(*np.nonzero(top >= k), strict=True):  # entered from this block
+                        id_of[int(best_p[q, j])] = ids[int(top[q, j]) - k]
+                pos += len(rows)
+            id_of = {int(x): id_of[int(x)] for x in np.unique(best_p) if x >= 0}
+        return best_s, best_p, id_of
+
+    if len(runs) > 1:
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            found = list(pool.map(search, runs))
+    else:
+        found = [search(runs[0] if runs else range(0))]
+    best_s = np.concatenate([f[0] for f in found], axis=1)  # runs in export order: earlier records first
+    best_p = np.concatenate([f[1] for f in found], axis=1)
+    id_of = {p: i for f in found for p, i in f[2].items()}
+    top = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+    return [[id_of.get(int(p)) for p in row] for row in np.take_along_axis(best_p, top, axis=1)]
 
 
 def search_at(col, queries, ef: int, k: int, include: list[str], count: int) -> dict:
@@ -521,7 +555,7 @@ def verify_load(
 
     def read_ahead():
         at = 0
-        for batch in exp.iter_chunk_batches(batch_size=min(maxb, 2048)):
+        for batch in exp.iter_chunk_batches(batch_size=min(maxb, VERIFY_BATCH)):
             emb = batch.column("embedding")
             problems = records.vector_problems(emb, ctx.dim)
             rows = batch.drop_columns(["embedding"]).to_pylist()  # vectors only for the sample, below

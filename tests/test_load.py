@@ -385,6 +385,56 @@ def test_one_ahead_takes_the_next_item_before_handing_on_the_current_one():
     assert list(load.one_ahead(iter([None]))) == [None]
 
 
+@pytest.fixture(scope="module")
+def tied_export(tmp_path_factory, demo_corpus_master):
+    """The demo corpus with every chunk's vector one of five (many records tie with many), in shards of 60."""
+    import copy
+
+    syn = copy.deepcopy(demo_corpus_master)
+    pool = np.random.default_rng(5).normal(size=(5, 1536)).astype(np.float32)
+    at = 0
+    for doc_id in list(syn.documents):
+        chunks = syn.chunks[doc_id]
+        syn.put_document(syn.documents[doc_id], chunks, [pool[(at + i) % 5] for i in range(len(chunks))])
+        at += len(chunks)
+    return synthetic_export(syn, tmp_path_factory.mktemp("tied"), shard_rows=60, key_env="TIED_EXPORT_KEY")
+
+
+def test_the_exact_search_split_across_threads_finds_what_one_pass_does(tied_export):
+    """The exact search runs consecutive runs of shards in threads and merges them: the same lists, in the same
+    order, as a plain stable sort of every loadable vector (of records that tie, the earlier one first)."""
+    exp = export_format.open_export(tied_export)
+    ctx = load.context(exp)
+    assert len(exp.shards) >= 4
+    vecs, ids = [], []
+    for i, r in enumerate(exp.iter_chunks()):
+        d = records.decide(r, i, None, ctx.ids, ctx.policy)
+        if d.action == "load":
+            vecs.append(r["embedding"])
+            ids.append(d.chroma_id)
+    mat = np.asarray(vecs, dtype=np.float32)
+    queries = np.concatenate(
+        [mat[[0, 1]], np.random.default_rng(6).normal(size=(3, 1536)).astype(np.float32)]
+    )
+    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        mat / np.linalg.norm(mat, axis=1)[:, None]
+    ).T
+    assert all(
+        len(np.unique(row.round(4))) == 5 for row in cos
+    )  # five scores a query, a fifth of records each
+    for k in (10, len(ids) // 2, len(ids)):
+        one = load._exact_topk(exp, queries, k, ctx, workers=1)
+        for workers in (2, 3):  # the same lists in the same order (equal scores: the earlier record first)
+            assert load._exact_topk(exp, queries, k, ctx, workers=workers) == one, (k, workers)
+    # against a plain sort, where the top k ends between two scores (within one, which records of a score come
+    # first follows the last bit of each product, not the record's place)
+    for q, row in enumerate(cos.round(4)):
+        order = np.argsort(-row, kind="stable")
+        for k in np.cumsum(np.unique(row, return_counts=True)[1][::-1]):
+            got = load._exact_topk(exp, queries[q : q + 1], int(k), ctx, workers=2)[0]
+            assert set(got) == {ids[j] for j in order[:k]}, (q, k)
+
+
 def test_the_full_comparison_reaches_every_batch_including_the_last(tmp_path, weak_export):
     """4,000 records are two of the comparison's batches, each read from Chroma ahead of its comparison: a
     record changed in the first batch and one gone from the last are both found."""

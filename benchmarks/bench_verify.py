@@ -31,12 +31,15 @@ from runbook.rehearsal import corpus
 work, n, dim, shape = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 if not (work / "export" / "manifest.json").exists():
     corpus.write_synthetic_export(n, dim, work / "export", shape)
+total = json.loads((work / "export" / "manifest.json").read_text())["total_chunks"]
+if total != n:
+    raise SystemExit(f"{work} holds an export of {total} chunks, not {n}: give another --work or --chunks {total}")
 client = chroma_target.open_client("embedded", str(work))
 col, _ = chroma_target.create_or_verify(client, "bench", chroma_target.HnswSettings(), {"source_index_id": "bench"})
 t = time.time()
 res = load.load_export(client, col, str(work / "export"), str(work / "cp.json"), batch_size=5000, progress=False)
 seconds = time.time() - t
-if res.loaded_now:  # a load that did work: its time is the one to compare the checks with
+if res.loaded_now == col.count():  # the whole load in this run: its time is the one to compare the checks with
     (work / "load.json").write_text(json.dumps({"load_s": round(seconds, 1), "records": col.count()}))
 print(json.dumps({"loaded_now": res.loaded_now, "seconds": round(seconds, 1)}))
 """
@@ -81,6 +84,9 @@ def main():
     a = ap.parse_args()
     here = Path(tempfile.mkdtemp(prefix="bench_verify_"))  # a folder whose `runbook` is this checkout's lib
     (here / "runbook").symlink_to(LIB)
+    for x in a.arm:
+        if x != "here" and ("=" not in x or not (Path(x.split("=", 1)[1]) / "runbook").exists()):
+            raise SystemExit(f"--arm {x!r}: give 'here' or NAME=FOLDER, a folder holding a runbook package")
     arms = [("here", str(here)) if x == "here" else tuple(x.split("=", 1)) for x in a.arm] or [
         ("here", str(here))
     ]
@@ -91,6 +97,10 @@ def main():
     )
     if "error" in built:
         raise SystemExit(f"building the collection in {work} failed: {built['error']}")
+    if not (work / "load.json").exists():
+        raise SystemExit(
+            f"{work}: its collection was loaded in parts (or by another tool): no load time to compare with"
+        )
     load_s = json.loads((work / "load.json").read_text())["load_s"]
     print(f"collection: {a.chunks} chunks in {work}, loaded in {load_s} s (this time: {built})", flush=True)
     rows = []

@@ -91,7 +91,8 @@ def reload_collection(
     keeps searching with the old value after ``collection.modify`` (seen with chromadb 1.5.9: recall did not
     move until the path was opened afresh). Embedded: stop this client's system and open the path again
     (the old client must not be used afterwards). A Chroma server reloads the index on its own schedule or on
-    restart; the collection is fetched again and the caller re-measures."""
+    restart; the collection is fetched again and the caller compares the server's plain search with
+    what it measured."""
     if mode == "embedded":
         from chromadb.api.client import SharedSystemClient
 

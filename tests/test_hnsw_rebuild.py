@@ -92,6 +92,20 @@ def test_the_proposal_climbs_a_step_denser_in_both_settings_and_ends():
     ) == ("welno_medical_knowledge__m32-efc200")
 
 
+def test_phase_03_raises_ef_search_and_records_it(export_dir, tmp_path):
+    """Phase 03's verification (``verify_job``) raises ef_search while recall is short and records the last
+    value in the collection: a goal above 1 is never met, so it doubles from 120 (phase 02's) to the highest, 800."""
+    job = open_job(phase02(tmp_path, export_dir), tmp_path)
+    load.run_load(job)
+    v = load.verify_job(job, 30, 20, 1.01)
+    recall = next(c for c in v["checks"] if c["check"].startswith("HNSW recall"))
+    assert not recall["ok"] and "tried 120: " in recall["detail"], recall
+    assert all(f", {ef}: " in recall["detail"] for ef in (240, 480, 800)), recall
+    assert v["figures"]["ef_search"] == 800 and job.collection.configuration["hnsw"]["ef_search"] == 800
+    stored = job.client.get_collection(job.collection.name, embedding_function=None)
+    assert stored.configuration["hnsw"]["ef_search"] == 800
+
+
 def test_recall_short_at_the_highest_ef_search_proposes_the_rebuild_on_the_page(export_dir, tmp_path):
     """The wiring: verification that stops short at its highest ``ef_search`` lists the parameter to set. A
     goal above 1 can never be met, so the highest ``ef_search`` (here the collection's own) is reached at once."""

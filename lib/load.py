@@ -446,9 +446,8 @@ def _exact_topk(exp, queries: np.ndarray, k: int, ctx: Context, workers: int = 2
                         keep.append(i)
                         ids.append(d.chroma_id)
                 if keep:
-                    mat = records.vector_matrix(
-                        emb, ctx.dim, keep
-                    )  # in place: no copy of the block's vectors
+                    # in place: no copy of the block's vectors
+                    mat = records.vector_matrix(emb, ctx.dim, keep)
                     sc = (qn @ mat.T) / np.sqrt(np.einsum("ij,ij->i", mat, mat))  # cosine, no normalised copy
                     at = pos + np.asarray(keep, dtype=np.int64)
                     all_s = np.concatenate([best_s, sc], axis=1)
@@ -478,8 +477,9 @@ def search_at(col, queries, ef: int, k: int, include: list[str], count: int) -> 
     """``col.query`` as at ``ef_search=ef`` whatever ``ef_search`` the index was loaded with (as long as that is
     not higher): hnswlib searches with max(ef_search, n_results) candidates and keeps the best n_results, so the
     first ``k`` of ``ef`` results are the top ``k`` at ``ef`` (the same lists as a reloaded index gives, checked in
-    tests, but for the order of records that tie exactly). Raising ``ef_search`` with ``collection.modify`` takes effect only when the index is loaded again
-    (reloading a 1M-chunk index took about 10 s), so measuring this way needs no reload."""
+    tests, but for the order of records that tie exactly). Raising ``ef_search`` with ``collection.modify``
+    takes effect only when the index is loaded again (reloading a 1M-chunk index took about 10 s), so measuring
+    this way needs no reload."""
     wide = min(max(k, ef), count)  # Chroma warns when asked for more results than it holds
     res = col.query(query_embeddings=queries, n_results=wide, include=include)
     return {key: [row[:k] for row in res[key]] for key in ("ids", *include)}

@@ -15,7 +15,9 @@ code after it. Prints each run's seconds by step and the checks over the load's 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -83,6 +85,7 @@ def main():
     )
     a = ap.parse_args()
     here = Path(tempfile.mkdtemp(prefix="bench_verify_"))  # a folder whose `runbook` is this checkout's lib
+    atexit.register(shutil.rmtree, here, True)
     (here / "runbook").symlink_to(LIB)
     for x in a.arm:
         if x != "here" and ("=" not in x or not (Path(x.split("=", 1)[1]) / "runbook").exists()):
